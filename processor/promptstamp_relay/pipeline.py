@@ -1,0 +1,126 @@
+"""The relay's processing core: fetch log in, traces in, stamped traces out. No I/O, no clock.
+
+:class:`Processor` is the one stateful piece between receivers and exporters. The live server
+calls it under a lock with the wall clock; replay calls it with a virtual clock. Both get the
+same requests out for the same inputs and times.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from .fetchlog import split_fetch_log
+from .hold import HoldWindow
+from .records import DEFAULT_TENANT
+from .resolve import ApiLookup
+from .stamp import HeldSpan, StampSettings, release_spans, stamp_request
+from .store import FetchLogStore, MemoryStore
+
+__all__ = ["LogsResult", "Processor", "ProcessorStats"]
+
+
+@dataclass
+class ProcessorStats:
+    """Counters the telemetry layer exports; only ever incremented."""
+
+    spans_received: int = 0
+    spans_held: int = 0
+    stamped: Counter[str] = field(default_factory=Counter)  # by resolution tier
+    fetch_records: int = 0
+    fetch_fallbacks: int = 0
+    fetch_invalid: int = 0
+    other_logs: int = 0
+    hold_overflow: int = 0  # generations stamped at once because the window was full
+
+
+@dataclass
+class LogsResult:
+    """What one logs request gave: the logs to pass on (None: nothing left), spans released."""
+
+    passthrough: ExportLogsServiceRequest | None
+    released: list[ExportTraceServiceRequest]
+    invalid: list[str]
+
+
+class Processor:
+    """Resolution state plus the hold window, behind three calls that take ``now_ns``.
+
+    Not thread-safe; one caller at a time (the server holds a lock around each call).
+    ``early_release``: release held spans as soon as their trace's fetch record arrives (the
+    live server does; replay follows contract §5 to the letter and does not).
+    """
+
+    def __init__(
+        self,
+        settings: StampSettings | None = None,
+        store: FetchLogStore | None = None,
+        *,
+        max_held_spans: int = 100_000,
+        api: ApiLookup | None = None,
+        early_release: bool = True,
+    ) -> None:
+        self.settings = settings or StampSettings()
+        self.store: FetchLogStore = store if store is not None else MemoryStore()
+        self.hold = HoldWindow(self.settings.hold_ns, max_held_spans)
+        self.api = api
+        self.early_release = early_release
+        self.stats = ProcessorStats()
+
+    def consume_logs(
+        self, request: ExportLogsServiceRequest, now_ns: int, tenant: str = DEFAULT_TENANT
+    ) -> LogsResult:
+        batch = split_fetch_log(request)
+        self.stats.fetch_records += len(batch.records)
+        self.stats.fetch_fallbacks += batch.fallbacks
+        self.stats.fetch_invalid += len(batch.invalid)
+        self.stats.other_logs += batch.other_logs
+        released: list[ExportTraceServiceRequest] = []
+        if batch.records:
+            self.store.add(tenant, batch.records, now_ns)
+            if self.early_release:
+                arrived = {(tenant, r.trace_id, r.key, r.label) for r in batch.records if r.trace_id}
+                released = self._release(self.hold.pop_matching(arrived))
+        keep = request if batch.other_logs else None
+        return LogsResult(keep, released, batch.invalid)
+
+    def consume_traces(
+        self, request: ExportTraceServiceRequest, now_ns: int, tenant: str = DEFAULT_TENANT
+    ) -> list[ExportTraceServiceRequest]:
+        """Stamp ``request``; return what is ready to send (it first, then any due held spans)."""
+        outcome = stamp_request(
+            request, tenant=tenant, store=self.store, settings=self.settings, now_ns=now_ns,
+            hold_capacity=self.hold.capacity, api=self.api,
+        )
+        st = self.stats
+        st.spans_received += outcome.spans
+        st.stamped.update(outcome.stamped)
+        st.spans_held += len(outcome.held)
+        self.hold.add(outcome.held)
+        out = [request] if request.resource_spans else []
+        out.extend(self.release_due(now_ns))
+        return out
+
+    def release_due(self, now_ns: int) -> list[ExportTraceServiceRequest]:
+        """Held spans whose window has passed, stamped with what is known now."""
+        return self._release(self.hold.pop_due(now_ns))
+
+    def release_all(self) -> list[ExportTraceServiceRequest]:
+        """Everything still held (shutdown, end of a replay)."""
+        return self._release(self.hold.pop_all())
+
+    def next_due_ns(self) -> int | None:
+        return self.hold.next_due_ns()
+
+    def _release(self, held: list[HeldSpan]) -> list[ExportTraceServiceRequest]:
+        if not held:
+            return []
+        return [
+            release_spans(
+                held, store=self.store, settings=self.settings, api=self.api,
+                stamped=self.stats.stamped,
+            )
+        ]

@@ -1,0 +1,252 @@
+"""Stamping generation spans (contract §3). Pure: OTLP messages in, the same messages out.
+
+Nothing here does I/O or reads a clock: ``now_ns`` and the store are passed in, so the live
+server, replay and the tests run exactly this code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span
+
+from promptstamp import contract as c
+
+from .detect import GenerationRules, is_generation
+from .resolve import ApiLookup, Resolution, SpanKey, has_trace_record, resolve_version
+from .store import FetchLogStore
+
+__all__ = [
+    "HeldSpan",
+    "StampOutcome",
+    "StampSettings",
+    "release_spans",
+    "resource_instance",
+    "stamp_request",
+    "stamp_span",
+]
+
+# A span with either is left exactly as it arrived: linked by the app, or stamped by a relay
+# before (stamping twice must equal stamping once).
+_ALREADY_LINKED = c.LF_PROMPT_NAME
+_ALREADY_STAMPED = c.LF_META_RESOLUTION
+
+
+@dataclass(frozen=True)
+class StampSettings:
+    rules: GenerationRules = field(default_factory=GenerationRules)
+    prompt_names: Mapping[str, str] = field(default_factory=dict)
+    staleness_ns: int = 3600 * 10**9
+    hold_ns: int = 2 * 10**9
+
+    def __post_init__(self) -> None:
+        keys = self.rules.keys() | {c.PROMPT_KEY, c.PROMPT_LABEL, _ALREADY_LINKED, _ALREADY_STAMPED}
+        object.__setattr__(self, "_scan_keys", frozenset(keys))
+
+    @property
+    def scan_keys(self) -> frozenset[str]:
+        return self._scan_keys  # type: ignore[attr-defined,no-any-return]
+
+
+@dataclass(slots=True)
+class HeldSpan:
+    """A generation span waiting for its fetch log, with what is needed to send it alone."""
+
+    span: Span
+    resource: Resource
+    resource_schema_url: str
+    scope: InstrumentationScope
+    scope_schema_url: str
+    key: SpanKey
+    prompt_name: str
+    has_type: bool
+    arrival_ns: int
+
+
+@dataclass
+class StampOutcome:
+    held: list[HeldSpan] = field(default_factory=list)
+    stamped: dict[str, int] = field(default_factory=dict)  # tier -> spans stamped now
+    spans: int = 0
+
+
+def resource_instance(resource: Resource) -> str:
+    """``service.instance.id``, else ``service.name``, else ``""`` (contract §4)."""
+    name = ""
+    for kv in resource.attributes:
+        if kv.key == c.SERVICE_INSTANCE_ID and kv.value.string_value:
+            return str(kv.value.string_value)
+        if kv.key == c.SERVICE_NAME:
+            name = kv.value.string_value
+    return name
+
+
+def _scan(span: Span, keys: frozenset[str]) -> dict[str, object] | None:
+    """The span's attributes that a rule looks at, or None when it carries no prompt key."""
+    found: dict[str, object] = {}
+    for kv in span.attributes:
+        k = kv.key
+        if k in keys:
+            v = kv.value
+            found[k] = v.string_value if v.WhichOneof("value") == "string_value" else v
+    key = found.get(c.PROMPT_KEY)
+    if not isinstance(key, str) or not key:
+        return None
+    return found
+
+
+def stamp_span(
+    span: Span, *, prompt_name: str, label: str, resolution: Resolution, has_type: bool
+) -> None:
+    """Add the contract §3 attributes. Only ever appends; the link pair goes together."""
+    attrs = span.attributes
+
+    def put(key: str, value: str) -> None:
+        kv = attrs.add()
+        kv.key = key
+        kv.value.string_value = value
+
+    put(c.LF_META_PROMPT_NAME, prompt_name)
+    put(c.LF_META_PROMPT_LABEL, label)
+    put(c.LF_META_RESOLUTION, resolution.tier)
+    if resolution.source is not None:
+        put(c.LF_META_SOURCE, resolution.source)
+    if resolution.version is not None:
+        put(c.LF_PROMPT_NAME, prompt_name)
+        kv = attrs.add()
+        kv.key = c.LF_PROMPT_VERSION
+        kv.value.int_value = resolution.version
+    if not has_type:
+        put(c.LF_OBSERVATION_TYPE, c.OBSERVATION_TYPE_GENERATION)
+
+
+def stamp_request(
+    request: ExportTraceServiceRequest,
+    *,
+    tenant: str,
+    store: FetchLogStore,
+    settings: StampSettings,
+    now_ns: int,
+    hold_capacity: int,
+    api: ApiLookup | None = None,
+) -> StampOutcome:
+    """Stamp the generations of ``request`` in place; move those to hold out of it.
+
+    A generation with a ``trace``-tier record is stamped now. One without is held (taken out of
+    the request, returned in ``held``) while ``hold_capacity`` allows and the hold window is not
+    zero; otherwise it is stamped now with what the other tiers know. Every other span, and the
+    order of the spans left, is untouched.
+    """
+    out = StampOutcome()
+    keys = settings.scan_keys
+    rules = settings.rules
+    for rs in request.resource_spans:
+        instance: str | None = None
+        resource_copy: Resource | None = None
+        for ss in rs.scope_spans:
+            take: list[int] = []
+            scope_copy: InstrumentationScope | None = None
+            for i, span in enumerate(ss.spans):
+                out.spans += 1
+                found = _scan(span, keys)
+                if (
+                    found is None
+                    or _ALREADY_LINKED in found
+                    or _ALREADY_STAMPED in found
+                    or not is_generation(found, rules)
+                ):
+                    continue
+                key = str(found[c.PROMPT_KEY])
+                label_v = found.get(c.PROMPT_LABEL)
+                label = label_v if isinstance(label_v, str) else ""
+                if instance is None:
+                    instance = resource_instance(rs.resource)
+                skey = SpanKey(tenant, key, label, span.trace_id, instance, span.start_time_unix_nano)
+                name = settings.prompt_names.get(key, key)
+                has_type = c.LF_OBSERVATION_TYPE in found
+                if (
+                    settings.hold_ns > 0
+                    and len(out.held) < hold_capacity
+                    and not has_trace_record(store, skey)
+                ):
+                    # Copies: the request's own messages are shrunk and sent on without them.
+                    held = Span()
+                    held.CopyFrom(span)
+                    if resource_copy is None:
+                        resource_copy = Resource()
+                        resource_copy.CopyFrom(rs.resource)
+                    if scope_copy is None:
+                        scope_copy = InstrumentationScope()
+                        scope_copy.CopyFrom(ss.scope)
+                    out.held.append(
+                        HeldSpan(
+                            held, resource_copy, rs.schema_url, scope_copy, ss.schema_url,
+                            skey, name, has_type, now_ns,
+                        )
+                    )
+                    take.append(i)
+                    continue
+                res = resolve_version(
+                    store, skey, prompt_name=name, staleness_ns=settings.staleness_ns, api=api
+                )
+                stamp_span(span, prompt_name=name, label=label, resolution=res, has_type=has_type)
+                out.stamped[res.tier] = out.stamped.get(res.tier, 0) + 1
+            for i in reversed(take):
+                del ss.spans[i]
+    if out.held:
+        _drop_empty(request)
+    return out
+
+
+def _drop_empty(request: ExportTraceServiceRequest) -> None:
+    for r in range(len(request.resource_spans) - 1, -1, -1):
+        rs = request.resource_spans[r]
+        for s in range(len(rs.scope_spans) - 1, -1, -1):
+            if not rs.scope_spans[s].spans:
+                del rs.scope_spans[s]
+        if not rs.scope_spans:
+            del request.resource_spans[r]
+
+
+def release_spans(
+    held: Iterable[HeldSpan],
+    *,
+    store: FetchLogStore,
+    settings: StampSettings,
+    api: ApiLookup | None = None,
+    stamped: dict[str, int] | None = None,
+) -> ExportTraceServiceRequest:
+    """Resolve held spans with every tier now and pack them into one request.
+
+    Spans keep their arrival order; those that shared a resource and scope share them again.
+    """
+    request = ExportTraceServiceRequest()
+    groups: dict[tuple[bytes, str, bytes, str], ScopeSpans] = {}
+    for h in held:
+        res = resolve_version(
+            store, h.key, prompt_name=h.prompt_name, staleness_ns=settings.staleness_ns, api=api
+        )
+        stamp_span(
+            h.span, prompt_name=h.prompt_name, label=h.key.label, resolution=res,
+            has_type=h.has_type,
+        )
+        if stamped is not None:
+            stamped[res.tier] = stamped.get(res.tier, 0) + 1
+        gk = (
+            h.resource.SerializeToString(deterministic=True), h.resource_schema_url,
+            h.scope.SerializeToString(deterministic=True), h.scope_schema_url,
+        )
+        ss = groups.get(gk)
+        if ss is None:
+            rs = request.resource_spans.add()
+            rs.resource.CopyFrom(h.resource)
+            rs.schema_url = h.resource_schema_url
+            ss = groups[gk] = rs.scope_spans.add()
+            ss.scope.CopyFrom(h.scope)
+            ss.schema_url = h.scope_schema_url
+        ss.spans.append(h.span)
+    return request
