@@ -114,5 +114,5 @@ def attrs_of(s: Span) -> dict[str, Any]:
     return out
 
 
-def all_spans(reqs: Iterable[ExportTraceServiceRequest]) -> list[Span]:
-    return [sp for r in reqs for rs in r.resource_spans for ss in rs.scope_spans for sp in ss.spans]
+def all_spans(reqs: Iterable[Any]) -> list[Span]:
+    return [sp for r in reqs for rs in getattr(r, "request", r).resource_spans for ss in rs.scope_spans for sp in ss.spans]

@@ -20,7 +20,15 @@ from .resolve import ApiLookup
 from .stamp import HeldSpan, StampSettings, release_spans, stamp_request
 from .store import FetchLogStore, MemoryStore
 
-__all__ = ["LogsResult", "Processor", "ProcessorStats"]
+__all__ = ["LogsResult", "Outgoing", "Processor", "ProcessorStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A stamped request ready to send, and whose it is (exporters route by tenant)."""
+
+    tenant: str
+    request: ExportTraceServiceRequest
 
 
 @dataclass
@@ -42,7 +50,7 @@ class LogsResult:
     """What one logs request gave: the logs to pass on (None: nothing left), spans released."""
 
     passthrough: ExportLogsServiceRequest | None
-    released: list[ExportTraceServiceRequest]
+    released: list[Outgoing]
     invalid: list[str]
 
 
@@ -78,7 +86,7 @@ class Processor:
         self.stats.fetch_fallbacks += batch.fallbacks
         self.stats.fetch_invalid += len(batch.invalid)
         self.stats.other_logs += batch.other_logs
-        released: list[ExportTraceServiceRequest] = []
+        released: list[Outgoing] = []
         if batch.records:
             self.store.add(tenant, batch.records, now_ns)
             if self.early_release:
@@ -89,7 +97,7 @@ class Processor:
 
     def consume_traces(
         self, request: ExportTraceServiceRequest, now_ns: int, tenant: str = DEFAULT_TENANT
-    ) -> list[ExportTraceServiceRequest]:
+    ) -> list[Outgoing]:
         """Stamp ``request``; return what is ready to send (it first, then any due held spans)."""
         outcome = stamp_request(
             request, tenant=tenant, store=self.store, settings=self.settings, now_ns=now_ns,
@@ -100,27 +108,31 @@ class Processor:
         st.stamped.update(outcome.stamped)
         st.spans_held += len(outcome.held)
         self.hold.add(outcome.held)
-        out = [request] if request.resource_spans else []
+        out = [Outgoing(tenant, request)] if request.resource_spans else []
         out.extend(self.release_due(now_ns))
         return out
 
-    def release_due(self, now_ns: int) -> list[ExportTraceServiceRequest]:
+    def release_due(self, now_ns: int) -> list[Outgoing]:
         """Held spans whose window has passed, stamped with what is known now."""
         return self._release(self.hold.pop_due(now_ns))
 
-    def release_all(self) -> list[ExportTraceServiceRequest]:
+    def release_all(self) -> list[Outgoing]:
         """Everything still held (shutdown, end of a replay)."""
         return self._release(self.hold.pop_all())
 
     def next_due_ns(self) -> int | None:
         return self.hold.next_due_ns()
 
-    def _release(self, held: list[HeldSpan]) -> list[ExportTraceServiceRequest]:
-        if not held:
-            return []
+    def _release(self, held: list[HeldSpan]) -> list[Outgoing]:
+        """One request per tenant, tenants in order of their first held span."""
+        by_tenant: dict[str, list[HeldSpan]] = {}
+        for h in held:
+            by_tenant.setdefault(h.key.tenant, []).append(h)
         return [
-            release_spans(
-                held, store=self.store, settings=self.settings, api=self.api,
-                stamped=self.stats.stamped,
+            Outgoing(
+                tenant,
+                release_spans(spans, store=self.store, settings=self.settings, api=self.api,
+                              stamped=self.stats.stamped),
             )
+            for tenant, spans in by_tenant.items()
         ]

@@ -54,13 +54,13 @@ def replay_requests(
             result = processor.consume_logs(request, clock)
             summary.invalid_fetch_records.extend((n, why) for why in result.invalid)
             for out in result.released:
-                emit(out)
+                emit(out.request)
         clock = max(clock, _max_time(request))
         for out in processor.release_due(clock):
-            emit(out)
+            emit(out.request)
         if isinstance(request, ExportTraceServiceRequest):
             for out in processor.consume_traces(request, clock):
-                emit(out)
+                emit(out.request)
     for out in processor.release_all():
-        emit(out)
+        emit(out.request)
     return summary

@@ -1,0 +1,44 @@
+"""promptstamp: every LLM generation in a Langfuse trace says which prompt version produced it.
+
+The app-side SDK. Two lines change in an app::
+
+    promptstamp.install()                      # once, after the app's OpenTelemetry set-up
+
+    with promptstamp.prompt("order-status-answer", label="production") as p:
+        messages = p.compile(query=query, region=region)
+        ...                                    # the model call: its spans carry the prompt
+
+Inside the block the prompt's key and label are W3C baggage (``app.prompt.key``,
+``app.prompt.label``), copied onto every span by a span processor, and each prompt handed out
+emits one ``app.prompt.fetch`` log record with its version; the promptstamp relay stamps
+Langfuse's prompt link from the two. Runtime fallback policy (details in ``sdk/README.md``):
+
+* timeout, connection error, 5xx: the last known good copy, for at most ``max_stale_seconds``
+  (default 300 s), ``source="cache"``, recorded on the span and in the fetch log;
+* nothing cached, or too old: ``PromptUnavailableError`` (or the app's explicit ``fallback=``,
+  ``source="fallback"``, no version, never linked);
+* 404 (no such prompt or label): ``PromptNotFoundError``, fail closed — never ``latest``, a
+  cached copy or the fallback;
+* a missing template variable: ``compile()`` raises ``PromptVariableError`` before any model call.
+
+``label_for(subject_id, weights, salt)`` splits traffic between labels for A/B tests.
+``configure()`` sets up OTLP export for apps that have no OpenTelemetry yet, then installs.
+"""
+
+from __future__ import annotations
+
+from ._configure import configure
+from ._context import prompt
+from ._errors import PromptNotFoundError, PromptUnavailableError, PromptVariableError
+from ._install import install
+from ._split import label_for
+
+__all__ = [
+    "PromptNotFoundError",
+    "PromptUnavailableError",
+    "PromptVariableError",
+    "configure",
+    "install",
+    "label_for",
+    "prompt",
+]

@@ -16,9 +16,10 @@ class PromptNotFoundError(LookupError):
     must not quietly run an unreviewed prompt.
     """
 
-    def __init__(self, name: str, label: str, detail: str = "") -> None:
+    def __init__(self, name: str, label: str, error_type: str = "NotFoundError", detail: str = "") -> None:
         self.name = name
         self.label = label
+        self.error_type = error_type
         message = f"prompt {name!r} has no version labelled {label!r}"
         super().__init__(f"{message} ({detail})" if detail else message)
 
@@ -31,9 +32,7 @@ class PromptUnavailableError(RuntimeError):
     than ``max_stale_seconds``, and the app passed no explicit ``fallback``.
     """
 
-    def __init__(
-        self, name: str, label: str, error_type: str, stale_seconds: float | None = None
-    ) -> None:
+    def __init__(self, name: str, label: str, error_type: str, stale_seconds: float | None = None) -> None:
         self.name = name
         self.label = label
         self.error_type = error_type
@@ -43,8 +42,7 @@ class PromptUnavailableError(RuntimeError):
         else:
             why = f"the last known good copy is {stale_seconds:.0f} s old, too old to serve"
         super().__init__(
-            f"prompt {name!r} (label {label!r}) is unavailable: fetch failed with "
-            f"{error_type} and {why}"
+            f"prompt {name!r} (label {label!r}) is unavailable: fetch failed with {error_type} and {why}"
         )
 
 
@@ -57,6 +55,4 @@ class PromptVariableError(ValueError):
     def __init__(self, name: str, missing: tuple[str, ...]) -> None:
         self.name = name
         self.missing = missing
-        super().__init__(
-            f"prompt {name!r} needs variables that were not given: {', '.join(missing)}"
-        )
+        super().__init__(f"prompt {name!r} needs variables that were not given: {', '.join(missing)}")

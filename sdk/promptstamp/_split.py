@@ -44,9 +44,7 @@ def _checked_weights(weights: Mapping[str, float]) -> list[tuple[str, float]]:
             raise ValueError(f"weight for label {label!r} must be a number, got {weight!r}")
         weight = float(weight)
         if not math.isfinite(weight) or weight < 0:
-            raise ValueError(
-                f"weight for label {label!r} must be finite and >= 0, got {weight!r}"
-            )
+            raise ValueError(f"weight for label {label!r} must be finite and >= 0, got {weight!r}")
         checked.append((label, weight))
     if sum(weight for _, weight in checked) <= 0:
         raise ValueError("weights must add up to more than 0")

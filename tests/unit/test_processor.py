@@ -288,7 +288,7 @@ def test_unresolved_at_arrival_spans_are_taken_out_and_others_keep_their_order()
     released = p.release_due(T0 + 2 * S)
     assert [s.name for s in all_spans(released)] == ["gen"]
     # The released span keeps its resource and scope.
-    rs = released[0].resource_spans[0]
+    rs = released[0].request.resource_spans[0]
     assert rs.scope_spans[0].scope.name == "test"
     assert any(kv.key == c.SERVICE_INSTANCE_ID for kv in rs.resource.attributes)
 
@@ -298,7 +298,7 @@ def test_a_request_without_prompt_keys_is_unchanged() -> None:
     req = traces([span("a", attrs={c.GEN_AI_OPERATION_NAME: "chat"}), span("b", span_id=2)])
     before = req.SerializeToString()
     out = p.consume_traces(req, T0)
-    assert len(out) == 1 and out[0].SerializeToString() == before
+    assert len(out) == 1 and out[0].request.SerializeToString() == before
 
 
 def test_full_hold_window_stamps_at_once_and_loses_nothing() -> None:
@@ -345,10 +345,10 @@ def test_one_tenant_never_resolves_another() -> None:
 def test_stamping_twice_equals_stamping_once() -> None:
     p = make(hold_s=0)
     once = p.consume_traces(traces([span(start=T0, attrs=gen_attrs())]), T0)
-    before = once[0].SerializeToString()
+    before = once[0].request.SerializeToString()
     p.consume_logs(logs([fetch_record(version=3)]), T0)
-    twice = p.consume_traces(once[0], T0)
-    assert twice[0].SerializeToString() == before
+    twice = p.consume_traces(once[0].request, T0)
+    assert twice[0].request.SerializeToString() == before
 
 
 def test_ids_names_times_events_and_links_are_never_changed() -> None:

@@ -9,6 +9,10 @@ helpers. Standard-library HTTP only; every server binds 127.0.0.1 on a free port
         ...
 
 ``LangfuseServer``'s OTLP ingest path needs ``opentelemetry-proto`` (the ``relay`` extra).
+
+The real ``langfuse`` client keeps one state (base URL, prompt cache) per public key for the
+whole process: call ``reset_langfuse_clients()`` between tests that start new servers with the
+same keys, or give each server its own ``public_key``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from promptstamp.testing._langfuse import (
     Observation,
     PromptRequest,
     RejectedObservation,
+    reset_langfuse_clients,
 )
 from promptstamp.testing._openai import FakeOpenAI, OpenAIRequest
 
@@ -32,4 +37,5 @@ __all__ = [
     "OpenAIRequest",
     "PromptRequest",
     "RejectedObservation",
+    "reset_langfuse_clients",
 ]

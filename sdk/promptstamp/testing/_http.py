@@ -41,9 +41,7 @@ class Response:
         self.headers = dict(headers or {})
 
     @classmethod
-    def json(
-        cls, status: int, payload: Any, headers: dict[str, str] | None = None
-    ) -> Response:
+    def json(cls, status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
         return cls(status, json.dumps(payload).encode(), "application/json", headers)
 
 

@@ -263,9 +263,7 @@ def observation_type(
     if is_ai_op and not vercel(generation_ops + embedding_ops) and vercel(("ai.toolCall",)):
         return "TOOL"
     # 6: GenAI tool calls
-    if _meaningful(attributes.get("gen_ai.tool.name")) or _meaningful(
-        attributes.get("gen_ai.tool.call.id")
-    ):
+    if _meaningful(attributes.get("gen_ai.tool.name")) or _meaningful(attributes.get("gen_ai.tool.call.id")):
         return "TOOL"
     # 7: any model attribute
     if any(_meaningful(attributes.get(k)) for k in _MODEL_KEYS):
@@ -312,9 +310,7 @@ def _json_ids_to_b64(payload: Any) -> Any:
     for resource_spans in payload.get("resourceSpans") or payload.get("resource_spans") or []:
         if not isinstance(resource_spans, dict):
             raise _BadRequest("resourceSpans entries must be objects")
-        for scope_spans in (
-            resource_spans.get("scopeSpans") or resource_spans.get("scope_spans") or []
-        ):
+        for scope_spans in resource_spans.get("scopeSpans") or resource_spans.get("scope_spans") or []:
             if not isinstance(scope_spans, dict):
                 raise _BadRequest("scopeSpans entries must be objects")
             for span in scope_spans.get("spans") or []:
@@ -504,9 +500,7 @@ class LangfuseServer(LoopbackServer):
         with self._lock:
             self._prompt_delay = max(0.0, float(seconds))
 
-    def fail_ingest(
-        self, status: int, times: int | None = None, retry_after: float | None = None
-    ) -> None:
+    def fail_ingest(self, status: int, times: int | None = None, retry_after: float | None = None) -> None:
         """Answer OTLP ingest POSTs with ``status`` (and ``Retry-After`` when given)."""
         with self._lock:
             self._ingest_fault = _Fault(status, times, retry_after)
@@ -658,9 +652,7 @@ class LangfuseServer(LoopbackServer):
             for name, versions in sorted(self._prompts.items()):
                 if name_filter is not None and name != name_filter:
                     continue
-                chosen = [
-                    v for v in versions if label_filter is None or label_filter in v["labels"]
-                ]
+                chosen = [v for v in versions if label_filter is None or label_filter in v["labels"]]
                 if not chosen:
                     continue
                 data.append(
@@ -684,9 +676,7 @@ class LangfuseServer(LoopbackServer):
             return _error(400, "Invalid JSON body", "InvalidRequestError")
         problem = _validate_create(body)
         if problem:
-            return Response.json(
-                400, {"message": "Invalid request data", "error": [{"message": problem}]}
-            )
+            return Response.json(400, {"message": "Invalid request data", "error": [{"message": problem}]})
         with self._lock:
             existing = self._prompts.get(body["name"])
             prompt_type = body.get("type") or ("chat" if isinstance(body["prompt"], list) else "text")
@@ -729,9 +719,7 @@ class LangfuseServer(LoopbackServer):
                 return Response.json(404, {"message": f"Prompt not found: {name}"})
             return Response.json(200, updated)
 
-    def _find_locked(
-        self, name: str, *, label: str | None, version: int | None
-    ) -> dict[str, Any] | None:
+    def _find_locked(self, name: str, *, label: str | None, version: int | None) -> dict[str, Any] | None:
         versions = self._prompts.get(name, [])
         if version is not None:
             return next((v for v in versions if v["version"] == version), None)
@@ -755,9 +743,9 @@ class LangfuseServer(LoopbackServer):
                 f"prompt {name!r} is a {versions[-1]['type']} prompt; cannot add a {type} version"
             )
         final_labels = list(dict.fromkeys([*labels, LATEST_LABEL]))
-        final_tags = list(dict.fromkeys(tags if tags is not None else (
-            versions[-1]["tags"] if versions else []
-        )))
+        final_tags = list(
+            dict.fromkeys(tags if tags is not None else (versions[-1]["tags"] if versions else []))
+        )
         now = _now_iso()
         for previous in versions:
             kept = [lb for lb in previous["labels"] if lb not in final_labels]
@@ -786,9 +774,7 @@ class LangfuseServer(LoopbackServer):
         versions.append(record)
         return record
 
-    def _set_labels_locked(
-        self, name: str, version: int, labels: list[str]
-    ) -> dict[str, Any] | None:
+    def _set_labels_locked(self, name: str, version: int, labels: list[str]) -> dict[str, Any] | None:
         versions = self._prompts.get(name, [])
         target = next((v for v in versions if v["version"] == version), None)
         if target is None:
@@ -880,9 +866,7 @@ class LangfuseServer(LoopbackServer):
                 ExportTraceServiceResponse,
             )
 
-            return Response(
-                200, ExportTraceServiceResponse().SerializeToString(), "application/x-protobuf"
-            )
+            return Response(200, ExportTraceServiceResponse().SerializeToString(), "application/x-protobuf")
         return Response.json(200, {})
 
 
@@ -906,19 +890,13 @@ def _validate_create(body: Any) -> str | None:
             if message.get("type") == "placeholder":
                 if not isinstance(message.get("name"), str):
                     return "prompt: a placeholder needs a name"
-            elif not isinstance(message.get("role"), str) or not isinstance(
-                message.get("content"), str
-            ):
+            elif not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
                 return "prompt: a message needs role and content strings"
     labels = body.get("labels")
-    if labels is not None and (
-        not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)
-    ):
+    if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
         return "labels: string[]"
     tags = body.get("tags")
-    if tags is not None and (
-        not isinstance(tags, list) or not all(isinstance(x, str) for x in tags)
-    ):
+    if tags is not None and (not isinstance(tags, list) or not all(isinstance(x, str) for x in tags)):
         return "tags: string[]"
     commit = body.get("commitMessage")
     if commit is not None and not isinstance(commit, str):
@@ -991,10 +969,7 @@ def _map_span(
     linked_version: int | None = None
     if obs_type == "GENERATION":
         if prompt_version is not None and not _is_otlp_int(prompt_version):
-            reason = (
-                f"prompt version {prompt_version!r} ({type(prompt_version).__name__}) "
-                "is not an integer"
-            )
+            reason = f"prompt version {prompt_version!r} ({type(prompt_version).__name__}) is not an integer"
         elif prompt_name is not None and prompt_version is None:
             reason = f"prompt name {prompt_name!r} without a prompt version"
         elif prompt_name is not None and isinstance(prompt_version, int) and prompt_version <= 0:
@@ -1022,3 +997,18 @@ def _map_span(
     if reason is not None:
         return RejectedObservation(observation=observation, reason=reason)
     return observation
+
+
+def reset_langfuse_clients() -> None:
+    """Forget every ``langfuse.Langfuse`` client state in this process.
+
+    The real client keeps one resource manager per *public key*, process-wide: a second
+    ``Langfuse(public_key=same, base_url=other)`` silently reuses the first one's ``base_url``
+    and prompt cache. Tests that start a fresh ``LangfuseServer`` with the same keys should call
+    this between tests (or give each server its own ``public_key``).
+    """
+    try:
+        from langfuse._client.resource_manager import LangfuseResourceManager
+    except ImportError:  # another langfuse layout: nothing we know how to reset
+        return
+    LangfuseResourceManager.reset()

@@ -41,16 +41,12 @@ def _message_text(messages: Any) -> str:
         if isinstance(content, str):
             parts.append(content)
         elif isinstance(content, list):
-            parts.extend(
-                str(c.get("text", "")) for c in content if isinstance(c, dict) and "text" in c
-            )
+            parts.extend(str(c.get("text", "")) for c in content if isinstance(c, dict) and "text" in c)
     return " ".join(parts)
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> Response:
-    return Response.json(
-        status, {"error": {"message": message, "type": kind, "param": None, "code": None}}
-    )
+    return Response.json(status, {"error": {"message": message, "type": kind, "param": None, "code": None}})
 
 
 class FakeOpenAI(LoopbackServer):

@@ -1,0 +1,49 @@
+"""OTLP/JSON lines (contract §5) to a file: what ``--record`` and the ``file`` exporter write."""
+
+from __future__ import annotations
+
+import threading
+from typing import TextIO
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from ..otlpjson import Request, encode_line
+from ._base import OK, ExportResult
+
+__all__ = ["FileExporter", "JsonLinesWriter"]
+
+
+class JsonLinesWriter:
+    """Appends one request per line; thread-safe; flushes every line (a crash loses at most one)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._f: TextIO = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._lock = threading.Lock()
+
+    def write(self, request: Request) -> None:
+        line = encode_line(request) + "\n"
+        with self._lock:
+            self._f.write(line)
+            self._f.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._f.closed:
+                self._f.close()
+
+
+class FileExporter:
+    def __init__(self, path: str, signal: str = "traces") -> None:
+        self.signal = signal
+        self._writer = JsonLinesWriter(path)
+
+    def export(self, payload: bytes) -> ExportResult:
+        msg: Request = ExportTraceServiceRequest() if self.signal == "traces" else ExportLogsServiceRequest()
+        msg.ParseFromString(payload)
+        self._writer.write(msg)
+        return OK
+
+    def shutdown(self) -> None:
+        self._writer.close()

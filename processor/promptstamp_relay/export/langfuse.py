@@ -1,0 +1,116 @@
+"""Langfuse's OTLP ingest: OTLP/HTTP protobuf, Basic auth, gzip (Langfuse accepts no gRPC)."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import http.client
+import logging
+import threading
+import urllib.parse
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from ..deliver.retry import RETRYABLE_HTTP_STATUSES, parse_retry_after
+from ._base import OK, ExportResult
+
+__all__ = ["LangfuseExporter", "basic_auth"]
+
+log = logging.getLogger("promptstamp_relay.export")
+
+INGEST_PATH = "/api/public/otel/v1/traces"
+
+
+def basic_auth(public_key: str, secret_key: str) -> str:
+    return "Basic " + base64.b64encode(f"{public_key}:{secret_key}".encode()).decode()
+
+
+class LangfuseExporter:
+    """``POST {base_url}/api/public/otel/v1/traces`` with the headers Langfuse expects.
+
+    One keep-alive connection per worker thread. A 200 means "queued" on Langfuse's side.
+    """
+
+    signal = "traces"
+
+    def __init__(
+        self,
+        base_url: str,
+        public_key: str,
+        secret_key: str,
+        *,
+        ingestion_version: int = 4,
+        gzip_level: int = 1,
+        timeout: float = 10.0,
+    ) -> None:
+        url = urllib.parse.urlsplit(base_url.rstrip("/"))
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self._https = url.scheme == "https"
+        self._host = url.hostname
+        self._port = url.port or (443 if self._https else 80)
+        self._path = url.path + INGEST_PATH
+        self._headers = {
+            "Content-Type": "application/x-protobuf",
+            "Authorization": basic_auth(public_key, secret_key),
+            "x-langfuse-ingestion-version": str(ingestion_version),
+            "User-Agent": "promptstamp-relay",
+        }
+        if gzip_level:
+            self._headers["Content-Encoding"] = "gzip"
+        self._gzip_level = gzip_level
+        self._timeout = timeout
+        self._local = threading.local()
+        self.endpoint = f"{url.scheme}://{self._host}:{self._port}{self._path}"
+
+    def _conn(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = cls(self._host, self._port, timeout=self._timeout)
+            self._local.conn = conn
+        return conn
+
+    def _drop_conn(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def export(self, payload: bytes, headers: dict[str, str] | None = None) -> ExportResult:
+        body = gzip.compress(payload, self._gzip_level, mtime=0) if self._gzip_level else payload
+        send_headers = self._headers if not headers else {**self._headers, **headers}
+        try:
+            conn = self._conn()
+            conn.request("POST", self._path, body=body, headers=send_headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            self._drop_conn()
+            return ExportResult("retry", f"{type(e).__name__}: {e}")
+        if resp.getheader("Connection", "").lower() == "close":
+            self._drop_conn()
+        status = resp.status
+        if 200 <= status < 300:
+            return _partial_success(data, resp.getheader("Content-Type", ""))
+        message = f"HTTP {status} from {self.endpoint}: {data[:300].decode('utf-8', 'replace')}"
+        if status in RETRYABLE_HTTP_STATUSES:
+            return ExportResult("retry", message, parse_retry_after(resp.getheader("Retry-After")))
+        return ExportResult("permanent", message)
+
+    def shutdown(self) -> None:
+        self._drop_conn()
+
+
+def _partial_success(body: bytes, content_type: str) -> ExportResult:
+    if not body or "protobuf" not in content_type:
+        return OK
+    resp = ExportTraceServiceResponse()
+    try:
+        resp.ParseFromString(body)
+    except Exception:  # a 2xx with an odd body is still accepted
+        return OK
+    ps = resp.partial_success
+    if ps.rejected_spans or ps.error_message:
+        return ExportResult("ok", ps.error_message, rejected=int(ps.rejected_spans))
+    return OK

@@ -1,0 +1,84 @@
+"""OTLP/gRPC to another collector: encoded requests go out as they are, no re-encoding."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+
+from ..deliver.retry import RETRYABLE_GRPC_CODES
+from ._base import OK, ExportResult
+
+__all__ = ["OtlpGrpcExporter", "retry_info_seconds"]
+
+_METHODS = {
+    "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    "logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+}
+
+
+def retry_info_seconds(metadata: Iterable[tuple[str, Any]] | None) -> float | None:
+    """RetryInfo from ``grpc-status-details-bin`` or the ``google.rpc.retryinfo-bin`` trailer."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    for key, value in metadata or ():
+        try:
+            if key == "google.rpc.retryinfo-bin":
+                info = error_details_pb2.RetryInfo.FromString(value)
+                return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
+            if key == "grpc-status-details-bin":
+                status = status_pb2.Status.FromString(value)
+                for detail in status.details:
+                    if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                        info = error_details_pb2.RetryInfo()
+                        detail.Unpack(info)
+                        return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
+        except Exception:
+            continue
+    return None
+
+
+class OtlpGrpcExporter:
+    signal: str
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        signal: str = "traces",
+        insecure: bool = True,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10.0,
+        compression: str = "gzip",
+    ) -> None:
+        self.signal = signal
+        self.endpoint = endpoint
+        self._channel = (
+            grpc.insecure_channel(endpoint)
+            if insecure
+            else grpc.secure_channel(endpoint, grpc.ssl_channel_credentials())
+        )
+        # No serializers: the payload is already an encoded request.
+        self._call = self._channel.unary_unary(_METHODS[signal])
+        self._metadata = tuple((k.lower(), v) for k, v in (headers or {}).items())
+        self._timeout = timeout
+        self._compression = grpc.Compression.Gzip if compression == "gzip" else grpc.Compression.NoCompression
+
+    def export(self, payload: bytes) -> ExportResult:
+        try:
+            self._call(
+                payload, timeout=self._timeout, metadata=self._metadata, compression=self._compression
+            )
+        except grpc.RpcError as e:
+            code = e.code()
+            message = f"gRPC {code.name} from {self.endpoint}: {e.details()}"
+            hint = retry_info_seconds(e.trailing_metadata())
+            throttled = code == grpc.StatusCode.RESOURCE_EXHAUSTED and hint is not None
+            if code in RETRYABLE_GRPC_CODES or throttled:
+                return ExportResult("retry", message, hint)
+            return ExportResult("permanent", message)
+        return OK
+
+    def shutdown(self) -> None:
+        self._channel.close()

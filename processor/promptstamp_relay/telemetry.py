@@ -1,0 +1,101 @@
+"""Prometheus metrics, read from the relay's counters at scrape time (nothing on the hot path)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from .deliver.queue import LATENCY_BUCKETS
+
+if TYPE_CHECKING:
+    from .server import RelayServer
+
+__all__ = ["RelayCollector", "make_registry"]
+
+
+
+class RelayCollector(Collector):
+    def __init__(self, relay: RelayServer) -> None:
+        self._relay = relay
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        r = self._relay
+        st = r.processor.stats
+        rs = r.stats
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(f"promptstamp_{name}", doc, value=value)
+
+        yield counter("spans_received", "Spans received over OTLP", rs.spans_received)
+        yield counter("logs_received", "Log records received over OTLP", rs.logs_received)
+        yield counter("fetch_records", "Fetch-log records taken into the store", st.fetch_records)
+        yield counter("fetch_records_invalid", "Fetch-log records rejected as malformed", st.fetch_invalid)
+        yield counter("logs_dropped", "Non-fetch log records dropped (no logs exporter)", rs.logs_dropped)
+        stamped = CounterMetricFamily(
+            "promptstamp_spans_stamped", "Generation spans stamped, by resolution tier", labels=["tier"]
+        )
+        for tier, n in sorted(st.stamped.items()):
+            stamped.add_metric([tier], n)
+        yield stamped
+        yield counter("spans_held", "Generation spans held for their fetch log", st.spans_held)
+        yield counter("hold_overflow", "Generations stamped at once because the hold window was full",
+                      st.hold_overflow)
+        yield counter("requests_refused", "Requests refused (backpressure, limits, auth)", rs.refused)
+        yield counter("requests_invalid", "Requests refused as malformed", rs.invalid)
+        for q in r.queues():
+            d = q.stats
+            lbl = [q.name]
+            for name, doc, value in (
+                ("exported_items", "Items exported upstream", d.exported_items),
+                ("export_retries", "Export attempts retried", d.retries),
+                ("export_failed_items", "Items that failed permanently", d.failed_permanent_items),
+                ("export_rejected_items", "Items rejected by upstream partial success", d.rejected_items),
+                ("lost_items", "Items given up at shutdown (memory mode)", d.lost_items),
+            ):
+                m = CounterMetricFamily(f"promptstamp_{name}", doc, labels=["signal"])
+                m.add_metric(lbl, value)
+                yield m
+            g = GaugeMetricFamily("promptstamp_queue_depth", "Requests queued or in flight",
+                                  labels=["signal"])
+            g.add_metric(lbl, q.depth)
+            yield g
+            g = GaugeMetricFamily("promptstamp_queue_bytes", "Bytes queued", labels=["signal"])
+            g.add_metric(lbl, q.bytes)
+            yield g
+        held = GaugeMetricFamily("promptstamp_held_spans", "Spans in the hold window now")
+        held.add_metric([], len(r.processor.hold))
+        yield held
+        held_b = GaugeMetricFamily("promptstamp_held_bytes", "Bytes of spans in the hold window now")
+        held_b.add_metric([], r.processor.hold.held_bytes)
+        yield held_b
+        store = GaugeMetricFamily("promptstamp_store_entries", "Fetch-log records kept")
+        store.add_metric([], len(r.processor.store))
+        yield store
+        # Export latency, all queues together.
+        counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        total = 0.0
+        for q in r.queues():
+            counts = [x + y for x, y in zip(counts, q.stats.latency_counts, strict=True)]
+            total += q.stats.latency_sum
+        cum = 0
+        buckets = []
+        for b, cnt in zip((*map(str, LATENCY_BUCKETS), "+Inf"), counts, strict=True):
+            cum += cnt
+            buckets.append((b, cum))
+        yield HistogramMetricFamily(
+            "promptstamp_export_seconds", "Upstream export latency per attempt",
+            buckets=buckets, sum_value=total,
+        )
+
+
+def make_registry(relay: RelayServer) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(RelayCollector(relay))
+    return reg

@@ -1,0 +1,274 @@
+"""Fetching prompts through Langfuse's ``get_prompt``, and the runtime fallback policy.
+
+How ``source`` stays truthful
+-----------------------------
+Langfuse's client keeps its own 60 s stale-while-revalidate cache: once a copy has expired it
+returns that stale copy at once and refreshes in the background, and when the refresh fails it
+keeps returning the stale copy silently. Nothing on the returned object says which happened, so
+an SDK that relied on it could not tell "Langfuse answered" from "Langfuse is down and this is
+a 20-minute-old copy".
+
+So promptstamp never lets the client answer from its cache: every ``get_prompt`` call passes
+``cache_ttl_seconds=0``, which makes the client go to the network and raise on failure (its
+own ``fallback=`` is never passed either). promptstamp keeps the cache instead, per prompt name
+and label:
+
+* a copy Langfuse returned less than ``cache_ttl_seconds`` ago (default 60 s, like Langfuse's
+  client) is handed out without a request, ``source="langfuse"`` — the contract's "from
+  Langfuse or its client cache";
+* when the copy is older, the next ``prompt()`` fetches synchronously (one request per name and
+  label at a time; concurrent callers wait for it rather than stampede);
+* when that fetch fails, the copy becomes the last known good and is served only while it is
+  at most ``max_stale_seconds`` old (default 300 s, counted from when Langfuse last returned
+  it), with ``source="cache"`` and the failure's class name as ``error_type``;
+* after a failed fetch, the next network attempt for that name and label is made no sooner
+  than ``FAILURE_BACKOFF_SECONDS`` later, so an outage costs one request's timeout every few
+  seconds, not one per ``prompt()``; hand-outs in between are ``source="cache"`` (or an
+  unavailable error) with the error type of that failed attempt.
+
+The runtime fallback policy
+---------------------------
+============================================  ==================================================
+failure                                       behaviour
+============================================  ==================================================
+timeout, connection error, 5xx (any fetch     last known good for at most ``max_stale_seconds``:
+error that is not a 404)                      ``source="cache"``
+nothing cached, or the copy is too old        the app's explicit ``fallback`` if it passed one
+                                              (``source="fallback"``, no version), else
+                                              ``PromptUnavailableError``
+the prompt or label does not exist (404)      ``PromptNotFoundError``; the cached copy is
+                                              dropped; never ``latest``, cache or fallback
+============================================  ==================================================
+
+Retries: ``get_prompt``'s own ``max_retries`` (1 s apart) defaults to 0 here, since the cache
+above is the better answer to a failed fetch than a blocked request. Langfuse's HTTP layer also
+retries a 5xx/429 answer twice by itself (about 1 s then 2 s, or ``Retry-After``) before
+``get_prompt`` sees it; that cannot be turned off through ``get_prompt``, which is one reason
+for the failure backoff.
+
+The clock is the module attribute ``_now`` (monotonic seconds), so tests can move time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from . import contract
+from ._errors import PromptNotFoundError, PromptUnavailableError
+from ._template import PromptType, Template, from_langfuse
+
+DEFAULT_CACHE_TTL_SECONDS: Final = 60.0
+DEFAULT_MAX_STALE_SECONDS: Final = 300.0
+FAILURE_BACKOFF_SECONDS: Final = 5.0
+
+_now: Callable[[], float] = time.monotonic
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What ``prompt()`` hands out and records: the template, where it came from, and why."""
+
+    template: Template
+    source: str  # contract.SOURCE_LANGFUSE | SOURCE_CACHE | SOURCE_FALLBACK
+    error_type: str | None = None
+
+
+@dataclass
+class FetchSettings:
+    """Defaults for every ``prompt()``; ``install()`` sets them."""
+
+    cache_ttl_seconds: float = DEFAULT_CACHE_TTL_SECONDS
+    max_stale_seconds: float = DEFAULT_MAX_STALE_SECONDS
+    fetch_timeout_seconds: float | None = None  # None: the Langfuse client's timeout (5 s)
+    max_retries: int = 0
+
+
+@dataclass
+class _Entry:
+    """Cache state of one (name, label)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    good: Template | None = None
+    good_at: float = 0.0  # when Langfuse last returned ``good``
+    failed_at: float | None = None  # when the last fetch failed, if it did
+    error_type: str | None = None
+
+
+def check_seconds(what: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{what} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def _is_not_found(error: BaseException) -> bool:
+    if getattr(error, "status_code", None) == 404:
+        return True
+    try:
+        from langfuse.api import NotFoundError
+    except ImportError:  # pragma: no cover - a langfuse without the fern error classes
+        return type(error).__name__ == "NotFoundError"
+    return isinstance(error, NotFoundError)
+
+
+def _build_client() -> Any:
+    # Imported here, not at module import: ``import promptstamp`` must stay cheap, and an app
+    # that passes its own client never pays for building one.
+    from langfuse import Langfuse
+
+    # Reads LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY and LANGFUSE_BASE_URL (or LANGFUSE_HOST).
+    # Tracing stays off: spans go through the app's own OTel pipeline, not Langfuse's exporter.
+    return Langfuse(tracing_enabled=False)
+
+
+class Fetcher:
+    """The prompt cache and policy for one Langfuse client. Thread-safe."""
+
+    def __init__(self, client: Any = None, settings: FetchSettings | None = None) -> None:
+        self.settings = settings or FetchSettings()
+        self._client = client
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, str], _Entry] = {}
+
+    # -- client -----------------------------------------------------------------------------
+
+    def set_client(self, client: Any) -> None:
+        """Use ``client`` from now on; a different client forgets every cached prompt."""
+        with self._lock:
+            if client is self._client:
+                return
+            self._client = client
+            self._entries.clear()
+
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = _build_client()
+            return self._client
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def _entry(self, name: str, label: str) -> _Entry:
+        with self._lock:
+            entry = self._entries.get((name, label))
+            if entry is None:
+                entry = self._entries[(name, label)] = _Entry()
+            return entry
+
+    # -- resolution -------------------------------------------------------------------------
+
+    def fresh(
+        self, name: str, label: str, type_: PromptType, cache_ttl_seconds: float | None
+    ) -> Resolution | None:
+        """A copy Langfuse returned less than the TTL ago, without any I/O; else ``None``."""
+        entry = self._entry(name, label)
+        return self._fresh(entry, name, label, type_, self._ttl(cache_ttl_seconds))
+
+    def resolve(
+        self,
+        name: str,
+        label: str,
+        type_: PromptType,
+        *,
+        cache_ttl_seconds: float | None = None,
+        max_stale_seconds: float | None = None,
+        fallback: Template | None = None,
+    ) -> Resolution:
+        """Hand out (name, label) by the policy in the module docstring. May block on I/O."""
+        ttl = self._ttl(cache_ttl_seconds)
+        max_stale = (
+            self.settings.max_stale_seconds
+            if max_stale_seconds is None
+            else check_seconds("max_stale_seconds", max_stale_seconds)
+        )
+        entry = self._entry(name, label)
+        hit = self._fresh(entry, name, label, type_, ttl)
+        if hit is not None:
+            return hit
+        with entry.lock:
+            # Another thread may have fetched while this one waited for the lock.
+            hit = self._fresh(entry, name, label, type_, ttl)
+            if hit is not None:
+                return hit
+            if entry.failed_at is not None and _now() - entry.failed_at < FAILURE_BACKOFF_SECONDS:
+                return self._degraded(
+                    entry, name, label, type_, max_stale, fallback, entry.error_type or "", None
+                )
+            try:
+                template = self._fetch(name, label, type_)
+            except Exception as error:
+                error_type = type(error).__name__
+                if _is_not_found(error):
+                    # Fail closed, and forget the copy: the label has moved or gone.
+                    entry.good, entry.failed_at, entry.error_type = None, None, None
+                    raise PromptNotFoundError(name, label, error_type) from error
+                entry.failed_at, entry.error_type = _now(), error_type
+                return self._degraded(entry, name, label, type_, max_stale, fallback, error_type, error)
+            entry.good, entry.good_at = template, _now()
+            entry.failed_at, entry.error_type = None, None
+            return self._hand_out(template, name, label, type_, contract.SOURCE_LANGFUSE, None)
+
+    def _ttl(self, cache_ttl_seconds: float | None) -> float:
+        if cache_ttl_seconds is None:
+            return self.settings.cache_ttl_seconds
+        return check_seconds("cache_ttl_seconds", cache_ttl_seconds)
+
+    def _fetch(self, name: str, label: str, type_: PromptType) -> Template:
+        fetched = self.client().get_prompt(
+            name,
+            label=label,
+            type=type_,
+            cache_ttl_seconds=0,  # never the client's silent stale copy: see module docstring
+            max_retries=self.settings.max_retries,
+            fetch_timeout_seconds=self.settings.fetch_timeout_seconds,
+        )
+        return from_langfuse(fetched)
+
+    def _fresh(
+        self, entry: _Entry, name: str, label: str, type_: PromptType, ttl: float
+    ) -> Resolution | None:
+        good, good_at = entry.good, entry.good_at
+        if good is None or _now() - good_at >= ttl:
+            return None
+        return self._hand_out(good, name, label, type_, contract.SOURCE_LANGFUSE, None)
+
+    def _degraded(
+        self,
+        entry: _Entry,
+        name: str,
+        label: str,
+        type_: PromptType,
+        max_stale: float,
+        fallback: Template | None,
+        error_type: str,
+        cause: BaseException | None,
+    ) -> Resolution:
+        stale_seconds: float | None = None
+        if entry.good is not None:
+            stale_seconds = _now() - entry.good_at
+            if stale_seconds <= max_stale:
+                return self._hand_out(entry.good, name, label, type_, contract.SOURCE_CACHE, error_type)
+        if fallback is not None:
+            return Resolution(fallback, contract.SOURCE_FALLBACK, error_type)
+        raise PromptUnavailableError(name, label, error_type, stale_seconds) from cause
+
+    @staticmethod
+    def _hand_out(
+        template: Template,
+        name: str,
+        label: str,
+        type_: PromptType,
+        source: str,
+        error_type: str | None,
+    ) -> Resolution:
+        if template.type != type_:
+            # Not a fetch failure but a configuration one: fail closed like a missing label.
+            raise PromptNotFoundError(
+                name, label, "PromptTypeMismatch", f"it is a {template.type} prompt, not {type_}"
+            )
+        return Resolution(template, source, error_type)
