@@ -88,9 +88,7 @@ def test_threads_do_not_see_each_others_labels(installed: Otel, ab_server: Langf
     assert _current() == (None, None)
 
 
-def test_asyncio_tasks_do_not_see_each_others_labels(
-    installed: Otel, ab_server: LangfuseServer
-) -> None:
+def test_asyncio_tasks_do_not_see_each_others_labels(installed: Otel, ab_server: LangfuseServer) -> None:
     async def work(label: str, fail: bool) -> tuple[object, object]:
         async with promptstamp.prompt(PROMPT, label=label):
             await asyncio.sleep(0)  # interleave with every other task
@@ -155,7 +153,7 @@ def test_only_the_two_entries_travel_never_the_subject_id(installed: Otel, ab_se
     ],
 )
 def test_key_and_label_must_be_short_ascii(name: str, label: str) -> None:
-    with pytest.raises(ValueError, match="prompt (name|label)"):
+    with pytest.raises(ValueError, match=r"prompt (name|label)"):
         promptstamp.prompt(name, label=label)
 
 

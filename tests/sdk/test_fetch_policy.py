@@ -20,9 +20,7 @@ VARIABLES = {"query": "Where is my order?", "region": "eu"}
 
 def _fetch_once(otel: Otel, **kwargs: Any) -> tuple[str, int | None, str | None]:
     """One ``prompt()`` inside a span; returns (source, version, error_type)."""
-    with otel.tracer.start_as_current_span("compose_answer"), promptstamp.prompt(
-        PROMPT, **kwargs
-    ) as p:
+    with otel.tracer.start_as_current_span("compose_answer"), promptstamp.prompt(PROMPT, **kwargs) as p:
         p.compile(**VARIABLES)
         return p.source, p.version, p.error_type
 
@@ -50,9 +48,7 @@ def test_fetch_from_langfuse(installed: Otel, server: LangfuseServer) -> None:
             {"role": "system", "content": "You are a support assistant. Escalate when unsure."},
             {"role": "user", "content": "Question: Where is my order?\nRegion: eu"},
         ]
-    assert [(r.name, r.label, r.version) for r in server.prompt_requests] == [
-        (PROMPT, "production", None)
-    ]
+    assert [(r.name, r.label, r.version) for r in server.prompt_requests] == [(PROMPT, "production", None)]
 
 
 def test_fresh_copy_is_served_without_a_request_then_refetched(
@@ -63,16 +59,15 @@ def test_fresh_copy_is_served_without_a_request_then_refetched(
     assert _fetch_once(installed, cache_ttl_seconds=60) == ("langfuse", 1, None)
     assert len(server.prompt_requests) == 1
 
-    server.create_prompt(PROMPT, [{"role": "user", "content": "v2 {{query}} {{region}}"}],
-                         labels=["production"])
+    server.create_prompt(
+        PROMPT, [{"role": "user", "content": "v2 {{query}} {{region}}"}], labels=["production"]
+    )
     clock.advance(2)
     assert _fetch_once(installed, cache_ttl_seconds=60) == ("langfuse", 2, None)
     assert len(server.prompt_requests) == 2
 
 
-def test_cache_ttl_zero_goes_to_langfuse_every_time(
-    installed: Otel, server: LangfuseServer
-) -> None:
+def test_cache_ttl_zero_goes_to_langfuse_every_time(installed: Otel, server: LangfuseServer) -> None:
     """Langfuse's own client cache is never consulted: every fetch past our TTL is a request."""
     for _ in range(3):
         assert _fetch_once(installed, cache_ttl_seconds=0) == ("langfuse", 1, None)
@@ -96,9 +91,7 @@ def test_asking_for_the_wrong_type_fails_closed(installed: Otel, server: Langfus
 # -- row 1: timeout, connection error, 5xx → last known good, source=cache -----------------------
 
 
-def test_5xx_serves_last_known_good_from_cache(
-    installed: Otel, server: LangfuseServer, clock: Clock
-) -> None:
+def test_5xx_serves_last_known_good_from_cache(installed: Otel, server: LangfuseServer, clock: Clock) -> None:
     assert _fetch_once(installed) == ("langfuse", 1, None)
     server.fail_prompts(503)
     clock.advance(120)  # past the 60 s TTL: this prompt() must ask Langfuse
@@ -180,9 +173,10 @@ def test_after_a_failure_langfuse_is_not_asked_again_for_a_few_seconds(
 
 def test_nothing_cached_raises_unavailable(installed: Otel, server: LangfuseServer) -> None:
     server.fail_prompts(503)
-    with installed.tracer.start_as_current_span("compose_answer"), pytest.raises(
-        promptstamp.PromptUnavailableError
-    ) as raised:
+    with (
+        installed.tracer.start_as_current_span("compose_answer"),
+        pytest.raises(promptstamp.PromptUnavailableError) as raised,
+    ):
         with promptstamp.prompt(PROMPT):
             pytest.fail("the block must not run")
     assert (raised.value.name, raised.value.label, raised.value.error_type) == (
@@ -223,9 +217,7 @@ def test_max_stale_seconds_per_call(installed: Otel, server: LangfuseServer, clo
         _fetch_once(installed, max_stale_seconds=60)
 
 
-def test_max_stale_seconds_set_by_install(
-    installed: Otel, server: LangfuseServer, clock: Clock
-) -> None:
+def test_max_stale_seconds_set_by_install(installed: Otel, server: LangfuseServer, clock: Clock) -> None:
     promptstamp.install(max_stale_seconds=30)
     assert _fetch_once(installed) == ("langfuse", 1, None)
     server.fail_prompts(503)
@@ -238,9 +230,10 @@ def test_max_stale_seconds_set_by_install(
 
 
 def test_missing_label_fails_closed(installed: Otel, server: LangfuseServer) -> None:
-    with installed.tracer.start_as_current_span("compose_answer"), pytest.raises(
-        promptstamp.PromptNotFoundError
-    ) as raised:
+    with (
+        installed.tracer.start_as_current_span("compose_answer"),
+        pytest.raises(promptstamp.PromptNotFoundError) as raised,
+    ):
         promptstamp.prompt(PROMPT, label="prod-b").__enter__()
     assert (raised.value.name, raised.value.label) == (PROMPT, "prod-b")
     attributes = _span(installed).attributes or {}
@@ -280,9 +273,7 @@ def test_missing_variables_raise_before_the_model_call(installed: Otel) -> None:
     assert "region" in str(raised.value)
 
 
-def test_missing_chat_placeholder_is_a_missing_variable(
-    installed: Otel, server: LangfuseServer
-) -> None:
+def test_missing_chat_placeholder_is_a_missing_variable(installed: Otel, server: LangfuseServer) -> None:
     server.create_prompt(
         "with-history",
         [
@@ -312,9 +303,10 @@ def test_explicit_fallback_when_nothing_is_cached(installed: Otel, server: Langf
         {"role": "system", "content": "Answer from authorized context only."},
         {"role": "user", "content": "{{query}} ({{region}})"},
     ]
-    with installed.tracer.start_as_current_span("compose_answer"), promptstamp.prompt(
-        PROMPT, fallback=fallback
-    ) as p:
+    with (
+        installed.tracer.start_as_current_span("compose_answer"),
+        promptstamp.prompt(PROMPT, fallback=fallback) as p,
+    ):
         assert (p.source, p.version, p.error_type, p.config) == (
             "fallback",
             None,

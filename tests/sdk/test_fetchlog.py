@@ -54,9 +54,7 @@ def test_no_active_span_gives_empty_ids(installed: Otel) -> None:
 
 def test_the_record_as_otlp(installed: Otel, server: LangfuseServer) -> None:
     """event_name travels in LogRecord field 12 and the version as an intValue."""
-    with installed.tracer.start_as_current_span("compose_answer") as span, promptstamp.prompt(
-        PROMPT
-    ):
+    with installed.tracer.start_as_current_span("compose_answer") as span, promptstamp.prompt(PROMPT):
         pass
     request = encode_logs(installed.fetch_records())
     [resource_logs] = request.resource_logs

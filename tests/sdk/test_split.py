@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 
@@ -45,11 +46,31 @@ def test_sticky_per_subject_and_salt() -> None:
     assert 800 < changed < 1200  # a new salt reshuffles about half of a 50/50 split
 
 
+def _reference(subject: str, salt: str) -> float:
+    """The documented mapping, written out independently: blake2b-64 of len(salt):salt+id."""
+    salt_bytes = salt.encode()
+    digest = hashlib.blake2b(
+        f"{len(salt_bytes)}:".encode() + salt_bytes + subject.encode(), digest_size=8
+    ).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 def test_stable_across_processes_and_versions() -> None:
     """Pinned outputs: a change of hash or layout would silently move users between arms."""
     weights = {"prod-a": 0.5, "prod-b": 0.5}
-    pinned = {subject: label_for(subject, weights, salt="exp") for subject in ("a", "b", "c", "d")}
-    assert pinned == {"a": "prod-a", "b": "prod-b", "c": "prod-a", "d": "prod-b"}
+    subjects = ("a", "b", "c", "d", "usr_pseudo_prompt_demo", "usr_prompt_ab_00")
+    pinned = {subject: label_for(subject, weights, salt="exp") for subject in subjects}
+    assert pinned == {
+        "a": "prod-a",
+        "b": "prod-a",
+        "c": "prod-b",
+        "d": "prod-a",
+        "usr_pseudo_prompt_demo": "prod-b",
+        "usr_prompt_ab_00": "prod-a",
+    }
+    for subject in _ids(500):
+        expected = "prod-a" if _reference(subject, "exp") < 0.5 else "prod-b"
+        assert label_for(subject, weights, salt="exp") == expected
 
 
 def test_growing_an_arm_moves_only_the_needed_subjects() -> None:

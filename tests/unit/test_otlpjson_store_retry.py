@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import random
+
+from promptstamp_relay.deliver.retry import Backoff, parse_retry_after
+from promptstamp_relay.otlpjson import decode_line, encode_line
+from promptstamp_relay.records import FetchRecord
+from promptstamp_relay.store import MemoryStore
+from tests.otlp_builders import T0, S, fetch_record, gen_attrs, logs, span, traces
+
+
+def test_otlp_json_round_trip_with_hex_ids() -> None:
+    req = traces([span(attrs=gen_attrs(n=3, f=1.5, b=True))])
+    req.resource_spans[0].scope_spans[0].spans[0].links.add(trace_id=b"\x02" * 16, span_id=b"\x03" * 8)
+    line = encode_line(req)
+    assert '"traceId":"00000000000000000000000000000001"' in line
+    assert '"spanId":"0303030303030303"' in line
+    assert decode_line(line) == req
+    log_req = logs([fetch_record()])
+    assert decode_line(encode_line(log_req)) == log_req
+
+
+def rec(version: int, t: int, instance: str = "i1", trace: bytes = b"") -> FetchRecord:
+    return FetchRecord("k", "l", version, "langfuse", t, trace, b"", instance)
+
+
+def test_memory_store_latest_not_after_and_bounds() -> None:
+    st = MemoryStore(max_entries=3, max_age_ns=100 * S)
+    st.add("t", [rec(1, T0), rec(2, T0 + 10 * S), rec(3, T0 + 5 * S)], T0)
+    assert st.latest("t", "k", "l", T0 + 7 * S, 0).version == 3  # type: ignore[union-attr]
+    assert st.latest("t", "k", "l", T0 + 20 * S, 0).version == 2  # type: ignore[union-attr]
+    assert st.latest("t", "k", "l", T0 - 1, 0) is None
+    st.add("t", [rec(4, T0 + 11 * S)], T0)  # over max_entries: the oldest arrival goes
+    assert len(st) == 3
+    assert st.latest("t", "k", "l", T0 + S, 0) is None
+    st.prune(T0 + 200 * S)  # everything older than the age bound
+    assert len(st) == 0
+
+
+def test_memory_store_per_tenant_cap_leaves_other_tenants_alone() -> None:
+    st = MemoryStore(max_entries=100, max_entries_per_tenant=2)
+    st.add("a", [rec(1, T0)], T0)
+    st.add("b", [rec(v, T0 + v) for v in range(1, 6)], T0)
+    assert st.latest("a", "k", "l", T0, 0).version == 1  # type: ignore[union-attr]
+    assert len(st) == 3
+
+
+def test_backoff_is_bounded_and_honours_the_hint() -> None:
+    b = Backoff(initial=1, maximum=4, max_elapsed=10, multiplier=2, randomization=0, rng=random.Random(1))
+    run = b.delays()
+    assert [run.next_delay() for _ in range(3)] == [1, 2, 4]
+    assert run.next_delay(hint=0.5) == 0.5
+    assert run.next_delay() is None  # 1+2+4+0.5+4 > 10
+
+
+def test_retry_after_parsing() -> None:
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480.0) == 0.0
