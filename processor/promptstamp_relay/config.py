@@ -134,18 +134,24 @@ class StoreConfig:
 
 @dataclass
 class QueueConfig:
+    """The delivery queue (docs/delivery.md). ``max_bytes`` bounds queued + in-flight + held
+    bytes, both signals together; in persistent mode the queued bytes are on disk."""
+
     max_requests: int = 1000
     max_bytes: int = 256 * 1024 * 1024
     workers: int = 2
     directory: str = ""  # persistent queue when set
+    synchronous: str = "full"  # persistent queue: full (fsync every commit) | normal
     shutdown_timeout_seconds: float = 10.0
+    retry_after_seconds: float = 1.0  # RetryInfo delay suggested to senders refused when full
+    memory_limit_mib: int = 0  # refuse while process RSS is above this (0 = off)
 
 
 @dataclass
 class RetryConfig:
     initial_interval_seconds: float = 5.0
     max_interval_seconds: float = 30.0
-    max_elapsed_seconds: float = 300.0
+    max_elapsed_seconds: float = 300.0  # 0 = retry for ever
     multiplier: float = 1.5
     randomization: float = 0.5
 
@@ -260,6 +266,14 @@ class Config:
         for k in ("max_requests", "max_bytes", "workers"):
             if getattr(q, k) <= 0:
                 errs.append(f"'queue.{k}' must be > 0")
+        if q.synchronous not in ("full", "normal"):
+            errs.append(f"'queue.synchronous' must be full or normal, got {q.synchronous!r}")
+        if not (math.isfinite(q.shutdown_timeout_seconds) and q.shutdown_timeout_seconds >= 0):
+            errs.append("'queue.shutdown_timeout_seconds' must be >= 0")
+        if not (math.isfinite(q.retry_after_seconds) and 0 < q.retry_after_seconds <= 300):
+            errs.append("'queue.retry_after_seconds' must be > 0 and <= 300")
+        if q.memory_limit_mib < 0:
+            errs.append("'queue.memory_limit_mib' must be >= 0 (0 = off)")
         r = self.retry
         if not 0 < r.initial_interval_seconds <= r.max_interval_seconds:
             errs.append("'retry.initial_interval_seconds' must be > 0 and <= retry.max_interval_seconds")

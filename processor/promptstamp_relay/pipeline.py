@@ -23,12 +23,23 @@ from .store import FetchLogStore, MemoryStore
 __all__ = ["LogsResult", "Outgoing", "Processor", "ProcessorStats"]
 
 
-@dataclass(frozen=True, slots=True)
 class Outgoing:
-    """A stamped request ready to send, and whose it is (exporters route by tenant)."""
+    """An encoded, stamped request ready to send, and whose it is (exporters route by tenant)."""
 
-    tenant: str
-    request: ExportTraceServiceRequest
+    __slots__ = ("_request", "payload", "spans", "tenant")
+
+    def __init__(self, tenant: str, payload: bytes, spans: int) -> None:
+        self.tenant = tenant
+        self.payload = payload
+        self.spans = spans
+        self._request: ExportTraceServiceRequest | None = None
+
+    @property
+    def request(self) -> ExportTraceServiceRequest:
+        """The payload decoded (for replay output and tests; the live path sends bytes)."""
+        if self._request is None:
+            self._request = ExportTraceServiceRequest.FromString(self.payload)
+        return self._request
 
 
 @dataclass
@@ -96,19 +107,30 @@ class Processor:
         return LogsResult(keep, released, batch.invalid)
 
     def consume_traces(
-        self, request: ExportTraceServiceRequest, now_ns: int, tenant: str = DEFAULT_TENANT
+        self,
+        request: ExportTraceServiceRequest,
+        now_ns: int,
+        tenant: str = DEFAULT_TENANT,
+        encoded: bytes | None = None,
     ) -> list[Outgoing]:
-        """Stamp ``request``; return what is ready to send (it first, then any due held spans)."""
+        """Stamp ``request``; return what is ready to send (it first, then any due held spans).
+
+        ``encoded``: the bytes ``request`` was decoded from, if at hand (a faster scan).
+        """
+        if encoded is None:
+            encoded = request.SerializeToString()
         outcome = stamp_request(
-            request, tenant=tenant, store=self.store, settings=self.settings, now_ns=now_ns,
-            hold_capacity=self.hold.capacity, api=self.api,
+            encoded, request, tenant=tenant, store=self.store, settings=self.settings,
+            now_ns=now_ns, hold_capacity=self.hold.capacity, api=self.api,
         )
         st = self.stats
         st.spans_received += outcome.spans
         st.stamped.update(outcome.stamped)
         st.spans_held += len(outcome.held)
         self.hold.add(outcome.held)
-        out = [Outgoing(tenant, request)] if request.resource_spans else []
+        out = []
+        if outcome.payload is not None:
+            out.append(Outgoing(tenant, outcome.payload, outcome.spans - len(outcome.held)))
         out.extend(self.release_due(now_ns))
         return out
 
@@ -128,11 +150,10 @@ class Processor:
         by_tenant: dict[str, list[HeldSpan]] = {}
         for h in held:
             by_tenant.setdefault(h.key.tenant, []).append(h)
-        return [
-            Outgoing(
-                tenant,
-                release_spans(spans, store=self.store, settings=self.settings, api=self.api,
-                              stamped=self.stats.stamped),
+        out = []
+        for tenant, spans in by_tenant.items():
+            request = release_spans(
+                spans, store=self.store, settings=self.settings, api=self.api, stamped=self.stats.stamped
             )
-            for tenant, spans in by_tenant.items()
-        ]
+            out.append(Outgoing(tenant, request.SerializeToString(), len(spans)))
+        return out

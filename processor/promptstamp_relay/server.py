@@ -7,6 +7,7 @@ workers export. Nothing on a receive path waits on the network.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ from promptstamp import contract as c
 
 from .apitier import LabelPointers
 from .config import Config
+from .deliver.persistent import Journal, JournalError, PersistentHold
 from .deliver.queue import DeliveryItem, DeliveryQueue
 from .deliver.retry import Backoff
 from .detect import GenerationRules
@@ -39,13 +41,13 @@ from .receive import CallInfo, OtlpGrpcReceiver, Refusal
 from .records import DEFAULT_TENANT
 from .stamp import StampSettings
 from .store import FetchLogStore, MemoryStore
+from .store.sqlite import SqliteStore
 
 __all__ = ["RelayServer", "RelayStats", "check_protobuf_backend"]
 
 log = logging.getLogger("promptstamp_relay")
 
 _KEY_MARKER = c.PROMPT_KEY.encode()
-_REFUSE_RETRY_SECONDS = 1.0
 
 
 def check_protobuf_backend() -> str:
@@ -68,6 +70,7 @@ class RelayStats:
     logs_received: int = 0
     logs_dropped: int = 0
     refused: int = 0
+    refused_backpressure: int = 0  # of ``refused``: queue/memory full (UNAVAILABLE + RetryInfo)
     invalid: int = 0
     passthrough_requests: int = 0
 
@@ -165,11 +168,26 @@ class RelayServer:
                 refresh_seconds=cfg.resolution.api.refresh_seconds,
                 timeout=cfg.resolution.api.timeout_seconds,
             )
+        # Persistent mode: one SQLite database for the queue, held spans and (memory backend)
+        # the fetch log. Lock order everywhere: the journal's transaction, then self._lock.
+        self.journal: Journal | None = (
+            Journal(cfg.queue.directory, synchronous=cfg.queue.synchronous) if cfg.queue.directory else None
+        )
+        if store is None and self.journal is not None and cfg.store.backend == "memory":
+            store = SqliteStore(
+                self.journal, max_entries=cfg.store.max_entries,
+                max_entries_per_tenant=cfg.store.max_entries_per_tenant,
+                max_age_ns=int(cfg.store.max_age_seconds * 1e9), now_ns=clock(),
+            )
         self.processor = build_processor(
             cfg, store if store is not None else build_store(cfg),
             api=self.api.lookup if self.api else None,
         )
         self._lock = threading.Lock()
+        if self.journal is not None:
+            # Held spans are rows too: a crash inside the hold window loses nothing.
+            hold = self.processor.hold
+            self.processor.hold = PersistentHold(self.journal, hold.hold_ns, hold.max_spans)
         self._trace_exporter = trace_exporter or build_trace_exporter(cfg)
         self._logs_exporter = logs_exporter if logs_exporter is not None else build_logs_exporter(cfg)
         backoff = Backoff(
@@ -180,6 +198,7 @@ class RelayServer:
         self.trace_queue = DeliveryQueue(
             lambda tenant: self._trace_exporter, max_requests=cfg.queue.max_requests,
             max_bytes=cfg.queue.max_bytes, workers=cfg.queue.workers, backoff=backoff, name="traces",
+            journal=self.journal,
         )
         self.logs_queue: DeliveryQueue | None = None
         if self._logs_exporter is not None:
@@ -187,6 +206,7 @@ class RelayServer:
             self.logs_queue = DeliveryQueue(
                 lambda tenant: logs_exporter_, max_requests=cfg.queue.max_requests,
                 max_bytes=cfg.queue.max_bytes, workers=1, backoff=backoff, name="logs",
+                journal=self.journal,
             )
         self._recorder = JsonLinesWriter(cfg.record) if cfg.record else None
         self.receiver = OtlpGrpcReceiver(
@@ -212,9 +232,10 @@ class RelayServer:
 
     def start(self) -> RelayServer:
         check_protobuf_backend()
-        self.trace_queue.start()
+        self.trace_queue.start()  # persistent mode: what an earlier run left goes first
         if self.logs_queue is not None:
             self.logs_queue.start()
+        self._recover_held()
         if self.api is not None:
             self.api.start()
         self._ticker.start()
@@ -252,9 +273,12 @@ class RelayServer:
         self.receiver.stop(grace=1.0)
         self._stop.set()
         self._ticker.join(timeout=2)
-        with self._lock:
-            released = self.processor.release_all()
-        self._enqueue_traces(released)
+        try:
+            with self._durable(), self._lock:
+                released = self.processor.release_all()
+                self._enqueue_traces(released)
+        except Refusal:  # logged; the held rows stay on disk for the next start
+            pass
         deadline = time.monotonic() + timeout
         lost = self.trace_queue.shutdown(timeout)
         if self.logs_queue is not None:
@@ -270,16 +294,56 @@ class RelayServer:
             self._metrics_server.shutdown()  # type: ignore[attr-defined]
             self._metrics_server.server_close()  # type: ignore[attr-defined]
         self.processor.store.close()
+        if self.journal is not None:
+            self.journal.close()
         return lost
+
+    @contextlib.contextmanager
+    def _durable(self) -> Iterator[None]:
+        """Persistent mode: one SQLite transaction (committed before the sender's OK) around a
+        processing step; a failed write refuses the request as retryable. Memory mode: nothing.
+
+        Take it before ``self._lock``, never inside it (the store and hold write through it).
+        """
+        if self.journal is None:
+            yield
+            return
+        try:
+            with self.journal.transaction():
+                yield
+        except JournalError as e:
+            log.error("persistent queue write failed, refusing data: %s", e)
+            raise Refusal(grpc.StatusCode.UNAVAILABLE, "relay cannot write its persistent queue, retry later",
+                          retry_after=self.cfg.queue.retry_after_seconds) from e
+
+    def _recover_held(self) -> None:
+        """Persistent mode: spans an earlier run held go through the processor again."""
+        if self.journal is None:
+            return
+        with self.journal.transaction():
+            rows = self.journal.take_held()
+            if not rows:
+                return
+            now = self._clock()
+            with self._lock:
+                out: list[Outgoing] = []
+                for tenant, payload in rows:
+                    out.extend(self.processor.consume_traces(
+                        ExportTraceServiceRequest.FromString(payload), now, tenant))
+                self._enqueue_traces(out)
+        log.warning("took back %d held spans left in the persistent queue by an earlier run", len(rows))
 
     def _tick_loop(self) -> None:
         while not self._stop.is_set():
             now = self._clock()
             due = self.processor.next_due_ns()
             if due is not None and due <= now:
-                with self._lock:
-                    released = self.processor.release_due(now)
-                self._enqueue_traces(released)
+                try:
+                    with self._durable(), self._lock:
+                        released = self.processor.release_due(now)
+                        self._enqueue_traces(released)
+                except Refusal:  # logged; the held rows stay on disk for the next start
+                    self._stop.wait(0.5)
                 continue
             wait = 0.05 if due is None else min(0.05, max(0.001, (due - now) / 1e9))
             self._stop.wait(wait)
@@ -335,14 +399,13 @@ class RelayServer:
             return b""
         now = self._clock()
         with self._lock:
-            out = self.processor.consume_traces(req, now, tenant)
+            out = self.processor.consume_traces(req, now, tenant, encoded=data)
         self._enqueue_traces(out)
         return b""
 
     def _enqueue_traces(self, outgoing: list[Outgoing]) -> None:
         for o in outgoing:
-            payload = o.request.SerializeToString()
-            self.trace_queue.put(DeliveryItem(payload, _count_spans(o.request), o.tenant))
+            self.trace_queue.put(DeliveryItem(o.payload, o.spans, o.tenant))
 
     def _on_logs(self, data: bytes, info: CallInfo) -> bytes:
         tenant = self.tenant_for(info)

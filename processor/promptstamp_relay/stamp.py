@@ -1,4 +1,4 @@
-"""Stamping generation spans (contract §3). Pure: OTLP messages in, the same messages out.
+"""Stamping generation spans (contract §3). Pure: an encoded request in, one out.
 
 Nothing here does I/O or reads a clock: ``now_ns`` and the store are passed in, so the live
 server, replay and the tests run exactly this code.
@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from promptstamp import contract as c
 
+from . import wire
 from .detect import GenerationRules, is_generation
 from .resolve import ApiLookup, Resolution, SpanKey, has_trace_record, resolve_version
 from .store import FetchLogStore
@@ -26,6 +27,7 @@ __all__ = [
     "StampSettings",
     "release_spans",
     "resource_instance",
+    "stamp_bytes",
     "stamp_request",
     "stamp_span",
 ]
@@ -34,6 +36,7 @@ __all__ = [
 # before (stamping twice must equal stamping once).
 _ALREADY_LINKED = c.LF_PROMPT_NAME
 _ALREADY_STAMPED = c.LF_META_RESOLUTION
+_KEY_MARKER = c.PROMPT_KEY.encode()
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,13 @@ class StampSettings:
     def __post_init__(self) -> None:
         keys = self.rules.keys() | {c.PROMPT_KEY, c.PROMPT_LABEL, _ALREADY_LINKED, _ALREADY_STAMPED}
         object.__setattr__(self, "_scan_keys", frozenset(keys))
+        markers = tuple(k.encode() for k in sorted(self.rules.keys()))
+        object.__setattr__(self, "_generation_markers", markers)
+
+    @property
+    def generation_markers(self) -> tuple[bytes, ...]:
+        """Bytes any generation's encoding contains (one of them at least)."""
+        return self._generation_markers  # type: ignore[attr-defined,no-any-return]
 
     @property
     def scan_keys(self) -> frozenset[str]:
@@ -69,6 +79,9 @@ class HeldSpan:
 
 @dataclass
 class StampOutcome:
+    """``payload``: the request to send now (encoded), None when every span in it was held."""
+
+    payload: bytes | None = None
     held: list[HeldSpan] = field(default_factory=list)
     stamped: dict[str, int] = field(default_factory=dict)  # tier -> spans stamped now
     spans: int = 0
@@ -99,11 +112,10 @@ def _scan(span: Span, keys: frozenset[str]) -> dict[str, object] | None:
     return found
 
 
-def stamp_span(
-    span: Span, *, prompt_name: str, label: str, resolution: Resolution, has_type: bool
-) -> None:
-    """Add the contract §3 attributes. Only ever appends; the link pair goes together."""
-    attrs = span.attributes
+def _stamp_bytes(prompt_name: str, label: str, resolution: Resolution, has_type: bool) -> bytes:
+    """The contract §3 attributes, encoded as a Span holding only them (field 9, repeated)."""
+    extra = Span()
+    attrs = extra.attributes
 
     def put(key: str, value: str) -> None:
         kv = attrs.add()
@@ -122,9 +134,38 @@ def stamp_span(
         kv.value.int_value = resolution.version
     if not has_type:
         put(c.LF_OBSERVATION_TYPE, c.OBSERVATION_TYPE_GENERATION)
+    return bytes(extra.SerializeToString())
+
+
+# Stamps repeat (few prompts, labels, versions): encode each once. Bounded; cleared when full.
+_STAMP_CACHE: dict[tuple[str, str, Resolution, bool], bytes] = {}
+_STAMP_CACHE_MAX = 4096
+
+
+def stamp_bytes(prompt_name: str, label: str, resolution: Resolution, has_type: bool) -> bytes:
+    """The encoded attributes :func:`stamp_span` appends (cached: stamps repeat)."""
+    k = (prompt_name, label, resolution, has_type)
+    encoded = _STAMP_CACHE.get(k)
+    if encoded is None:
+        if len(_STAMP_CACHE) >= _STAMP_CACHE_MAX:
+            _STAMP_CACHE.clear()
+        encoded = _STAMP_CACHE[k] = _stamp_bytes(prompt_name, label, resolution, has_type)
+    return encoded
+
+
+def stamp_span(
+    span: Span, *, prompt_name: str, label: str, resolution: Resolution, has_type: bool
+) -> None:
+    """Add the contract §3 attributes. Only ever appends; the link pair goes together.
+
+    Merging an encoded Span that holds only repeated ``attributes`` appends them after the
+    span's own, in one call, leaving every other field as it was.
+    """
+    span.MergeFromString(stamp_bytes(prompt_name, label, resolution, has_type))
 
 
 def stamp_request(
+    encoded: bytes,
     request: ExportTraceServiceRequest,
     *,
     tenant: str,
@@ -134,72 +175,119 @@ def stamp_request(
     hold_capacity: int,
     api: ApiLookup | None = None,
 ) -> StampOutcome:
-    """Stamp the generations of ``request`` in place; move those to hold out of it.
+    """Stamp the generations of one request; take out those to hold. Bytes in, bytes out.
 
-    A generation with a ``trace``-tier record is stamped now. One without is held (taken out of
-    the request, returned in ``held``) while ``hold_capacity`` allows and the hold window is not
-    zero; otherwise it is stamped now with what the other tiers know. Every other span, and the
-    order of the spans left, is untouched.
+    ``request`` is ``encoded`` decoded (the caller validated it that way); it is only read.
+    A generation with a ``trace``-tier record is stamped now. One without is held (removed
+    from the payload, returned in ``held``) while ``hold_capacity`` allows and the hold window
+    is not zero; otherwise it is stamped now with what the other tiers know. Every other span,
+    and the order of the spans left, is untouched: the payload is ``encoded`` with stamped
+    attributes appended to some spans and held spans cut out (see :mod:`.wire`).
     """
     out = StampOutcome()
+    index: wire.RequestIndex | None
+    try:
+        index = wire.index_request(encoded)
+    except wire.WireError:
+        index = None
+    flat: list[tuple[ResourceSpans, ScopeSpans, Span]] | None = None
+    if index is not None:
+        total = index.span_count
+        # Generation markers first (a minority of spans), then the key within those only.
+        generations = index.marked(encoded, settings.generation_markers)
+        candidates = sorted(index.marked(encoded, (_KEY_MARKER,), among=generations))
+    else:
+        flat = _flatten(request)
+        total = len(flat)
+        candidates = list(range(total))
+    out.spans = total
+    if not candidates:
+        out.payload = encoded
+        return out
+    if index is not None:
+        # Decoded spans for the candidates only (a wrapper per span is not free).
+        decoded = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+        if decoded != total:  # the walk and the decoder disagree: trust the decoder
+            index = None
+            flat = _flatten(request)
+            out.spans = total = len(flat)
+            candidates = list(range(total))
+        else:
+            located: dict[int, tuple[ResourceSpans, ScopeSpans, Span]] = {}
+            for i in candidates:
+                r, sc, k = index.locate(i)
+                rs = request.resource_spans[r]
+                ss = rs.scope_spans[sc]
+                located[i] = (rs, ss, ss.spans[k])
+    else:
+        located = dict(enumerate(flat or ()))
     keys = settings.scan_keys
     rules = settings.rules
-    for rs in request.resource_spans:
-        instance: str | None = None
-        resource_copy: Resource | None = None
-        for ss in rs.scope_spans:
-            take: list[int] = []
-            scope_copy: InstrumentationScope | None = None
-            for i, span in enumerate(ss.spans):
-                out.spans += 1
-                found = _scan(span, keys)
-                if (
-                    found is None
-                    or _ALREADY_LINKED in found
-                    or _ALREADY_STAMPED in found
-                    or not is_generation(found, rules)
-                ):
-                    continue
-                key = str(found[c.PROMPT_KEY])
-                label_v = found.get(c.PROMPT_LABEL)
-                label = label_v if isinstance(label_v, str) else ""
-                if instance is None:
-                    instance = resource_instance(rs.resource)
-                skey = SpanKey(tenant, key, label, span.trace_id, instance, span.start_time_unix_nano)
-                name = settings.prompt_names.get(key, key)
-                has_type = c.LF_OBSERVATION_TYPE in found
-                if (
-                    settings.hold_ns > 0
-                    and len(out.held) < hold_capacity
-                    and not has_trace_record(store, skey)
-                ):
-                    # Copies: the request's own messages are shrunk and sent on without them.
-                    held = Span()
-                    held.CopyFrom(span)
-                    if resource_copy is None:
-                        resource_copy = Resource()
-                        resource_copy.CopyFrom(rs.resource)
-                    if scope_copy is None:
-                        scope_copy = InstrumentationScope()
-                        scope_copy.CopyFrom(ss.scope)
-                    out.held.append(
-                        HeldSpan(
-                            held, resource_copy, rs.schema_url, scope_copy, ss.schema_url,
-                            skey, name, has_type, now_ns,
-                        )
-                    )
-                    take.append(i)
-                    continue
-                res = resolve_version(
-                    store, skey, prompt_name=name, staleness_ns=settings.staleness_ns, api=api
-                )
-                stamp_span(span, prompt_name=name, label=label, resolution=res, has_type=has_type)
-                out.stamped[res.tier] = out.stamped.get(res.tier, 0) + 1
-            for i in reversed(take):
-                del ss.spans[i]
-    if out.held:
-        _drop_empty(request)
+    edits: dict[int, bytes] = {}
+    instances: dict[int, str] = {}
+    resources: dict[int, Resource] = {}
+    scopes: dict[int, InstrumentationScope] = {}
+    for i in candidates:
+        rs, ss, span = located[i]
+        found = _scan(span, keys)
+        if (
+            found is None
+            or _ALREADY_LINKED in found
+            or _ALREADY_STAMPED in found
+            or not is_generation(found, rules)
+        ):
+            continue
+        key = str(found[c.PROMPT_KEY])
+        label_v = found.get(c.PROMPT_LABEL)
+        label = label_v if isinstance(label_v, str) else ""
+        instance = instances.get(id(rs))
+        if instance is None:
+            instance = instances[id(rs)] = resource_instance(rs.resource)
+        skey = SpanKey(tenant, key, label, span.trace_id, instance, span.start_time_unix_nano)
+        name = settings.prompt_names.get(key, key)
+        has_type = c.LF_OBSERVATION_TYPE in found
+        if settings.hold_ns > 0 and len(out.held) < hold_capacity and not has_trace_record(store, skey):
+            # Copies: the decoded request is dropped once this call returns.
+            held = Span()
+            held.CopyFrom(span)
+            resource = resources.get(id(rs))
+            if resource is None:
+                resource = resources[id(rs)] = Resource()
+                resource.CopyFrom(rs.resource)
+            scope = scopes.get(id(ss))
+            if scope is None:
+                scope = scopes[id(ss)] = InstrumentationScope()
+                scope.CopyFrom(ss.scope)
+            out.held.append(
+                HeldSpan(held, resource, rs.schema_url, scope, ss.schema_url, skey, name, has_type, now_ns)
+            )
+            edits[i] = wire.DELETE
+            continue
+        res = resolve_version(store, skey, prompt_name=name, staleness_ns=settings.staleness_ns, api=api)
+        edits[i] = stamp_bytes(name, label, res, has_type)
+        out.stamped[res.tier] = out.stamped.get(res.tier, 0) + 1
+    if len(out.held) == total:
+        return out  # everything held: nothing to send now
+    if index is not None:
+        out.payload = wire.splice(encoded, index, edits)
+        return out
+    # Fallback (the byte walk failed where the decoder did not): edit the decoded message.
+    for i in sorted(edits, reverse=True):
+        _rs, ss, span = located[i]
+        if edits[i] is wire.DELETE:
+            for j in range(len(ss.spans)):
+                if ss.spans[j] == span:
+                    del ss.spans[j]
+                    break
+        else:
+            span.MergeFromString(edits[i])
+    _drop_empty(request)
+    out.payload = request.SerializeToString()
     return out
+
+
+def _flatten(request: ExportTraceServiceRequest) -> list[tuple[ResourceSpans, ScopeSpans, Span]]:
+    return [(rs, ss, sp) for rs in request.resource_spans for ss in rs.scope_spans for sp in ss.spans]
 
 
 def _drop_empty(request: ExportTraceServiceRequest) -> None:

@@ -92,8 +92,9 @@ class _Entry:
     """Cache state of one (name, label)."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    good: Template | None = None
-    good_at: float = 0.0  # when Langfuse last returned ``good``
+    # The last copy Langfuse returned and when: one tuple, so a reader outside the lock never
+    # pairs a new copy with an old time.
+    good: tuple[Template, float] | None = None
     failed_at: float | None = None  # when the last fetch failed, if it did
     error_type: str | None = None
 
@@ -209,7 +210,7 @@ class Fetcher:
                     raise PromptNotFoundError(name, label, error_type) from error
                 entry.failed_at, entry.error_type = _now(), error_type
                 return self._degraded(entry, name, label, type_, max_stale, fallback, error_type, error)
-            entry.good, entry.good_at = template, _now()
+            entry.good = (template, _now())
             entry.failed_at, entry.error_type = None, None
             return self._hand_out(template, name, label, type_, contract.SOURCE_LANGFUSE, None)
 
@@ -232,10 +233,10 @@ class Fetcher:
     def _fresh(
         self, entry: _Entry, name: str, label: str, type_: PromptType, ttl: float
     ) -> Resolution | None:
-        good, good_at = entry.good, entry.good_at
-        if good is None or _now() - good_at >= ttl:
+        good = entry.good
+        if good is None or _now() - good[1] >= ttl:
             return None
-        return self._hand_out(good, name, label, type_, contract.SOURCE_LANGFUSE, None)
+        return self._hand_out(good[0], name, label, type_, contract.SOURCE_LANGFUSE, None)
 
     def _degraded(
         self,
@@ -249,10 +250,11 @@ class Fetcher:
         cause: BaseException | None,
     ) -> Resolution:
         stale_seconds: float | None = None
-        if entry.good is not None:
-            stale_seconds = _now() - entry.good_at
+        good = entry.good
+        if good is not None:
+            stale_seconds = _now() - good[1]
             if stale_seconds <= max_stale:
-                return self._hand_out(entry.good, name, label, type_, contract.SOURCE_CACHE, error_type)
+                return self._hand_out(good[0], name, label, type_, contract.SOURCE_CACHE, error_type)
         if fallback is not None:
             return Resolution(fallback, contract.SOURCE_FALLBACK, error_type)
         raise PromptUnavailableError(name, label, error_type, stale_seconds) from cause

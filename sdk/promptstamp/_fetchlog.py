@@ -48,16 +48,20 @@ class FetchLog:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._logger: Logger | None = None
+        self._explicit = False
 
     def use(self, logger_provider: LoggerProvider | None) -> None:
-        """Send records to ``logger_provider``; ``None`` means the global provider.
+        """Send records to ``logger_provider``.
 
-        The global provider may be set after this call: OTel's proxy logger forwards to it
-        once it exists, and drops records until then.
+        ``None`` keeps a provider given earlier, else means the global provider, which may be
+        set after this call: OTel's proxy logger forwards to it once it exists (and drops
+        records until then).
         """
-        logger = get_logger(SCOPE_NAME, _version(), logger_provider=logger_provider)
         with self._lock:
-            self._logger = logger
+            if logger_provider is None and self._explicit:
+                return
+            self._logger = get_logger(SCOPE_NAME, _version(), logger_provider=logger_provider)
+            self._explicit = logger_provider is not None
 
     def _current(self) -> Logger:
         with self._lock:

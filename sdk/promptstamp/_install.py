@@ -80,7 +80,8 @@ def install(
     * Adds the span processor that copies ``app.prompt.*`` baggage onto every span to
       ``tracer_provider`` (default: the global one, which must be an SDK ``TracerProvider``),
       at most once per provider.
-    * Sends the fetch log to ``logger_provider`` (default: the global ``LoggerProvider``).
+    * Sends the fetch log to ``logger_provider`` (default: the one an earlier call gave, else
+      the global ``LoggerProvider``).
     * Fetches prompts with ``langfuse`` (a ``langfuse.Langfuse`` client); without one, a client
       is built on first use from the ``LANGFUSE_*`` environment with ``tracing_enabled=False``.
       Passing a different client than before forgets every cached prompt.

@@ -336,7 +336,7 @@ def test_fallback_must_match_the_prompt_type() -> None:
     with pytest.raises(TypeError):
         promptstamp.prompt(PROMPT, type="text", fallback=[{"role": "user", "content": "x"}])  # type: ignore[call-overload]
     with pytest.raises(TypeError):
-        promptstamp.prompt(PROMPT, fallback="plain text")  # type: ignore[call-overload]
+        promptstamp.prompt(PROMPT, fallback="plain text")  # type: ignore[arg-type]
 
 
 # -- the client ------------------------------------------------------------------------------------

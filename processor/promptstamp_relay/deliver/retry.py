@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 
 __all__ = [
+    "MIN_DELAY",
     "RETRYABLE_GRPC_CODES",
     "RETRYABLE_HTTP_STATUSES",
     "Backoff",
+    "BackoffRun",
+    "grpc_retryable",
     "parse_retry_after",
 ]
 
@@ -32,13 +37,24 @@ RETRYABLE_GRPC_CODES = frozenset(
 )
 
 
+def grpc_retryable(code: grpc.StatusCode, has_retry_info: bool) -> bool:
+    """The OTLP/gRPC rule: the table above, plus RESOURCE_EXHAUSTED when RetryInfo came with it."""
+    return code in RETRYABLE_GRPC_CODES or (
+        code == grpc.StatusCode.RESOURCE_EXHAUSTED and has_retry_info
+    )
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """``Retry-After`` as seconds: delta-seconds or an HTTP date. None when absent or unreadable."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    try:  # delta-seconds; a decimal is accepted too (some proxies send one)
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -46,9 +62,17 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+#: The shortest wait ever taken, whatever an upstream hint says (no hot loop on ``Retry-After: 0``).
+MIN_DELAY = 0.01
+
+
 @dataclass
 class Backoff:
-    """Exponential backoff with jitter, bounded in total elapsed time (the Collector's shape)."""
+    """Exponential backoff with jitter, bounded in total elapsed time (the Collector's shape).
+
+    Defaults are the Collector's ``retry_on_failure``: 5 s initial, x1.5, 30 s max interval,
+    +/-50 % jitter, give up after 5 min. ``max_elapsed = 0`` retries for ever.
+    """
 
     initial: float = 5.0
     maximum: float = 30.0
@@ -56,22 +80,34 @@ class Backoff:
     multiplier: float = 1.5
     randomization: float = 0.5
     rng: random.Random | None = None
+    clock: Callable[[], float] = time.monotonic
 
     def delays(self) -> BackoffRun:
         return BackoffRun(self)
 
 
 class BackoffRun:
+    """The waits for one request. Elapsed time is the larger of the waits handed out and the
+    wall time since the run began, so slow failing attempts (timeouts) count against the bound.
+    """
+
     def __init__(self, policy: Backoff) -> None:
         self._p = policy
         self._interval = policy.initial
-        self._elapsed = 0.0
+        self._waited = 0.0
+        self._started = policy.clock()
         self._rng = policy.rng or random.Random()
+
+    @property
+    def elapsed(self) -> float:
+        return max(self._waited, self._p.clock() - self._started)
 
     def next_delay(self, hint: float | None = None) -> float | None:
         """Seconds to wait before the next try, or None when the total bound is spent.
 
         ``hint`` (Retry-After / RetryInfo) replaces the computed delay: the upstream knows best.
+        A hint that does not fit in what is left of the bound ends the run (waiting less than
+        asked would only be refused again).
         """
         p = self._p
         r = p.randomization
@@ -79,7 +115,8 @@ class BackoffRun:
         self._interval = min(self._interval * p.multiplier, p.maximum)
         if hint is not None:
             delay = hint
-        if self._elapsed + delay > p.max_elapsed:
+        delay = max(MIN_DELAY, delay)
+        if p.max_elapsed > 0 and self.elapsed + delay > p.max_elapsed:
             return None
-        self._elapsed += delay
+        self._waited += delay
         return delay

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import http.client
 import logging
+import socket
 import threading
 import urllib.parse
 
@@ -61,6 +63,9 @@ class LangfuseExporter:
         self._gzip_level = gzip_level
         self._timeout = timeout
         self._local = threading.local()
+        self._all_conns: set[http.client.HTTPConnection] = set()
+        self._conns_lock = threading.Lock()
+        self._closed = False
         self.endpoint = f"{url.scheme}://{self._host}:{self._port}{self._path}"
 
     def _conn(self) -> http.client.HTTPConnection:
@@ -69,6 +74,8 @@ class LangfuseExporter:
             cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
             conn = cls(self._host, self._port, timeout=self._timeout)
             self._local.conn = conn
+            with self._conns_lock:
+                self._all_conns.add(conn)
         return conn
 
     def _drop_conn(self) -> None:
@@ -76,10 +83,14 @@ class LangfuseExporter:
         if conn is not None:
             conn.close()
             self._local.conn = None
+            with self._conns_lock:
+                self._all_conns.discard(conn)
 
     def export(self, payload: bytes, headers: dict[str, str] | None = None) -> ExportResult:
         body = gzip.compress(payload, self._gzip_level, mtime=0) if self._gzip_level else payload
         send_headers = self._headers if not headers else {**self._headers, **headers}
+        if self._closed:
+            return ExportResult("retry", f"exporter to {self.endpoint} is shut down")
         try:
             conn = self._conn()
             conn.request("POST", self._path, body=body, headers=send_headers)
@@ -99,7 +110,18 @@ class LangfuseExporter:
         return ExportResult("permanent", message)
 
     def shutdown(self) -> None:
-        self._drop_conn()
+        """Close every worker's connection, interrupting an export still waiting for an answer
+        (its worker sees a connection error; the delivery queue has already accounted for it)."""
+        self._closed = True
+        with self._conns_lock:
+            conns = list(self._all_conns)
+            self._all_conns.clear()
+        for conn in conns:
+            sock = conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            conn.close()
 
 
 def _partial_success(body: bytes, content_type: str) -> ExportResult:

@@ -7,10 +7,10 @@ from typing import Any
 
 import grpc
 
-from ..deliver.retry import RETRYABLE_GRPC_CODES
+from ..deliver.retry import grpc_retryable
 from ._base import OK, ExportResult
 
-__all__ = ["OtlpGrpcExporter", "retry_info_seconds"]
+__all__ = ["OtlpGrpcExporter", "partial_success", "retry_info_seconds"]
 
 _METHODS = {
     "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
@@ -67,18 +67,40 @@ class OtlpGrpcExporter:
 
     def export(self, payload: bytes) -> ExportResult:
         try:
-            self._call(
+            response = self._call(
                 payload, timeout=self._timeout, metadata=self._metadata, compression=self._compression
             )
         except grpc.RpcError as e:
             code = e.code()
             message = f"gRPC {code.name} from {self.endpoint}: {e.details()}"
             hint = retry_info_seconds(e.trailing_metadata())
-            throttled = code == grpc.StatusCode.RESOURCE_EXHAUSTED and hint is not None
-            if code in RETRYABLE_GRPC_CODES or throttled:
+            if grpc_retryable(code, hint is not None):
                 return ExportResult("retry", message, hint)
             return ExportResult("permanent", message)
-        return OK
+        except ValueError as e:  # the channel was closed under us (shutdown)
+            return ExportResult("retry", f"gRPC channel to {self.endpoint}: {e}")
+        return partial_success(self.signal, response)
 
     def shutdown(self) -> None:
         self._channel.close()
+
+
+def partial_success(signal: str, body: bytes | None) -> ExportResult:
+    """OTLP partial success in an Export response: logged and counted by the queue, never retried."""
+    if not body:
+        return OK
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+    try:
+        if signal == "logs":
+            lps = ExportLogsServiceResponse.FromString(body).partial_success
+            rejected, message = int(lps.rejected_log_records), lps.error_message
+        else:
+            tps = ExportTraceServiceResponse.FromString(body).partial_success
+            rejected, message = int(tps.rejected_spans), tps.error_message
+    except Exception:  # an OK with an odd body is still accepted
+        return OK
+    if rejected or message:
+        return ExportResult("ok", message, rejected=rejected)
+    return OK

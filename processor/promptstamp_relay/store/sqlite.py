@@ -1,0 +1,137 @@
+"""Fetch-log state that survives restarts: a :class:`MemoryStore` written through to SQLite.
+
+Used in persistent mode (``queue.directory``) with ``store.backend: memory``: the records live
+in the same database as the persistent queue (table ``fetch_log``), written in the receiving
+request's transaction, so a fetch log the sender got an OK for is on disk. Reads are answered
+from memory, exactly as :class:`MemoryStore` answers them; at start the table is read back
+(oldest first, within the age bound) into memory. The table is pruned by age and to the newest
+``max_entries`` rows at most once a minute (of the caller's clock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ..records import FetchRecord
+from .memory import MemoryStore
+
+if TYPE_CHECKING:
+    from ..deliver.persistent import Journal
+
+__all__ = ["SqliteStore"]
+
+_PRUNE_EVERY_NS = 60 * 10**9
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS fetch_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    key TEXT NOT NULL,
+    label TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    time_ns INTEGER NOT NULL,
+    trace_id BLOB NOT NULL,
+    span_id BLOB NOT NULL,
+    instance TEXT NOT NULL,
+    error_type TEXT
+);
+CREATE INDEX IF NOT EXISTS fetch_log_time ON fetch_log(time_ns);
+"""
+
+_COLUMNS = "tenant, key, label, version, source, time_ns, trace_id, span_id, instance, error_type"
+
+
+class SqliteStore:
+    """:class:`~promptstamp_relay.store.FetchLogStore` backed by the relay's SQLite database.
+
+    Not thread-safe beyond what the relay guarantees (its processing lock); every write is one
+    local SQLite statement inside the caller's transaction, never a network call.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        max_entries: int = 200_000,
+        max_entries_per_tenant: int | None = None,
+        max_age_ns: int = 24 * 3600 * 10**9,
+        now_ns: int,
+    ) -> None:
+        self._journal = journal
+        self._mem = MemoryStore(
+            max_entries=max_entries, max_entries_per_tenant=max_entries_per_tenant, max_age_ns=max_age_ns
+        )
+        self._max_entries = max_entries
+        self._max_age_ns = max_age_ns
+        with journal.transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    journal.execute(statement)
+        self.loaded = self._load(now_ns)
+        self._last_prune_ns = now_ns
+
+    def _load(self, now_ns: int) -> int:
+        rows = self._journal.query(
+            f"SELECT {_COLUMNS} FROM fetch_log WHERE time_ns >= ? ORDER BY id",
+            (now_ns - self._max_age_ns,),
+        )
+        batch: list[FetchRecord] = []
+        tenant = None
+        for r in rows:
+            if r[0] != tenant and batch:
+                self._mem.add(str(tenant), batch, now_ns)
+                batch = []
+            tenant = r[0]
+            batch.append(FetchRecord(
+                key=r[1], label=r[2], version=int(r[3]), source=r[4], time_ns=int(r[5]),
+                trace_id=bytes(r[6]), span_id=bytes(r[7]), instance=r[8], error_type=r[9],
+            ))
+        if batch:
+            self._mem.add(str(tenant), batch, now_ns)
+        return len(rows)
+
+    # -- writes --------------------------------------------------------------------------------
+    def add(self, tenant: str, records: Sequence[FetchRecord], now_ns: int) -> None:
+        keep = [r for r in records if r.version is not None]
+        if keep:
+            self._journal.executemany(
+                f"INSERT INTO fetch_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(tenant, r.key, r.label, r.version, r.source, r.time_ns, r.trace_id, r.span_id,
+                  r.instance, r.error_type) for r in keep],
+            )
+        self._mem.add(tenant, records, now_ns)
+
+    def prune(self, now_ns: int) -> None:
+        self._mem.prune(now_ns)
+        if now_ns - self._last_prune_ns < _PRUNE_EVERY_NS:
+            return
+        self._last_prune_ns = now_ns
+        with self._journal.transaction():
+            self._journal.execute("DELETE FROM fetch_log WHERE time_ns < ?", (now_ns - self._max_age_ns,))
+            self._journal.execute(
+                "DELETE FROM fetch_log WHERE id <= (SELECT MAX(id) FROM fetch_log) - ?",
+                (self._max_entries,),
+            )
+
+    # -- reads ---------------------------------------------------------------------------------
+    def in_trace(self, tenant: str, trace_id: bytes, key: str, label: str) -> Sequence[FetchRecord]:
+        return self._mem.in_trace(tenant, trace_id, key, label)
+
+    def latest_for_instance(
+        self, tenant: str, instance: str, key: str, label: str, at_ns: int
+    ) -> FetchRecord | None:
+        return self._mem.latest_for_instance(tenant, instance, key, label, at_ns)
+
+    def latest(
+        self, tenant: str, key: str, label: str, at_ns: int, not_before_ns: int
+    ) -> FetchRecord | None:
+        return self._mem.latest(tenant, key, label, at_ns, not_before_ns)
+
+    def __len__(self) -> int:
+        return len(self._mem)
+
+    def close(self) -> None:
+        """The database belongs to the relay's journal, which closes it."""
+        return None

@@ -1,0 +1,232 @@
+"""The encoded ``ExportTraceServiceRequest`` as byte ranges: find spans, splice edits in.
+
+Why: decoding every attribute of every span into Python objects is the largest cost of a
+naive relay, and re-encoding the whole request is the second. Here the request's bytes are
+walked down to the span level only (resource_spans → scope_spans → spans); spans worth a
+close look are found by searching the bytes for marker strings (C speed); and the output is
+the input with a few spans' bytes changed — appended attributes, or removed — and the
+enclosing length prefixes rewritten. Unchanged parts are copied, never re-encoded.
+
+The marker prefilter can only widen, never narrow: the decoded span is always the judge.
+Protobuf semantics make the splice exact: appending encoded ``attributes`` entries to a span
+appends to that repeated field and leaves every other field as it was.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+__all__ = ["DELETE", "Node", "RequestIndex", "WireError", "index_request", "splice"]
+
+
+class WireError(ValueError):
+    pass
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    n = len(data)
+    while True:
+        if pos >= n:
+            raise WireError("truncated varint")
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise WireError("varint too long")
+
+
+def encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+@dataclass(slots=True)
+class Node:
+    """One length-delimited field: ``data[head:start]`` is its tag and length, ``data[start:end]``
+    its content; ``children`` are the nested nodes walked (scope_spans, spans)."""
+
+    head: int
+    start: int
+    end: int
+    children: list[Node]
+
+
+def _fields(data: bytes, start: int, end: int, want: int) -> list[Node]:
+    """Every length-delimited field number ``want`` in ``data[start:end]``, in order."""
+    out: list[Node] = []
+    pos = start
+    while pos < end:
+        head = pos
+        tag = data[pos]
+        if tag < 0x80:
+            pos += 1
+        else:
+            tag, pos = _varint(data, pos)
+        field, wt = tag >> 3, tag & 7
+        if wt == 2:
+            b = data[pos]
+            if b < 0x80:
+                n = b
+                pos += 1
+            elif data[pos + 1] < 0x80:  # lengths up to 16 KiB: two bytes, inline
+                n = (b & 0x7F) | (data[pos + 1] << 7)
+                pos += 2
+            else:
+                n, pos = _varint(data, pos)
+            if pos + n > end:
+                raise WireError("field overruns its message")
+            if field == want:
+                out.append(Node(head, pos, pos + n, []))
+            pos += n
+        elif wt == 0:
+            pos = _varint(data, pos)[1]
+        elif wt == 1:
+            pos += 8
+        elif wt == 5:
+            pos += 4
+        else:
+            raise WireError(f"unsupported wire type {wt}")
+    if pos != end:
+        raise WireError("message overruns its bounds")
+    return out
+
+
+@dataclass(slots=True)
+class RequestIndex:
+    resource_spans: list[Node]
+    span_starts: list[int]  # content start of every span, in decode order
+    span_ends: list[int]
+
+    def locate(self, flat: int) -> tuple[int, int, int]:
+        """(resource_spans index, scope_spans index, spans index) of span number ``flat``."""
+        for r, rs in enumerate(self.resource_spans):
+            for s, ss in enumerate(rs.children):
+                n = len(ss.children)
+                if flat < n:
+                    return r, s, flat
+                flat -= n
+        raise IndexError("span index out of range")
+
+    @property
+    def span_count(self) -> int:
+        return len(self.span_starts)
+
+    def marked(self, data: bytes, markers: Iterable[bytes], among: Iterable[int] | None = None) -> set[int]:
+        """Indexes of the spans whose bytes contain any of ``markers``.
+
+        With ``among``, only those spans are searched (each within its own bytes).
+        """
+        hits: set[int] = set()
+        starts, ends = self.span_starts, self.span_ends
+        if not starts:
+            return hits
+        if among is not None:
+            for i in among:
+                s, e = starts[i], ends[i]
+                for m in markers:
+                    if data.find(m, s, e) != -1:
+                        hits.add(i)
+                        break
+            return hits
+        for m in markers:
+            pos = data.find(m, starts[0])
+            while pos != -1:
+                i = bisect.bisect_right(starts, pos) - 1
+                hits.add(i)
+                # Jump to the next span: one hit per span is enough.
+                nxt = starts[i + 1] if i + 1 < len(starts) else len(data)
+                pos = data.find(m, max(nxt, pos + 1))
+        return hits
+
+
+def index_request(data: bytes) -> RequestIndex:
+    """Walk ``data`` (an encoded ExportTraceServiceRequest) down to its spans."""
+    try:
+        rss = _fields(data, 0, len(data), 1)  # ExportTraceServiceRequest.resource_spans = 1
+        starts: list[int] = []
+        ends: list[int] = []
+        for rs in rss:
+            rs.children = _fields(data, rs.start, rs.end, 2)  # ResourceSpans.scope_spans = 2
+            for ss in rs.children:
+                ss.children = spans = _fields(data, ss.start, ss.end, 2)  # ScopeSpans.spans = 2
+                for sp in spans:
+                    starts.append(sp.start)
+                    ends.append(sp.end)
+    except IndexError:
+        raise WireError("truncated message") from None
+    return RequestIndex(rss, starts, ends)
+
+
+#: An edit that removes a span (it is being held).
+DELETE = b"\x00delete"
+
+_TAG_RESOURCE_SPANS = b"\x0a"  # field 1, length-delimited
+_TAG_SCOPE_SPANS = b"\x12"  # field 2
+_TAG_SPAN = b"\x12"  # field 2
+
+
+def splice(data: bytes, index: RequestIndex, edits: Mapping[int, bytes]) -> bytes:
+    """``data`` with span ``i`` extended by ``edits[i]`` (encoded attributes) or removed
+    (``DELETE``). A scope left with no span, and a resource left with no scope, are removed."""
+    if not edits:
+        return data
+    out: list[bytes] = []
+    pos = 0
+    flat = 0
+    for rs in index.resource_spans:
+        n_rs = sum(len(ss.children) for ss in rs.children)
+        if not any(flat <= i < flat + n_rs for i in edits):
+            flat += n_rs
+            continue  # copied below with the gap
+        out.append(data[pos:rs.head])
+        rs_parts: list[bytes] = []
+        rs_pos = rs.start
+        kept_scopes = 0
+        for ss in rs.children:
+            ss_parts: list[bytes] = []
+            ss_pos = ss.start
+            kept_spans = 0
+            for sp in ss.children:
+                edit = edits.get(flat)
+                flat += 1
+                if edit is None:
+                    kept_spans += 1
+                    continue
+                ss_parts.append(data[ss_pos:sp.head])
+                ss_pos = sp.end
+                if edit is DELETE:
+                    continue
+                kept_spans += 1
+                body_len = sp.end - sp.start + len(edit)
+                ss_parts.append(_TAG_SPAN + encode_varint(body_len))
+                ss_parts.append(data[sp.start:sp.end])
+                ss_parts.append(edit)
+            rs_parts.append(data[rs_pos:ss.head])
+            rs_pos = ss.end
+            if kept_spans == 0:
+                continue
+            kept_scopes += 1
+            ss_parts.append(data[ss_pos:ss.end])
+            body = b"".join(ss_parts)
+            rs_parts.append(_TAG_SCOPE_SPANS + encode_varint(len(body)))
+            rs_parts.append(body)
+        pos = rs.end
+        if kept_scopes == 0:
+            continue
+        rs_parts.append(data[rs_pos:rs.end])
+        body = b"".join(rs_parts)
+        out.append(_TAG_RESOURCE_SPANS + encode_varint(len(body)))
+        out.append(body)
+    out.append(data[pos:])
+    return b"".join(out)
