@@ -26,6 +26,7 @@ from .config import Config
 from .deliver.persistent import Journal, JournalError, PersistentHold
 from .deliver.queue import DeliveryItem, DeliveryQueue
 from .deliver.retry import Backoff
+from .deliver.rss import ResidentMemory
 from .detect import GenerationRules
 from .export import (
     DebugExporter,
@@ -218,6 +219,7 @@ class RelayServer:
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_loop, name="hold-ticker", daemon=True)
         self._metrics_server: object | None = None
+        self._rss = ResidentMemory()
         self.metrics_port: int | None = None
         self._stopped = False
 
@@ -362,8 +364,28 @@ class RelayServer:
     # -- receive paths -------------------------------------------------------------------------
     def _refuse_full(self, what: str) -> Refusal:
         self.stats.refused += 1
-        return Refusal(grpc.StatusCode.UNAVAILABLE, f"relay {what} queue is full, retry later",
-                       retry_after=_REFUSE_RETRY_SECONDS)
+        self.stats.refused_backpressure += 1
+        return Refusal(grpc.StatusCode.UNAVAILABLE, f"relay {what}, retry later",
+                       retry_after=self.cfg.queue.retry_after_seconds)
+
+    def _reserve(self, queue: DeliveryQueue | None, size: int) -> None:
+        """Admit ``size`` more bytes into ``queue`` or refuse (UNAVAILABLE + RetryInfo).
+
+        One byte bound for everything the relay keeps: both queues (queued and in flight) and
+        the held spans. The caller calls ``unreserve`` once the request is queued.
+        """
+        limit = self.cfg.queue.memory_limit_mib
+        if limit and self._rss.over(limit * 1024 * 1024) and self._has_backlog():
+            raise self._refuse_full(f"memory is above queue.memory_limit_mib ({limit} MiB)")
+        if queue is None:
+            return
+        shared = self.processor.hold.held_bytes + sum(q.bytes for q in self.queues() if q is not queue)
+        if not queue.try_reserve(size, shared):
+            raise self._refuse_full(f"{queue.name} queue is full")
+
+    def _has_backlog(self) -> bool:
+        """Refusing only helps while something is queued or held: memory goes down as it drains."""
+        return len(self.processor.hold) > 0 or any(q.depth for q in self.queues())
 
     def _check_size(self, data: bytes) -> None:
         if len(data) > self.cfg.limits.max_request_bytes:
@@ -387,8 +409,15 @@ class RelayServer:
             raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"{spans} spans exceed limits.max_spans_per_request "
                           f"({self.cfg.limits.max_spans_per_request})")
-        if not self.trace_queue.has_room(len(data), self.processor.hold.held_bytes):
-            raise self._refuse_full("traces")
+        self._reserve(self.trace_queue, len(data))
+        try:
+            with self._durable():
+                self._accept_traces(req, data, spans, tenant)
+        finally:
+            self.trace_queue.unreserve(len(data))
+        return b""
+
+    def _accept_traces(self, req: ExportTraceServiceRequest, data: bytes, spans: int, tenant: str) -> None:
         if self._recorder is not None:
             self._recorder.write(req)
         self.stats.spans_received += spans
@@ -396,12 +425,11 @@ class RelayServer:
             # Nothing to stamp: forward the bytes as they came, no re-encoding.
             self.stats.passthrough_requests += 1
             self.trace_queue.put(DeliveryItem(data, spans, tenant))
-            return b""
+            return
         now = self._clock()
         with self._lock:
             out = self.processor.consume_traces(req, now, tenant, encoded=data)
         self._enqueue_traces(out)
-        return b""
 
     def _enqueue_traces(self, outgoing: list[Outgoing]) -> None:
         for o in outgoing:
@@ -417,14 +445,25 @@ class RelayServer:
             self.stats.invalid += 1
             raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "malformed ExportLogsServiceRequest") from None
         n = _count_logs(req)
-        if self.logs_queue is not None and not self.logs_queue.has_room(len(data)):
-            raise self._refuse_full("logs")
+        # Fetch-log records become store entries (bounded by store.*) and release held spans
+        # (already counted); only the other records are queued, for the logs exporter.
+        queue = self.logs_queue
+        self._reserve(queue, len(data))
+        try:
+            with self._durable():
+                self._accept_logs(req, data, n, tenant)
+        finally:
+            if queue is not None:
+                queue.unreserve(len(data))
+        return b""
+
+    def _accept_logs(self, req: ExportLogsServiceRequest, data: bytes, n: int, tenant: str) -> None:
         if self._recorder is not None:
             self._recorder.write(req)
         self.stats.logs_received += n
         if FETCH_MARKER not in data:
             self._pass_logs(req, data, n, tenant)
-            return b""
+            return
         now = self._clock()
         with self._lock:
             result = self.processor.consume_logs(req, now, tenant)
@@ -434,7 +473,6 @@ class RelayServer:
         self._enqueue_traces(result.released)
         if result.passthrough is not None:
             self._pass_logs(result.passthrough, None, _count_logs(result.passthrough), tenant)
-        return b""
 
     def _pass_logs(self, req: ExportLogsServiceRequest, data: bytes | None, n: int, tenant: str) -> None:
         if self.logs_queue is None:

@@ -272,6 +272,10 @@ def stamp_request(
         out.payload = wire.splice(encoded, index, edits)
         return out
     # Fallback (the byte walk failed where the decoder did not): edit the decoded message.
+    if not edits:
+        out.payload = encoded
+        return out
+    emptied: set[int] = set()
     for i in sorted(edits, reverse=True):
         _rs, ss, span = located[i]
         if edits[i] is wire.DELETE:
@@ -279,9 +283,11 @@ def stamp_request(
                 if ss.spans[j] == span:
                     del ss.spans[j]
                     break
+            if not ss.spans:
+                emptied.add(id(ss))
         else:
             span.MergeFromString(edits[i])
-    _drop_empty(request)
+    _drop_emptied(request, emptied)
     out.payload = request.SerializeToString()
     return out
 
@@ -290,13 +296,17 @@ def _flatten(request: ExportTraceServiceRequest) -> list[tuple[ResourceSpans, Sc
     return [(rs, ss, sp) for rs in request.resource_spans for ss in rs.scope_spans for sp in ss.spans]
 
 
-def _drop_empty(request: ExportTraceServiceRequest) -> None:
+def _drop_emptied(request: ExportTraceServiceRequest, emptied: set[int]) -> None:
+    """Remove the scopes this call emptied, and resources left with none (as ``wire.splice``)."""
+    if not emptied:
+        return
     for r in range(len(request.resource_spans) - 1, -1, -1):
         rs = request.resource_spans[r]
-        for s in range(len(rs.scope_spans) - 1, -1, -1):
-            if not rs.scope_spans[s].spans:
+        had = len(rs.scope_spans)
+        for s in range(had - 1, -1, -1):
+            if id(rs.scope_spans[s]) in emptied:
                 del rs.scope_spans[s]
-        if not rs.scope_spans:
+        if had and not rs.scope_spans:
             del request.resource_spans[r]
 
 

@@ -178,7 +178,8 @@ _TAG_SPAN = b"\x12"  # field 2
 
 def splice(data: bytes, index: RequestIndex, edits: Mapping[int, bytes]) -> bytes:
     """``data`` with span ``i`` extended by ``edits[i]`` (encoded attributes) or removed
-    (``DELETE``). A scope left with no span, and a resource left with no scope, are removed."""
+    (``DELETE``). A scope whose spans were all removed goes too, and so does a resource whose
+    scopes all went; containers that arrived empty stay as they were."""
     if not edits:
         return data
     out: list[bytes] = []
@@ -214,7 +215,7 @@ def splice(data: bytes, index: RequestIndex, edits: Mapping[int, bytes]) -> byte
                 ss_parts.append(edit)
             rs_parts.append(data[rs_pos:ss.head])
             rs_pos = ss.end
-            if kept_spans == 0:
+            if kept_spans == 0 and ss.children:
                 continue
             kept_scopes += 1
             ss_parts.append(data[ss_pos:ss.end])
@@ -222,7 +223,7 @@ def splice(data: bytes, index: RequestIndex, edits: Mapping[int, bytes]) -> byte
             rs_parts.append(_TAG_SCOPE_SPANS + encode_varint(len(body)))
             rs_parts.append(body)
         pos = rs.end
-        if kept_scopes == 0:
+        if kept_scopes == 0 and rs.children:
             continue
         rs_parts.append(data[rs_pos:rs.end])
         body = b"".join(rs_parts)

@@ -81,9 +81,10 @@ class DeliveryQueue:
 
     Admission (receiver threads) never blocks: :meth:`try_reserve` answers False when the queue
     is at a bound, and the receiver refuses the data with a retryable status; what it admits it
-    then :meth:`put`\\ s and :meth:`unreserve`\\ s. ``put`` itself always succeeds: it is also the
-    way in for data the relay already owns (released held spans). The byte count covers queued
-    items, items being exported (until their outcome is known) and open reservations.
+    then hands to :meth:`put` and releases with :meth:`unreserve`. ``put`` itself always
+    succeeds: it is also the way in for data the relay already owns (released held spans). The
+    byte count covers queued items, items being exported (until their outcome is known) and
+    open reservations.
 
     Workers take items in order and export each, retrying retryable failures with
     :class:`Backoff`.

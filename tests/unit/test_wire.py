@@ -1,0 +1,98 @@
+"""The byte-level span index and splice agree with protobuf's own decoder and encoder."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from promptstamp import contract as c
+from promptstamp_relay import wire
+from promptstamp_relay.pipeline import Processor
+from promptstamp_relay.stamp import StampSettings
+from promptstamp_relay.store import MemoryStore
+from tests.otlp_builders import T0, S, fetch_record, gen_attrs, kvs, logs, span
+
+
+def build(shape: list[list[list[int]]]) -> ExportTraceServiceRequest:
+    """shape[r][s] = kinds of spans: 0 plain, 1 generation resolvable now, 2 generation to hold,
+    3 plain with a prompt key, 4 huge generation (> 16 KiB, 3-byte length)."""
+    req = ExportTraceServiceRequest()
+    n = 0
+    for r, scopes in enumerate(shape):
+        rs = req.resource_spans.add()
+        rs.resource.attributes.extend(kvs({c.SERVICE_NAME: f"svc-{r}"}))
+        rs.schema_url = f"https://schema/{r}"
+        for s, kinds in enumerate(scopes):
+            ss = rs.scope_spans.add()
+            ss.scope.name = f"scope-{s}"
+            for kind in kinds:
+                n += 1
+                attrs: dict[str, object] = {"n": n}
+                if kind in (1, 4):
+                    attrs.update(gen_attrs())
+                elif kind == 2:
+                    attrs.update(gen_attrs(label="late"))
+                elif kind == 3:
+                    attrs[c.PROMPT_KEY] = "order-status-answer"
+                if kind == 4:
+                    attrs["big"] = "x" * 20000
+                ss.spans.append(span(f"s{n}", trace=1, span_id=n, start=T0, attrs=attrs))
+    return req
+
+
+shapes = st.lists(
+    st.lists(st.lists(st.integers(0, 4), max_size=5), max_size=3), max_size=3
+)
+
+
+def run(req: ExportTraceServiceRequest, fast: bool) -> tuple[list[bytes], int]:
+    p = Processor(StampSettings(hold_ns=2 * S), MemoryStore(), early_release=False)
+    p.consume_logs(logs([fetch_record(version=3)]), T0)
+    copy = ExportTraceServiceRequest()
+    copy.CopyFrom(req)
+    with pytest.MonkeyPatch.context() as mp:
+        if not fast:
+            def broken(_data: bytes) -> wire.RequestIndex:
+                raise wire.WireError("forced fallback")
+
+            mp.setattr(wire, "index_request", broken)
+        out = p.consume_traces(copy, T0)
+    # Compare decoded messages re-encoded canonically.
+    return [o.request.SerializeToString(deterministic=True) for o in out], len(p.hold)
+
+
+@settings(max_examples=150, deadline=None)
+@given(shape=shapes)
+def test_splice_equals_decoder_path(shape: list[list[list[int]]]) -> None:
+    req = build(shape)
+    assert run(req, True) == run(req, False)
+
+
+def test_index_finds_every_span_in_decode_order() -> None:
+    req = build([[[0, 4, 1], []], [[3]], []])
+    data = req.SerializeToString()
+    idx = wire.index_request(data)
+    decoded = [sp for rs in req.resource_spans for ss in rs.scope_spans for sp in ss.spans]
+    assert idx.span_count == len(decoded)
+    for i, sp in enumerate(decoded):
+        assert data[idx.span_starts[i]:idx.span_ends[i]] == sp.SerializeToString()
+        r, s, k = idx.locate(i)
+        assert req.resource_spans[r].scope_spans[s].spans[k] == sp
+
+
+def test_unknown_fields_and_empty_containers_survive() -> None:
+    req = build([[[1]]])
+    data = req.SerializeToString() + b"\xa2\x06\x03abc"  # an unknown length-delimited field 100
+    idx = wire.index_request(data)
+    out = wire.splice(data, idx, {0: b"\x4a\x00"})  # append an empty attribute
+    assert out.endswith(b"\xa2\x06\x03abc")
+    assert len(ExportTraceServiceRequest.FromString(out).resource_spans[0].scope_spans[0].spans[0].attributes) == \
+        len(req.resource_spans[0].scope_spans[0].spans[0].attributes) + 1
+
+
+@pytest.mark.parametrize("garbage", [b"\x0a\x05\x12", b"\x0a\xff", b"\x0f", b"\x0a\x02\x12\x05"])
+def test_malformed_bytes_raise_wire_error(garbage: bytes) -> None:
+    with pytest.raises(wire.WireError):
+        wire.index_request(garbage)
