@@ -10,6 +10,7 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
 )
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .deliver.queue import LATENCY_BUCKETS
@@ -49,6 +50,9 @@ class RelayCollector(Collector):
                       st.hold_overflow)
         yield counter("requests_refused", "Requests refused (backpressure, limits, auth)", rs.refused)
         yield counter("requests_invalid", "Requests refused as malformed", rs.invalid)
+        yield counter("requests_refused_backpressure",
+                      "Of requests_refused: queue or memory full (UNAVAILABLE + RetryInfo; senders retry)",
+                      rs.refused_backpressure)
         for q in r.queues():
             d = q.stats
             lbl = [q.name]
@@ -58,6 +62,12 @@ class RelayCollector(Collector):
                 ("export_failed_items", "Items that failed permanently", d.failed_permanent_items),
                 ("export_rejected_items", "Items rejected by upstream partial success", d.rejected_items),
                 ("lost_items", "Items given up at shutdown (memory mode)", d.lost_items),
+                ("export_failed_requests", "Requests that failed permanently", d.failed_permanent_requests),
+                ("exported_requests", "Requests exported upstream", d.exported_requests),
+                ("kept_items", "Items left in the persistent queue at shutdown, for the next start",
+                 d.kept_items),
+                ("recovered_items", "Items found in the persistent queue at start and re-sent",
+                 d.recovered_items),
             ):
                 m = CounterMetricFamily(f"promptstamp_{name}", doc, labels=["signal"])
                 m.add_metric(lbl, value)
@@ -69,6 +79,17 @@ class RelayCollector(Collector):
             g = GaugeMetricFamily("promptstamp_queue_bytes", "Bytes queued", labels=["signal"])
             g.add_metric(lbl, q.bytes)
             yield g
+        limit = GaugeMetricFamily("promptstamp_queue_limit_bytes",
+                                  "queue.max_bytes: the bound on queued + in-flight + held bytes")
+        limit.add_metric([], r.cfg.queue.max_bytes)
+        yield limit
+        if r.journal is not None:
+            disk = GaugeMetricFamily("promptstamp_persistent_queue_disk_bytes",
+                                     "Size of the persistent queue database and its WAL")
+            disk.add_metric([], r.journal.disk_bytes())
+            yield disk
+            yield counter("persistent_queue_commits", "Persistent queue transactions committed",
+                          r.journal.commits)
         held = GaugeMetricFamily("promptstamp_held_spans", "Spans in the hold window now")
         held.add_metric([], len(r.processor.hold))
         yield held
@@ -98,4 +119,5 @@ class RelayCollector(Collector):
 def make_registry(relay: RelayServer) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(RelayCollector(relay))
+    ProcessCollector(registry=reg)  # process_resident_memory_bytes, CPU, open fds
     return reg

@@ -537,7 +537,7 @@ class RedisStore:
         client = redis.Redis.from_url(
             self.url, decode_responses=True, socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout, retry=Retry(NoBackoff(), 0),
-            single_connection_client=True,
+            single_connection_client=reader,  # the writer's pipelines take the pool's connection
             client_name=f"promptstamp-relay-{self.origin}-{'r' if reader else 'w'}",
         )
         try:
@@ -562,7 +562,7 @@ class RedisStore:
             try:
                 if conn is None:
                     conn = self._connect(reader=False)
-                    self._after_connect(conn)
+                    self._check_restart(conn)
                     self._link_ok("writer")
                     delay = self._backoff[0]
                 batch = self._take(self._max_batch)
@@ -587,18 +587,25 @@ class RedisStore:
         if conn is not None:
             conn.close()
 
-    def _after_connect(self, conn: redis.Redis) -> None:
-        """A Redis that restarted (new ``run_id``) may have lost everything: write ours back."""
+    def _check_restart(self, conn: redis.Redis) -> None:
+        """A Redis that restarted (new ``run_id``) may have lost everything: write ours back.
+
+        Both links call this when they connect (a pipeline may reconnect silently, so the writer
+        alone could miss a restart); the first to see the new ``run_id`` does the work.
+        """
         run_id = str(cast(dict[str, Any], conn.info("server")).get("run_id", ""))
-        if self._run_id is not None and run_id != self._run_id:
-            with self._lock:
-                own = self._view.own()
-            room = max(0, self._max_pending - len(self._pending))
-            own = own[-room:] if room else []
-            log.warning("redis store: redis restarted (run_id changed): writing back %d records "
-                        "this relay received", len(own))
-            self._enqueue(own, front=True)
-        self._run_id = run_id
+        with self._state_lock:
+            previous, self._run_id = self._run_id, run_id
+        if previous is None or previous == run_id:
+            return
+        with self._lock:
+            own = self._view.own()
+        room = max(0, self._max_pending - len(self._pending))
+        own = own[-room:] if room else []
+        log.warning("redis store: redis restarted (run_id changed): writing back the %d records "
+                    "this relay received", len(own))
+        self._enqueue(own, front=True)
+        self._wake.set()
 
     def _write(self, conn: redis.Redis, batch: list[tuple[str, str, FetchRecord]]) -> None:
         by_tenant: dict[str, list[tuple[str, FetchRecord]]] = {}
@@ -650,6 +657,7 @@ class RedisStore:
             try:
                 if conn is None:
                     conn = self._connect(reader=True)
+                    self._check_restart(conn)
                     self._link_ok("reader")
                     delay = self._backoff[0]
                     cursors, tenants, next_refresh = {}, {}, 0.0  # reload every tenant: no gap
