@@ -226,12 +226,14 @@ def _trace_spans(
         "user_agent.original": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15",
         "http.response.status_code": 200, "http.response.body.size": 812,
         "network.peer.address": "10.0.3.9", "network.peer.port": 51234,
+        "http.request.header.x-request-id": rng.randbytes(8).hex(), "network.type": "ipv4",
     })
     app = mk("order_status.answer", 1, root.span_id, 5, 1880, {
         **pk, c.FETCH_SOURCE: "langfuse", "order.id": f"ord_{order_id:08d}", "order.region": "eu",
         "customer.tier": rng.choice(["free", "plus", "enterprise"]), "session.id": rng.randbytes(8).hex(),
         "enduser.pseudo.id": rng.randbytes(6).hex(), "app.request.id": rng.randbytes(10).hex(),
         "app.channel": "chat", "app.locale": "en-GB", "app.escalated": False, "app.attempt": 1,
+        "code.function.name": "order_status.agent.answer",
     } if with_key else {
         "order.id": f"ord_{order_id:08d}", "order.region": "eu", "customer.tier": "plus",
         "session.id": rng.randbytes(8).hex(), "enduser.pseudo.id": rng.randbytes(6).hex(),
@@ -244,19 +246,22 @@ def _trace_spans(
         "db.query.text": "SELECT id, state, carrier, eta FROM orders WHERE id = %(id)s AND region = %(region)s",
         "server.address": "orders-db.internal", "server.port": 5432, "network.peer.address": "10.0.8.21",
         "network.peer.port": 5432, "db.client.connection.pool.name": "orders", "db.response.returned_rows": 1,
+        "network.type": "ipv4", "code.function.name": "orders.repository.load_order_state",
     })
     redis = mk("HGETALL", 3, app.span_id, 17, 1, {
         **pk, "db.system.name": "redis", "db.operation.name": "HGETALL",
         "db.query.text": f"HGETALL memory:{order_id % 9973}", "db.namespace": "0",
         "server.address": "memory-cache.internal", "server.port": 6379, "network.transport": "tcp",
         "network.peer.address": "10.0.9.4", "network.peer.port": 6379, "db.response.status_code": "OK",
+        "network.type": "ipv4", "code.function.name": "memory.store.load_categories",
     })
     retrieve = mk("retrieve policy_documents", 1, app.span_id, 19, 35, {
         **pk, "retrieval.index": "policies-eu-v3", "retrieval.k": 4, "retrieval.documents": 3,
         "retrieval.min_score": 0.72, "retrieval.embedding.model": "text-embedding-3-small",
         "retrieval.query.chars": 118, "retrieval.cache_hit": bool(order_id % 3 == 0),
         "retrieval.latency_budget_ms": 80, "retrieval.filter": "region = 'eu' AND active",
-        "retrieval.shard": order_id % 8,
+        "retrieval.shard": order_id % 8, "code.function.name": "policies.retriever.search",
+        "code.file.path": "/app/order_status/policies/retriever.py",
     })
     scope, tmpl = gen
     g = Span()
@@ -275,12 +280,13 @@ def _trace_spans(
         "server.address": "api.openai.com", "server.port": 443, "network.protocol.version": "1.1",
         "http.response.status_code": 200, "http.request.body.size": 1734, "http.response.body.size": 912,
         "user_agent.original": "OpenAI/Python 1.109.1", "network.peer.address": "162.159.140.245",
-        "network.peer.port": 443, "http.request.resend_count": 0,
+        "network.peer.port": 443, "http.request.resend_count": 0, "network.type": "ipv4",
     })
     tool = mk("tool lookup_carrier_eta", 1, app.span_id, 1720, 140, {
         **pk, "tool.name": "lookup_carrier_eta", "tool.call.id": "call_" + rng.randbytes(9).hex(),
         "tool.arguments.chars": 64, "tool.result.chars": 211, "carrier.name": "DHL", "carrier.region": "eu",
         "tool.cache_hit": False, "tool.retries": 0, "tool.timeout_ms": 2000, "tool.outcome": "ok",
+        "code.function.name": "tools.carrier.lookup_eta", "code.file.path": "/app/order_status/tools/carrier.py",
     })
     spans = [("http.server", root), ("app", app), ("sql", sql), ("redis", redis), ("app", retrieve),
              (f"gen:{scope[0]}:{scope[1]}", g), ("httpx", http), ("app", tool)]

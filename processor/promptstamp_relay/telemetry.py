@@ -99,6 +99,21 @@ class RelayCollector(Collector):
         store = GaugeMetricFamily("promptstamp_store_entries", "Fetch-log records kept")
         store.add_metric([], len(r.processor.store))
         yield store
+        sst = getattr(r.processor.store, "stats", None)  # a shared store's link (store/redis.py)
+        if sst is not None:
+            for name, doc, gauge in (
+                ("store_degraded", "1 while Redis is unreachable: resolving from the local view", True),
+                ("store_connected", "1 while both Redis links are up", True),
+                ("store_pending", "Fetch-log records waiting to be written to Redis", True),
+                ("store_errors", "Failed Redis operations (connects, flushes, reads)", False),
+                ("store_flushed", "Fetch-log records written to Redis", False),
+                ("store_dropped", "Fetch-log records never written to Redis (buffer full)", False),
+                ("store_remote_records", "Fetch-log records taken in from other relays", False),
+                ("store_degraded_resolutions", "instance/latest answers given while degraded", False),
+            ):
+                value = float(getattr(sst, name.removeprefix("store_").removesuffix("_records")))
+                yield (GaugeMetricFamily(f"promptstamp_{name}", doc, value=value) if gauge
+                       else counter(name, doc, value))
         # Export latency, all queues together.
         counts = [0] * (len(LATENCY_BUCKETS) + 1)
         total = 0.0
