@@ -79,6 +79,7 @@ class Batch:
     trace_offsets: list[int]  # where to write the 4 per-send bytes
     before_offsets: list[int]
     after_offsets: list[int]
+    first_trace_id: bytes  # of the first span, before patching
 
 
 @dataclass
@@ -386,7 +387,8 @@ def build(kind: str = "mixed", batch_size: int = 512, n_batches: int = 8, *, lat
         lb = _logs_request(instance, before)
         la = _logs_request(instance, after)
         batches.append(Batch(traces, lb, la, len(spans), generations, _offsets(traces, tids),
-                             _offsets(lb, tids), _offsets(la, tids)))
+                             _offsets(lb, tids), _offsets(la, tids),
+                             spans[0][1].trace_id))
     return Workload(kind, batch_size, batches)
 
 

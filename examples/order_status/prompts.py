@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -104,17 +105,25 @@ class LangfuseApi:
         return dict(body)
 
     def wait_until_up(self, seconds: float) -> None:
-        """Until Langfuse answers HTTP at all (a starting stack refuses connections)."""
+        """Until the prompts API answers these keys with 200 (a starting stack first refuses
+        connections, then answers 5xx, then 401 until its init project exists)."""
         deadline = time.monotonic() + seconds
+        next_note = time.monotonic() + 10.0
         while True:
             try:
-                self._call("GET", "/api/public/health")
-                return
+                status, body = self._call("GET", "/api/public/v2/prompts?limit=1")
+                why = f"HTTP {status}: {body}"
             except (urllib.error.URLError, OSError) as error:
-                if time.monotonic() >= deadline:
-                    raise RuntimeError(f"Langfuse at {self.base_url} did not answer in {seconds:g}s: "
-                                       f"{error}") from error
-                time.sleep(1.0)
+                status, why = 0, str(error)
+            if status == 200:
+                return
+            now = time.monotonic()
+            if now >= deadline:
+                raise RuntimeError(f"Langfuse at {self.base_url} was not ready within {seconds:g} s ({why})")
+            if now >= next_note:
+                print(f"order_status: waiting for Langfuse at {self.base_url} ({why})", file=sys.stderr)
+                next_note = now + 10.0
+            time.sleep(1.0)
 
 
 def seed_prompts(api: LangfuseApi) -> list[str]:

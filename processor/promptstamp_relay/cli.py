@@ -157,6 +157,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if lost:
         log.error("shutdown: %d items could not be delivered", lost)
         return EXIT_LOST
+    kept = sum(q.stats.kept_items for q in relay.queues())
+    if kept:
+        log.warning("shutdown: %d items kept in the persistent queue %s; the next start sends them",
+                    kept, cfg.queue.directory)
     log.info("shutdown complete, nothing lost")
     return EXIT_OK
 

@@ -91,6 +91,7 @@ class LogsExporterConfig:
 class HoldConfig:
     seconds: float = 2.0
     max_spans: int = 100_000
+    max_spans_per_tenant: int = 25_000  # one tenant cannot fill the window for the others
 
 
 @dataclass
@@ -144,7 +145,6 @@ class QueueConfig:
     synchronous: str = "full"  # persistent queue: full (fsync every commit) | normal
     shutdown_timeout_seconds: float = 10.0
     retry_after_seconds: float = 1.0  # RetryInfo delay suggested to senders refused when full
-    memory_limit_mib: int = 0  # refuse while process RSS is above this (0 = off)
 
 
 @dataclass
@@ -163,6 +163,7 @@ class TenantConfig:
     tokens: list[str] = field(default_factory=list)
     langfuse_public_key: str = ""
     langfuse_secret_key: str = ""
+    langfuse_base_url: str = ""  # "" = exporter.langfuse.base_url
 
 
 @dataclass
@@ -183,7 +184,10 @@ class TlsConfig:
 
 @dataclass
 class LimitsConfig:
-    max_request_bytes: int = 64 * 1024 * 1024  # after decompression
+    # After decompression. The parser takes up to ~90x a request's size for adversarial
+    # shapes (millions of empty messages): see receive/budget.py and SECURITY.md.
+    max_request_bytes: int = 16 * 1024 * 1024
+    max_inflight_request_bytes: int = 32 * 1024 * 1024  # being decoded at once, all callers
     max_spans_per_request: int = 100_000
     max_attributes_per_span: int = 1024
     max_attribute_value_bytes: int = 1024 * 1024
@@ -272,8 +276,6 @@ class Config:
             errs.append("'queue.shutdown_timeout_seconds' must be >= 0")
         if not (math.isfinite(q.retry_after_seconds) and 0 < q.retry_after_seconds <= 300):
             errs.append("'queue.retry_after_seconds' must be > 0 and <= 300")
-        if q.memory_limit_mib < 0:
-            errs.append("'queue.memory_limit_mib' must be >= 0 (0 = off)")
         r = self.retry
         if not 0 < r.initial_interval_seconds <= r.max_interval_seconds:
             errs.append("'retry.initial_interval_seconds' must be > 0 and <= retry.max_interval_seconds")
@@ -285,6 +287,7 @@ class Config:
             errs.append("'retry.randomization' must be in [0, 1)")
         if self.auth.enabled and not self.auth.tenants:
             errs.append("'auth.tenants' must list at least one tenant when auth.enabled is true")
+        errs.extend(_auth_errors(self))
         if bool(self.tls.cert_file) != bool(self.tls.key_file):
             errs.append("'tls.cert_file' and 'tls.key_file' go together")
         for k in ("cert_file", "key_file", "client_ca_file"):
@@ -294,9 +297,15 @@ class Config:
         if self.tls.client_ca_file and not self.tls.cert_file:
             errs.append("'tls.client_ca_file' (mTLS) needs tls.cert_file and tls.key_file")
         for k in ("max_request_bytes", "max_spans_per_request", "max_attributes_per_span",
-                  "max_attribute_value_bytes", "max_value_depth"):
+                  "max_attribute_value_bytes", "max_value_depth", "max_inflight_request_bytes"):
             if getattr(self.limits, k) <= 0:
                 errs.append(f"'limits.{k}' must be > 0")
+        if self.limits.max_value_depth > 100:
+            errs.append("'limits.max_value_depth' must be <= 100 (the protobuf parser's own limit)")
+        if self.limits.max_inflight_request_bytes < self.limits.max_request_bytes:
+            errs.append("'limits.max_inflight_request_bytes' must be >= limits.max_request_bytes")
+        if self.hold.max_spans_per_tenant <= 0:
+            errs.append("'hold.max_spans_per_tenant' must be > 0")
         return errs
 
     def exporter_type(self) -> str:
@@ -304,6 +313,43 @@ class Config:
         if self.exporter.type:
             return self.exporter.type
         return "langfuse" if self.exporter.langfuse.base_url else "debug"
+
+
+MIN_TOKEN_LENGTH = 16
+
+
+def _auth_errors(cfg: Config) -> list[str]:
+    """``auth.*`` problems. Never quotes a token or a key: config errors end up in logs."""
+    errs: list[str] = []
+    auth = cfg.auth
+    if auth.tenants and not auth.enabled:
+        errs.append("'auth.tenants' is set but auth.enabled is false (tenants need auth)")
+    if auth.passthrough_langfuse_credentials and cfg.exporter_type() != "langfuse":
+        errs.append("'auth.passthrough_langfuse_credentials' needs the langfuse exporter")
+    seen_tokens: dict[str, str] = {}
+    seen_keys: dict[str, str] = {}
+    for name, t in auth.tenants.items():
+        where = f"'auth.tenants.{name}"
+        if not name or "#" in name:
+            errs.append(f"{where}' is not a valid tenant name (non-empty, no '#')")
+        if bool(t.langfuse_public_key) != bool(t.langfuse_secret_key):
+            errs.append(f"{where}.langfuse_public_key' and 'langfuse_secret_key' go together")
+        if not t.tokens and not t.langfuse_public_key:
+            errs.append(f"{where}' needs tokens or langfuse_public_key + langfuse_secret_key")
+        if t.langfuse_base_url and not t.langfuse_base_url.startswith(("http://", "https://")):
+            errs.append(f"{where}.langfuse_base_url' must be an http(s) URL")
+        for i, token in enumerate(t.tokens):
+            if len(token) < MIN_TOKEN_LENGTH or token != token.strip() or not token.isprintable():
+                errs.append(f"{where}.tokens[{i}]' must be at least {MIN_TOKEN_LENGTH} printable "
+                            "characters without surrounding spaces")
+            other = seen_tokens.setdefault(token, name)
+            if other != name:
+                errs.append(f"{where}.tokens[{i}]' is also a token of tenant '{other}'")
+        if t.langfuse_public_key:
+            other = seen_keys.setdefault(t.langfuse_public_key, name)
+            if other != name:
+                errs.append(f"{where}.langfuse_public_key' is also the public key of tenant '{other}'")
+    return errs
 
 
 def _check_hostport(value: str) -> str | None:

@@ -20,6 +20,10 @@ Then the driver waits (bounded) until every span the app reports having sent has
 server, stops the relay, prints the generations as Langfuse received them, and returns 0 only
 if every generation is linked to the version the app was handed, with the right label and
 source, and no span was lost or would be dropped by Langfuse's ingestion.
+
+Environment: ``PROMPTSTAMP_DEMO_INSTRUMENTATION`` (``openllmetry`` by default, ``openinference``
+or ``openai-v2``) picks the app's OpenAI instrumentation; ``PROMPTSTAMP_DEMO_APP_DIR`` says where
+``order_status`` is when not running from a checkout.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +46,7 @@ from typing import IO, Any
 
 from promptstamp.testing import FakeOpenAI, LangfuseServer, Observation, RejectedObservation
 
-from .config import load_config
+from .config import Config, load_config
 from .server import RelayServer
 
 __all__ = ["DemoResult", "GenerationRow", "find_app_dir", "run", "run_demo"]
@@ -50,6 +54,7 @@ __all__ = ["DemoResult", "GenerationRow", "find_app_dir", "run", "run_demo"]
 PROMPT_NAME = "order-status-answer"
 APP_MODULE = "order_status"
 APP_DIR_ENV = "PROMPTSTAMP_DEMO_APP_DIR"
+INSTRUMENTATION_ENV = "PROMPTSTAMP_DEMO_INSTRUMENTATION"
 MODEL_ANSWER = "Your order ORDER-924 has shipped and is on its way."
 
 # The app's prompt fetch timeout during the demo, and how long the "outage" stalls a prompts
@@ -57,16 +62,16 @@ MODEL_ANSWER = "Your order ORDER-924 has shipped and is on its way."
 FETCH_TIMEOUT_SECONDS = 0.5
 OUTAGE_STALL_SECONDS = 10.0
 
-# Modules the app imports that are not promptstamp's own dependencies.
+# Modules the app imports that are not promptstamp's own dependencies: module -> package.
 _APP_REQUIREMENTS = {
     "openai": "openai",
     "opentelemetry.exporter.otlp.proto.grpc": "opentelemetry-exporter-otlp-proto-grpc",
-    "opentelemetry.instrumentation.openai": "opentelemetry-instrumentation-openai",
 }
-_INSTRUMENTATION_MODULES = {
-    "openllmetry": "opentelemetry.instrumentation.openai",
-    "openinference": "openinference.instrumentation.openai",
-    "openai-v2": "opentelemetry.instrumentation.openai_v2",
+# --instrumentation choice -> (module, package)
+_INSTRUMENTATIONS = {
+    "openllmetry": ("opentelemetry.instrumentation.openai", "opentelemetry-instrumentation-openai"),
+    "openinference": ("openinference.instrumentation.openai", "openinference-instrumentation-openai"),
+    "openai-v2": ("opentelemetry.instrumentation.openai_v2", "opentelemetry-instrumentation-openai-v2"),
 }
 
 
@@ -130,21 +135,17 @@ def find_app_dir() -> Path:
 
 def _missing_requirements(instrumentation: str) -> list[str]:
     needed = dict(_APP_REQUIREMENTS)
-    module = _INSTRUMENTATION_MODULES[instrumentation]
-    needed[module] = {
-        "openllmetry": "opentelemetry-instrumentation-openai",
-        "openinference": "openinference-instrumentation-openai",
-        "openai-v2": "opentelemetry-instrumentation-openai-v2",
-    }[instrumentation]
+    module, package = _INSTRUMENTATIONS[instrumentation]
+    needed[module] = package
     missing = []
-    for mod, package in needed.items():
+    for mod, pkg in needed.items():
         try:
             found = importlib.util.find_spec(mod) is not None
-        except ModuleNotFoundError:
+        except ModuleNotFoundError:  # a parent package is missing
             found = False
         if not found:
-            missing.append(package)
-    return sorted(set(missing))
+            missing.append(pkg)
+    return sorted(missing)
 
 
 def _app_env(
@@ -285,10 +286,30 @@ def _quiet_relay_logs() -> Iterator[None]:
         relay_log.setLevel(before)
 
 
+@dataclass
+class _AppRun:
+    """What the app subprocess did."""
+
+    returncode: int | None = None
+    output: list[str] = field(default_factory=list)
+    stderr: str = ""
+    report: dict[str, Any] = field(default_factory=dict)
+    killed: bool = False
+
+
+def _reply(proc: subprocess.Popen[str], text: str) -> None:
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(text + "\n")
+        proc.stdin.flush()
+    except (BrokenPipeError, OSError):  # the app is gone; its exit status tells the story
+        pass
+
+
 def _drive_app(proc: subprocess.Popen[str], langfuse: LangfuseServer, out: IO[str],
-               on_first_scenario: Any) -> list[str]:
-    """Relay the app's stdout; answer its control lines. Returns the scenario output lines."""
-    assert proc.stdout is not None and proc.stdin is not None
+               on_first_scenario: Callable[[], None]) -> list[str]:
+    """Show the app's stdout; answer its control lines. Returns the scenario output lines."""
+    assert proc.stdout is not None
     printed: list[str] = []
     first = True
     for raw in proc.stdout:
@@ -302,17 +323,54 @@ def _drive_app(proc: subprocess.Popen[str], langfuse: LangfuseServer, out: IO[st
             langfuse.delay_prompts(OUTAGE_STALL_SECONDS)
             out.write(f"  (Langfuse's prompts API stops answering; the app's {FETCH_TIMEOUT_SECONDS:g} s "
                       "fetch timeout will fire)\n")
-            proc.stdin.write("ok\n")
-            proc.stdin.flush()
+            _reply(proc, "ok")
         elif line == "::outage-end":
             langfuse.reset_faults()
-            proc.stdin.write("ok\n")
-            proc.stdin.flush()
+            _reply(proc, "ok")
         else:
             printed.append(line)
             out.write(line + "\n")
         out.flush()
     return printed
+
+
+def _run_app(app_dir: Path, env: dict[str, str], instrumentation: str, langfuse: LangfuseServer,
+             out: IO[str], timeout: float) -> _AppRun:
+    """Run the example app once, driving it; kill it after ``timeout`` seconds."""
+    result = _AppRun()
+
+    def describe_prompt() -> None:  # once the app has seeded the prompt
+        versions = _prompt_versions(langfuse)
+        shown = "; ".join(f"v{v}: {', '.join(labels)}" for v, labels in sorted(versions.items()))
+        out.write(f"  prompt {PROMPT_NAME:<20} {shown}\n")
+
+    with tempfile.TemporaryDirectory(prefix="promptstamp-demo-") as tmp:
+        report_path, stderr_path = Path(tmp) / "report.json", Path(tmp) / "app-stderr.txt"
+        cmd = [sys.executable, "-m", APP_MODULE, "all", "--control-stdio", "--seed-prompts",
+               "--instrumentation", instrumentation, "--fetch-timeout", str(FETCH_TIMEOUT_SECONDS),
+               "--report", str(report_path)]
+        with open(stderr_path, "w", encoding="utf-8") as stderr_file, subprocess.Popen(
+            cmd, cwd=app_dir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=stderr_file, text=True,
+        ) as proc:
+
+            def kill() -> None:
+                if proc.poll() is None:
+                    result.killed = True
+                    proc.kill()
+
+            watchdog = threading.Timer(timeout, kill)
+            watchdog.start()
+            try:
+                result.output = _drive_app(proc, langfuse, out, describe_prompt)
+                result.returncode = proc.wait()
+            finally:
+                watchdog.cancel()
+                kill()  # only if still running: an exception above
+        result.stderr = stderr_path.read_text(encoding="utf-8", errors="replace")
+        if report_path.is_file():
+            result.report = json.loads(report_path.read_text(encoding="utf-8"))
+    return result
 
 
 def _wait_for_spans(langfuse: LangfuseServer, sent: Sequence[Mapping[str, str]], timeout: float) -> None:
@@ -322,6 +380,21 @@ def _wait_for_spans(langfuse: LangfuseServer, sent: Sequence[Mapping[str, str]],
         if wanted <= _arrived_ids(langfuse.observations(), langfuse.rejected()):
             return
         time.sleep(0.05)
+
+
+def _relay_config(langfuse: LangfuseServer, hold_seconds: float,
+                  overrides: Mapping[str, Any] | None) -> Config:
+    return load_config(None, env={}, overrides={
+        "listen": "127.0.0.1:0",  # a free port
+        "hold.seconds": hold_seconds,
+        "exporter.type": "langfuse",
+        "exporter.langfuse.base_url": langfuse.base_url,
+        "exporter.langfuse.public_key": langfuse.public_key,
+        "exporter.langfuse.secret_key": langfuse.secret_key,
+        "retry.initial_interval_seconds": 0.2,
+        "retry.max_interval_seconds": 1.0,
+        **(overrides or {}),
+    })
 
 
 def run(
@@ -337,10 +410,12 @@ def run(
     """Run the whole demo once; print as it goes to ``out``; return what happened.
 
     ``relay_overrides`` are extra relay settings as dotted keys (``{"hold.seconds": 2}``).
+    Every server is stopped before this returns, also when it raises.
     """
     out = out if out is not None else sys.stdout
-    if instrumentation not in _INSTRUMENTATION_MODULES:
-        raise ValueError(f"instrumentation must be one of {sorted(_INSTRUMENTATION_MODULES)}")
+    if instrumentation not in _INSTRUMENTATIONS:
+        raise ValueError(f"instrumentation must be one of {', '.join(_INSTRUMENTATIONS)}, "
+                         f"got {instrumentation!r}")
     missing = _missing_requirements(instrumentation)
     if missing:
         raise RuntimeError("the demo app needs " + ", ".join(missing) + ": pip install -e '.[dev]' "
@@ -351,36 +426,12 @@ def run(
     langfuse = LangfuseServer(public_key=f"pk-lf-demo-{uuid.uuid4().hex[:12]}", secret_key="sk-lf-demo")
     model = FakeOpenAI(MODEL_ANSWER)
     relay: RelayServer | None = None
-    proc: subprocess.Popen[str] | None = None
     relay_lost = 0
-    returncode: int | None = None
-    printed: list[str] = []
-    report: dict[str, Any] = {}
-    killed = threading.Event()
-
-    def kill_app() -> None:
-        if proc is not None and proc.poll() is None:
-            killed.set()
-            proc.kill()
-
-    with tempfile.TemporaryDirectory(prefix="promptstamp-demo-") as tmp, _quiet_relay_logs():
-        report_path = Path(tmp) / "report.json"
-        stderr_path = Path(tmp) / "app-stderr.txt"
+    with _quiet_relay_logs():
         try:
             langfuse.start()
             model.start()
-            cfg = load_config(None, env={}, overrides={
-                "listen": "127.0.0.1:0",
-                "hold.seconds": hold_seconds,
-                "exporter.type": "langfuse",
-                "exporter.langfuse.base_url": langfuse.base_url,
-                "exporter.langfuse.public_key": langfuse.public_key,
-                "exporter.langfuse.secret_key": langfuse.secret_key,
-                "retry.initial_interval_seconds": 0.2,
-                "retry.max_interval_seconds": 1.0,
-                **(relay_overrides or {}),
-            })
-            relay = RelayServer(cfg).start()
+            relay = RelayServer(_relay_config(langfuse, hold_seconds, relay_overrides)).start()
             out.write(
                 "promptstamp demo: the tutorial's order-status agent and its three prompt scenarios\n"
                 f"  Langfuse-compatible server  {langfuse.base_url}  (prompts API, OTLP ingest)\n"
@@ -391,49 +442,24 @@ def run(
                 "OTLP/gRPC to the relay)\n"
             )
             out.flush()
-
-            def describe_prompt() -> None:
-                versions = _prompt_versions(langfuse)
-                shown = "; ".join(f"v{v}: {', '.join(lbs)}" for v, lbs in sorted(versions.items()))
-                out.write(f"  prompt {PROMPT_NAME:<20} {shown}\n")
-
-            cmd = [sys.executable, "-m", APP_MODULE, "all", "--control-stdio", "--seed-prompts",
-                   "--instrumentation", instrumentation, "--fetch-timeout", str(FETCH_TIMEOUT_SECONDS),
-                   "--report", str(report_path)]
-            with open(stderr_path, "w", encoding="utf-8") as stderr_file:
-                proc = subprocess.Popen(
-                    cmd, cwd=app_dir, env=_app_env(app_dir, relay.address, langfuse, model),
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr_file, text=True,
-                )
-                watchdog = threading.Timer(app_timeout, kill_app)
-                watchdog.start()
-                try:
-                    printed = _drive_app(proc, langfuse, out, describe_prompt)
-                    returncode = proc.wait()
-                finally:
-                    watchdog.cancel()
-            if report_path.is_file():
-                report = json.loads(report_path.read_text(encoding="utf-8"))
-            _wait_for_spans(langfuse, report.get("spans", []), arrival_timeout)
-            relay_lost = relay.stop()
+            app = _run_app(app_dir, _app_env(app_dir, relay.address, langfuse, model), instrumentation,
+                           langfuse, out, app_timeout)
+            _wait_for_spans(langfuse, app.report.get("spans", []), arrival_timeout)
+            relay_lost = relay.stop()  # releases anything still held, drains the queue
         finally:
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
             if relay is not None:
-                relay_lost += relay.stop()
+                relay_lost += relay.stop()  # a no-op after the stop above
             model.stop()
             langfuse.stop()
-        app_stderr = stderr_path.read_text(encoding="utf-8", errors="replace") if stderr_path.exists() else ""
 
     observations, rejected = langfuse.observations(), langfuse.rejected()
     result = DemoResult(
         status=0,
-        app_returncode=returncode,
-        app_output=printed,
-        app_stderr=app_stderr,
-        runs=list(report.get("runs", [])),
-        sent_spans=list(report.get("spans", [])),
+        app_returncode=app.returncode,
+        app_output=app.output,
+        app_stderr=app.stderr,
+        runs=list(app.report.get("runs", [])),
+        sent_spans=list(app.report.get("spans", [])),
         observations=observations,
         rejected=rejected,
         rows=generation_rows(observations, rejected),
@@ -441,7 +467,7 @@ def run(
         prompt_versions=_prompt_versions(langfuse),
     )
     result.problems = check(result)
-    if killed.is_set():
+    if app.killed:
         result.problems.insert(0, f"the app did not finish within {app_timeout:g} s and was killed")
     result.status = 1 if result.problems else 0
     _print_summary(result, out)
@@ -477,9 +503,14 @@ def _print_summary(result: DemoResult, out: IO[str]) -> None:
 
 
 def run_demo() -> int:
-    """The ``promptstamp-relay demo`` command: 0 when every generation arrived linked."""
+    """The ``promptstamp-relay demo`` command: 0 when every generation arrived linked.
+
+    ``$PROMPTSTAMP_DEMO_INSTRUMENTATION`` picks the app's OpenAI instrumentation: ``openllmetry``
+    (default), ``openinference`` or ``openai-v2``.
+    """
+    instrumentation = os.environ.get(INSTRUMENTATION_ENV) or "openllmetry"
     try:
-        return run().status
-    except (RuntimeError, FileNotFoundError, OSError) as e:
+        return run(instrumentation=instrumentation).status
+    except (ValueError, RuntimeError, OSError) as e:  # FileNotFoundError is an OSError
         print(f"promptstamp-relay demo: {e}", file=sys.stderr)
         return 1

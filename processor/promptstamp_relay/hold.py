@@ -24,6 +24,7 @@ class HoldWindow:
         self._queue: deque[HeldSpan] = deque()
         self._bytes = 0
         self._waiting: Counter[tuple[str, bytes, str, str]] = Counter()
+        self._per_tenant: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -31,6 +32,11 @@ class HoldWindow:
     @property
     def capacity(self) -> int:
         return max(0, self.max_spans - len(self._queue))
+
+    def held_for(self, tenant: str) -> int:
+        """Spans of ``tenant`` held now (a per-tenant bound keeps tenants from crowding out
+        each other)."""
+        return self._per_tenant.get(tenant, 0)
 
     @property
     def held_bytes(self) -> int:
@@ -41,6 +47,7 @@ class HoldWindow:
         for h in spans:
             self._bytes += h.span.ByteSize()
             self._waiting[_wait_key(h)] += 1
+            self._per_tenant[h.key.tenant] += 1
             self._queue.append(h)
 
     def next_due_ns(self) -> int | None:
@@ -76,6 +83,7 @@ class HoldWindow:
         self._queue.clear()
         self._bytes = 0
         self._waiting.clear()
+        self._per_tenant.clear()
         return out
 
     def _account(self, spans: list[HeldSpan]) -> None:
@@ -85,6 +93,10 @@ class HoldWindow:
             self._waiting[k] -= 1
             if self._waiting[k] <= 0:
                 del self._waiting[k]
+            t = h.key.tenant
+            self._per_tenant[t] -= 1
+            if self._per_tenant[t] <= 0:
+                del self._per_tenant[t]
 
 
 def _wait_key(h: HeldSpan) -> tuple[str, bytes, str, str]:

@@ -1,54 +1,85 @@
-"""Per-request limits on decoded OTLP requests. Pure: a request and the limits in, a verdict out.
-
-:func:`check_request` walks every span (or log record), every attribute list and every
-``AnyValue`` once, with an explicit stack (never recursion), and answers with the first
-:class:`Violation` it finds, or ``None``. Its messages name the limit and the count, never a
-value, a key or an id: a refusal must not echo what a caller sent.
+"""Per-request limits: decode an OTLP request and check it. Pure: bytes and limits in, a request
+or a :class:`Violation` out. No I/O, no clock, no recursion.
 
 What is checked (``limits.*`` in the config):
 
 - ``max_spans_per_request``: spans in a trace request, log records in a logs request;
 - ``max_attributes_per_span``: attributes of a span, span event, span link, log record,
-  resource or scope;
+  resource or scope; also events and links per span;
 - ``max_attribute_value_bytes``: the UTF-8 length of an attribute key, of a string value
-  (nested ones included), of a bytes value, and of span and event names;
-- ``max_value_depth``: nesting of ``AnyValue`` (a scalar attribute value has depth 1, an array
-  of scalars depth 2, …); log record bodies included;
+  (nested ones included), of a bytes value, of span, event and scope names;
+- ``max_value_depth``: nesting of ``AnyValue`` (a scalar value has depth 1, an array of
+  scalars depth 2, …), log record bodies included;
 - ids: a span's trace id is 16 bytes and its span id 8, neither all zero; a parent span id is
-  empty or 8 bytes; a link's ids are 16 and 8 bytes; a log record's ids are empty or 16 / 8
-  bytes. Langfuse rejects a whole batch with HTTP 400 for one malformed id, so the relay must
-  not forward one.
+  empty or 8 bytes; a link's ids are 16 and 8 bytes; a log record's are empty or 16 / 8 bytes.
+  Langfuse rejects a whole batch with HTTP 400 for one malformed id, so none is forwarded;
+- well-formed protobuf, including valid UTF-8 in every ``string`` field (the parser's own
+  check).
 
-Cost, for ordinary traffic: when the encoded request is no larger than
-``max_attribute_value_bytes`` no string can exceed it and string lengths are not measured;
-what remains is one ``WhichOneof`` per attribute value.
+Messages name the limit and a count, never a value, a key or an id: a refusal must not echo
+what a caller sent.
+
+How it stays cheap (measured per 512-span request in ``tests/security/test_limits.py``):
+reading one attribute in Python costs ~0.2 µs, so nothing here visits attributes one by one
+on ordinary traffic.
+
+- Depth is enforced by the protobuf parser itself: the request is decoded wrapped in ``k``
+  extra message levels, ``k`` calibrated once so that the parser's fixed nesting limit falls
+  exactly past ``max_value_depth`` array levels for span, event and link attributes. The cost
+  is one copy of the bytes. A key-value-list level costs the parser three levels where an
+  array level costs two, so lists of key-value lists are refused from about two thirds of
+  ``max_value_depth`` on: stricter, never looser. Resource and scope attributes and log
+  bodies sit higher in the message and are walked exactly in Python (there are few).
+- String lengths are measured only when the request is larger than
+  ``max_attribute_value_bytes``, and then only in spans that are (``ByteSize``).
+- What remains per span is a handful of length reads (ids, attribute, event and link counts).
+
+:func:`check_request` is the exact, all-Python walk of the same rules, for a request already
+decoded (tests, replay); :func:`decode_traces` / :func:`decode_logs` are what the receiver uses.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, Literal
 
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from .config import LimitsConfig
 
-__all__ = ["Violation", "check_logs", "check_request", "check_traces"]
+__all__ = [
+    "Violation",
+    "check_logs",
+    "check_request",
+    "check_traces",
+    "decode_logs",
+    "decode_traces",
+]
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 _NESTED = frozenset({"array_value", "kvlist_value"})
 
+Kind = Literal["too_large", "invalid"]
 
-@dataclass(frozen=True, slots=True)
-class Violation:
+
+class Violation(Exception):
     """Why a request is refused. ``kind``: ``too_large`` (a size or count limit: gRPC
-    RESOURCE_EXHAUSTED) or ``invalid`` (too deep, a malformed id: gRPC INVALID_ARGUMENT)."""
+    RESOURCE_EXHAUSTED) or ``invalid`` (malformed, too deep, a bad id: INVALID_ARGUMENT)."""
 
-    kind: Literal["too_large", "invalid"]
-    message: str
+    def __init__(self, kind: Kind, message: str) -> None:
+        super().__init__(message)
+        self.kind: Kind = kind
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"Violation({self.kind!r}, {self.message!r})"
 
 
 def _too_large(message: str) -> Violation:
@@ -59,63 +90,70 @@ def _invalid(message: str) -> Violation:
     return Violation("invalid", message)
 
 
+# --------------------------------------------------------------------------------------------
+# The exact walk over attributes and values (explicit stack)
+# --------------------------------------------------------------------------------------------
 class _Walker:
-    """The attribute and value checks shared by both signals."""
-
     __slots__ = ("check_strings", "max_attrs", "max_bytes", "max_depth")
 
-    def __init__(self, limits: LimitsConfig, encoded_size: int | None) -> None:
+    def __init__(self, limits: LimitsConfig, check_strings: bool) -> None:
         self.max_attrs = limits.max_attributes_per_span
         self.max_bytes = limits.max_attribute_value_bytes
         self.max_depth = limits.max_value_depth
-        # A string can't be longer than the request it came in.
-        self.check_strings = encoded_size is None or encoded_size > self.max_bytes
+        self.check_strings = check_strings
 
     def too_long(self, s: str) -> bool:
-        """UTF-8 length of ``s`` over the limit (measured only when it can be)."""
+        """UTF-8 length of ``s`` over the limit (encoded only when it might be)."""
         n = len(s)
         if n * 4 <= self.max_bytes:
             return False
         return n > self.max_bytes or len(s.encode("utf-8", "surrogatepass")) > self.max_bytes
 
-    def attributes(self, attrs: Any, what: str) -> Violation | None:
-        """Check a ``repeated KeyValue``: its length, its keys, every value in it."""
+    def attributes(self, attrs: Any, what: str, *, values: bool = True) -> None:
+        """Check a ``repeated KeyValue``: its length, then (``values``) every key and value."""
         if len(attrs) > self.max_attrs:
-            return _too_large(
-                f"a {what} has {len(attrs)} attributes, over limits.max_attributes_per_span "
-                f"({self.max_attrs})"
-            )
-        if not attrs:
-            return None
+            raise _too_large(f"a {what} has {len(attrs)} attributes, over "
+                             f"limits.max_attributes_per_span ({self.max_attrs})")
+        if values and attrs:
+            self._walk([(kv.value, 1) for kv in attrs], what, [kv.key for kv in attrs])
+
+    def value(self, v: Any, what: str) -> None:
+        self._walk([(v, 1)], what, ())
+
+    def name(self, s: str, what: str) -> None:
+        if self.check_strings and self.too_long(s):
+            raise _too_large(f"a {what} name is over limits.max_attribute_value_bytes "
+                             f"({self.max_bytes} bytes)")
+
+    def _walk(self, stack: list[tuple[Any, int]], what: str, keys: Iterable[str]) -> None:
+        """Depth-first over values, iteratively. ``stack`` holds (AnyValue, its depth)."""
         check_strings = self.check_strings
-        stack: list[tuple[Any, int]] | None = None
-        for kv in attrs:
-            if check_strings and self.too_long(kv.key):
-                return self._long(what)
-            v = kv.value
+        if check_strings:
+            for k in keys:
+                if self.too_long(k):
+                    raise self._long(what)
+        max_depth = self.max_depth
+        while stack:
+            v, depth = stack.pop()
             w = v.WhichOneof("value")
             if w is None:
                 continue
-            if w in _NESTED:
-                if stack is None:
-                    stack = []
-                stack.append((v, 1))
-            elif check_strings and self._scalar_too_long(v, w):
-                return self._long(what)
-        if stack:
-            return self._walk(stack, what)
-        return None
-
-    def value(self, v: Any, what: str) -> Violation | None:
-        """Check one ``AnyValue`` (a log record body)."""
-        w = v.WhichOneof("value")
-        if w is None:
-            return None
-        if w in _NESTED:
-            return self._walk([(v, 1)], what)
-        if self.check_strings and self._scalar_too_long(v, w):
-            return self._long(what)
-        return None
+            if w not in _NESTED:
+                if check_strings and self._scalar_too_long(v, w):
+                    raise self._long(what)
+                continue
+            if depth >= max_depth:
+                raise _invalid(f"a {what} has a value nested deeper than limits.max_value_depth "
+                               f"({max_depth})")
+            if w == "array_value":
+                stack.extend((child, depth + 1) for child in v.array_value.values)
+            else:
+                kvs = v.kvlist_value.values
+                if check_strings:
+                    for kv in kvs:
+                        if self.too_long(kv.key):
+                            raise self._long(what)
+                stack.extend((kv.value, depth + 1) for kv in kvs)
 
     def _scalar_too_long(self, v: Any, w: str) -> bool:
         if w == "string_value":
@@ -124,161 +162,133 @@ class _Walker:
             return len(v.bytes_value) > self.max_bytes
         return False
 
-    def _walk(self, stack: list[tuple[Any, int]], what: str) -> Violation | None:
-        """Depth-first over nested values, iteratively. ``stack`` holds (AnyValue, its depth)."""
-        max_depth = self.max_depth
-        max_attrs = self.max_attrs
-        check_strings = self.check_strings
-        while stack:
-            v, depth = stack.pop()
-            w = v.WhichOneof("value")
-            if w is None:
-                continue
-            if w not in _NESTED:
-                if check_strings and self._scalar_too_long(v, w):
-                    return self._long(what)
-                continue
-            if depth + 1 > max_depth:
-                return _invalid(
-                    f"a {what} has an attribute value nested deeper than limits.max_value_depth "
-                    f"({max_depth})"
-                )
-            children: Iterable[Any]
-            if w == "array_value":
-                children = v.array_value.values
-            else:
-                kvs = v.kvlist_value.values
-                if len(kvs) > max_attrs:
-                    return _too_large(
-                        f"a {what} has an attribute value holding {len(kvs)} entries, over "
-                        f"limits.max_attributes_per_span ({max_attrs})"
-                    )
-                if check_strings:
-                    for kv in kvs:
-                        if self.too_long(kv.key):
-                            return self._long(what)
-                children = [kv.value for kv in kvs]
-            for child in children:
-                stack.append((child, depth + 1))
-        return None
-
     def _long(self, what: str) -> Violation:
-        return _too_large(
-            f"a {what} has an attribute key or value over limits.max_attribute_value_bytes "
-            f"({self.max_bytes} bytes)"
-        )
-
-    def name(self, s: str, what: str) -> Violation | None:
-        if self.check_strings and self.too_long(s):
-            return _too_large(
-                f"a {what} name is over limits.max_attribute_value_bytes ({self.max_bytes} bytes)"
-            )
-        return None
+        return _too_large(f"a {what} has an attribute key or value over "
+                          f"limits.max_attribute_value_bytes ({self.max_bytes} bytes)")
 
 
-def check_traces(
-    request: ExportTraceServiceRequest, limits: LimitsConfig, *, encoded_size: int | None = None
-) -> Violation | None:
-    """The first limit ``request`` breaks, or None. ``encoded_size``: its size in bytes, if
-    known (lets the walk skip string lengths that cannot exceed the limit)."""
-    walker = _Walker(limits, encoded_size)
+# --------------------------------------------------------------------------------------------
+# Traces
+# --------------------------------------------------------------------------------------------
+def _check_span_ids(span: Any) -> None:
+    trace_id = span.trace_id
+    if len(trace_id) != 16 or trace_id == _ZERO_TRACE:
+        raise _invalid(f"a span has an invalid trace_id ({len(trace_id)} bytes; must be 16, "
+                       "not all zero)")
+    span_id = span.span_id
+    if len(span_id) != 8 or span_id == _ZERO_SPAN:
+        raise _invalid(f"a span has an invalid span_id ({len(span_id)} bytes; must be 8, "
+                       "not all zero)")
+    parent = len(span.parent_span_id)
+    if parent and parent != 8:
+        raise _invalid(f"a span has an invalid parent_span_id ({parent} bytes; must be empty or 8)")
+
+
+def _traces(request: ExportTraceServiceRequest, limits: LimitsConfig, encoded_size: int | None,
+            depth_checked: bool) -> None:
     max_spans = limits.max_spans_per_request
     total = 0
     for rs in request.resource_spans:
         for ss in rs.scope_spans:
             total += len(ss.spans)
     if total > max_spans:
-        return _too_large(f"{total} spans, over limits.max_spans_per_request ({max_spans})")
-    max_attrs = walker.max_attrs
+        raise _too_large(f"{total} spans, over limits.max_spans_per_request ({max_spans})")
+    max_bytes = limits.max_attribute_value_bytes
+    # A string cannot be longer than the request (or span) that holds it.
+    strings = encoded_size is None or encoded_size > max_bytes
+    exact = _Walker(limits, strings)
+    max_attrs = exact.max_attrs
     for rs in request.resource_spans:
-        bad = walker.attributes(rs.resource.attributes, "resource")
-        if bad:
-            return bad
+        exact.attributes(rs.resource.attributes, "resource")
         for ss in rs.scope_spans:
             scope = ss.scope
-            bad = walker.attributes(scope.attributes, "scope") or walker.name(scope.name, "scope")
-            if bad:
-                return bad
+            exact.attributes(scope.attributes, "scope")
+            exact.name(scope.name, "scope")
             for span in ss.spans:
-                trace_id = span.trace_id
-                if len(trace_id) != 16 or trace_id == _ZERO_TRACE:
-                    return _invalid(f"a span has an invalid trace_id ({len(trace_id)} bytes; "
-                                    "must be 16, not all zero)")
-                span_id = span.span_id
-                if len(span_id) != 8 or span_id == _ZERO_SPAN:
-                    return _invalid(f"a span has an invalid span_id ({len(span_id)} bytes; "
-                                    "must be 8, not all zero)")
-                parent = len(span.parent_span_id)
-                if parent and parent != 8:
-                    return _invalid(f"a span has an invalid parent_span_id ({parent} bytes; "
-                                    "must be empty or 8)")
-                attrs = span.attributes
-                if len(attrs) > max_attrs:
-                    return _too_large(
-                        f"a span has {len(attrs)} attributes, over limits.max_attributes_per_span "
-                        f"({max_attrs})"
-                    )
-                bad = walker.attributes(attrs, "span") or walker.name(span.name, "span")
-                if bad:
-                    return bad
+                _check_span_ids(span)
+                # Every value of a span is walked only when it has to be: values not yet
+                # depth-checked by the parser, or strings that might be too long.
+                walk = not depth_checked or (strings and span.ByteSize() > max_bytes)
+                exact.attributes(span.attributes, "span", values=walk)
+                if walk:
+                    exact.name(span.name, "span")
                 events = span.events
                 if events:
                     if len(events) > max_attrs:
-                        return _too_large(f"a span has {len(events)} events, over "
-                                          f"limits.max_attributes_per_span ({max_attrs})")
+                        raise _too_large(f"a span has {len(events)} events, over "
+                                         f"limits.max_attributes_per_span ({max_attrs})")
                     for ev in events:
-                        bad = walker.attributes(ev.attributes, "span event") or walker.name(
-                            ev.name, "span event")
-                        if bad:
-                            return bad
+                        exact.attributes(ev.attributes, "span event", values=walk)
+                        if walk:
+                            exact.name(ev.name, "span event")
                 links = span.links
                 if links:
                     if len(links) > max_attrs:
-                        return _too_large(f"a span has {len(links)} links, over "
-                                          f"limits.max_attributes_per_span ({max_attrs})")
+                        raise _too_large(f"a span has {len(links)} links, over "
+                                         f"limits.max_attributes_per_span ({max_attrs})")
                     for link in links:
                         if len(link.trace_id) != 16 or len(link.span_id) != 8:
-                            return _invalid("a span link has an id of the wrong length "
-                                            "(trace_id must be 16 bytes, span_id 8)")
-                        bad = walker.attributes(link.attributes, "span link")
-                        if bad:
-                            return bad
-    return None
+                            raise _invalid("a span link has an id of the wrong length "
+                                           "(trace_id must be 16 bytes, span_id 8)")
+                        exact.attributes(link.attributes, "span link", values=walk)
 
 
-def check_logs(
-    request: ExportLogsServiceRequest, limits: LimitsConfig, *, encoded_size: int | None = None
-) -> Violation | None:
-    """The first limit ``request`` breaks, or None (log records count against
-    ``max_spans_per_request``)."""
-    walker = _Walker(limits, encoded_size)
+def _logs(request: ExportLogsServiceRequest, limits: LimitsConfig, encoded_size: int | None,
+          depth_checked: bool) -> None:
     max_items = limits.max_spans_per_request
     total = 0
     for rl in request.resource_logs:
         for sl in rl.scope_logs:
             total += len(sl.log_records)
     if total > max_items:
-        return _too_large(f"{total} log records, over limits.max_spans_per_request ({max_items})")
+        raise _too_large(f"{total} log records, over limits.max_spans_per_request ({max_items})")
+    max_bytes = limits.max_attribute_value_bytes
+    strings = encoded_size is None or encoded_size > max_bytes
+    exact = _Walker(limits, strings)
     for rl in request.resource_logs:
-        bad = walker.attributes(rl.resource.attributes, "resource")
-        if bad:
-            return bad
+        exact.attributes(rl.resource.attributes, "resource")
         for sl in rl.scope_logs:
-            bad = walker.attributes(sl.scope.attributes, "scope") or walker.name(sl.scope.name, "scope")
-            if bad:
-                return bad
+            exact.attributes(sl.scope.attributes, "scope")
+            exact.name(sl.scope.name, "scope")
             for rec in sl.log_records:
                 t, s = len(rec.trace_id), len(rec.span_id)
                 if t not in (0, 16) or s not in (0, 8):
-                    return _invalid("a log record has an id of the wrong length "
-                                    "(trace_id must be empty or 16 bytes, span_id empty or 8)")
-                bad = (
-                    walker.attributes(rec.attributes, "log record")
-                    or walker.value(rec.body, "log record body")
-                    or walker.name(rec.event_name, "log record event")
-                )
-                if bad:
-                    return bad
+                    raise _invalid("a log record has an id of the wrong length "
+                                   "(trace_id must be empty or 16 bytes, span_id empty or 8)")
+                walk = not depth_checked or (strings and rec.ByteSize() > max_bytes)
+                exact.attributes(rec.attributes, "log record", values=walk)
+                body = rec.body
+                # The body sits one level above attributes: the parser's bound leaves it one
+                # level of slack, so a nested body is always walked.
+                if walk or body.WhichOneof("value") in _NESTED:
+                    exact.value(body, "log record body")
+                if walk:
+                    exact.name(rec.event_name, "log record event")
+
+
+def check_traces(
+    request: ExportTraceServiceRequest, limits: LimitsConfig, *, encoded_size: int | None = None,
+) -> Violation | None:
+    """The first limit ``request`` breaks, or None; every value walked in Python.
+
+    ``encoded_size``: the request's size in bytes, when known (string lengths need not be
+    measured when it is within ``max_attribute_value_bytes``).
+    """
+    try:
+        _traces(request, limits, encoded_size, depth_checked=False)
+    except Violation as v:
+        return v
+    return None
+
+
+def check_logs(
+    request: ExportLogsServiceRequest, limits: LimitsConfig, *, encoded_size: int | None = None,
+) -> Violation | None:
+    """As :func:`check_traces`, for logs (log records count against ``max_spans_per_request``)."""
+    try:
+        _logs(request, limits, encoded_size, depth_checked=False)
+    except Violation as v:
+        return v
     return None
 
 
@@ -292,3 +302,169 @@ def check_request(
     if isinstance(request, ExportTraceServiceRequest):
         return check_traces(request, limits, encoded_size=encoded_size)
     return check_logs(request, limits, encoded_size=encoded_size)
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding with the parser's own nesting limit set to max_value_depth
+# --------------------------------------------------------------------------------------------
+_PROBE_PACKAGE = "promptstamp_relay.limits"
+_WRAP_FIELD, _TRACES_FIELD, _LOGS_FIELD = 1, 2, 3
+
+
+def _wrap_class() -> type[Message]:
+    """``Wrap { Wrap w = 1; ExportTraceServiceRequest traces = 2; ExportLogsServiceRequest
+    logs = 3; }`` in the default pool (where the OTLP types live)."""
+    pool = descriptor_pool.Default()
+    name = f"{_PROBE_PACKAGE}.Wrap"
+    try:
+        desc = pool.FindMessageTypeByName(name)
+    except KeyError:
+        F = descriptor_pb2.FieldDescriptorProto
+        fdp = descriptor_pb2.FileDescriptorProto(
+            name="promptstamp_relay/limits_wrap.proto", package=_PROBE_PACKAGE, syntax="proto3",
+            dependency=[trace_service_pb2.DESCRIPTOR.name, logs_service_pb2.DESCRIPTOR.name],
+        )
+        m = fdp.message_type.add(name="Wrap")
+        for fname, num, tname in (
+            ("w", _WRAP_FIELD, f".{name}"),
+            ("traces", _TRACES_FIELD, ".opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest"),
+            ("logs", _LOGS_FIELD, ".opentelemetry.proto.collector.logs.v1.ExportLogsServiceRequest"),
+        ):
+            m.field.add(name=fname, number=num, type=F.TYPE_MESSAGE, label=F.LABEL_OPTIONAL,
+                        type_name=tname)
+        pool.Add(fdp)
+        desc = pool.FindMessageTypeByName(name)
+    cls: type[Message] = message_factory.GetMessageClass(desc)
+    return cls
+
+
+_Wrap = _wrap_class()
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(num: int, payload_len: int) -> bytes:
+    return _varint(num << 3 | 2) + _varint(payload_len)
+
+
+def _wrapped(data: bytes, field: int, k: int) -> bytes:
+    """``data`` as the ``field`` of the innermost of ``k + 1`` nested Wraps; one copy."""
+    heads = [_field(field, len(data))]
+    size = len(heads[0]) + len(data)
+    for _ in range(k):
+        head = _field(_WRAP_FIELD, size)
+        heads.append(head)
+        size += len(head)
+    heads.reverse()
+    return b"".join(heads) + data
+
+
+def _nested_array_attr_event(depth: int) -> bytes:
+    """An encoded ExportTraceServiceRequest whose one span event has one attribute: an array
+    ``depth`` levels deep (depth 1: a string). The deepest place an attribute sits."""
+
+    def fld(num: int, payload: bytes) -> bytes:
+        return _field(num, len(payload)) + payload
+
+    v = fld(1, b"x")  # AnyValue.string_value
+    for _ in range(depth - 1):
+        v = fld(5, fld(1, v))  # AnyValue.array_value → ArrayValue.values
+    event = fld(3, fld(1, b"k") + fld(2, v))  # Span.Event.attributes → KeyValue
+    span = fld(1, b"\x01" * 16) + fld(2, b"\x02" * 8) + fld(11, event)
+    return fld(1, fld(2, fld(2, span)))  # resource_spans → scope_spans → spans
+
+
+_NO_PARSER_LIMIT = -1
+_CALIBRATED: dict[int, int] = {}
+_CALIBRATION_LOCK = threading.Lock()
+
+
+def _parses(data: bytes) -> bool:
+    try:
+        _Wrap().ParseFromString(data)
+    except DecodeError:
+        return False
+    return True
+
+
+def wrap_levels(max_depth: int) -> int:
+    """How many Wrap levels put the parser's nesting limit just past ``max_depth`` array levels
+    in a span event's attribute: the largest ``k`` for which that still parses.
+
+    0 when even no wrapping refuses it (the parser is stricter than the config);
+    ``-1`` when the parser shows no nesting limit (the exact Python walk is used instead).
+    """
+    with _CALIBRATION_LOCK:
+        known = _CALIBRATED.get(max_depth)
+        if known is not None:
+            return known
+        probe = _nested_array_attr_event(max_depth)
+        if not _parses(_wrapped(probe, _TRACES_FIELD, 0)):
+            k = 0
+        elif _parses(_wrapped(probe, _TRACES_FIELD, 2000)):
+            k = _NO_PARSER_LIMIT
+        else:
+            lo, hi = 0, 2000  # parses at lo, not at hi
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if _parses(_wrapped(probe, _TRACES_FIELD, mid)):
+                    lo = mid
+                else:
+                    hi = mid
+            k = lo
+        _CALIBRATED[max_depth] = k
+        return k
+
+
+def _unwrap(msg: Any, k: int, field: str) -> Any:
+    for _ in range(k):
+        msg = msg.w
+    return getattr(msg, field)
+
+
+def _decode(data: bytes, limits: LimitsConfig, field_num: int, field: str, cls: type[Message]) -> Any:
+    k = wrap_levels(limits.max_value_depth)
+    if k < 0:  # a parser without a nesting limit: decode plainly, walk every value
+        request = cls()
+        try:
+            request.ParseFromString(data)
+        except DecodeError:
+            raise _invalid(f"malformed {cls.__name__}") from None
+        return request, False
+    wrap = _Wrap()
+    try:
+        wrap.ParseFromString(_wrapped(data, field_num, k))
+    except DecodeError:
+        # Malformed, or nested too deep? Only the error path pays for a second look.
+        try:
+            cls().ParseFromString(data)
+        except DecodeError:
+            raise _invalid(f"malformed {cls.__name__}") from None
+        raise _invalid(f"a value is nested deeper than limits.max_value_depth "
+                       f"({limits.max_value_depth})") from None
+    return _unwrap(wrap, k, field), True
+
+
+def decode_traces(data: bytes, limits: LimitsConfig) -> ExportTraceServiceRequest:
+    """Decode and check a trace request; raise :class:`Violation` for the first limit broken.
+
+    ``len(data)`` itself is the caller's to check (before decoding, against
+    ``max_request_bytes``).
+    """
+    request, depth_checked = _decode(data, limits, _TRACES_FIELD, "traces", ExportTraceServiceRequest)
+    _traces(request, limits, len(data), depth_checked)
+    return request  # type: ignore[no-any-return]
+
+
+def decode_logs(data: bytes, limits: LimitsConfig) -> ExportLogsServiceRequest:
+    """As :func:`decode_traces`, for logs."""
+    request, depth_checked = _decode(data, limits, _LOGS_FIELD, "logs", ExportLogsServiceRequest)
+    _logs(request, limits, len(data), depth_checked)
+    return request  # type: ignore[no-any-return]

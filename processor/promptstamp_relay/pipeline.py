@@ -79,12 +79,16 @@ class Processor:
         store: FetchLogStore | None = None,
         *,
         max_held_spans: int = 100_000,
+        max_held_spans_per_tenant: int | None = None,
         api: ApiLookup | None = None,
         early_release: bool = True,
     ) -> None:
         self.settings = settings or StampSettings()
         self.store: FetchLogStore = store if store is not None else MemoryStore()
         self.hold = HoldWindow(self.settings.hold_ns, max_held_spans)
+        self.max_held_spans_per_tenant = (
+            max_held_spans if max_held_spans_per_tenant is None else max_held_spans_per_tenant
+        )
         self.api = api
         self.early_release = early_release
         self.stats = ProcessorStats()
@@ -121,7 +125,7 @@ class Processor:
             encoded = request.SerializeToString()
         outcome = stamp_request(
             encoded, request, tenant=tenant, store=self.store, settings=self.settings,
-            now_ns=now_ns, hold_capacity=self.hold.capacity, api=self.api,
+            now_ns=now_ns, hold_capacity=self.hold_capacity(tenant), api=self.api,
         )
         st = self.stats
         st.spans_received += outcome.spans
@@ -133,6 +137,11 @@ class Processor:
             out.append(Outgoing(tenant, outcome.payload, outcome.spans - len(outcome.held)))
         out.extend(self.release_due(now_ns))
         return out
+
+    def hold_capacity(self, tenant: str) -> int:
+        """Spans ``tenant`` may still hold: within the window's bound and its own share."""
+        own = self.max_held_spans_per_tenant - self.hold.held_for(tenant)
+        return max(0, min(self.hold.capacity, own))
 
     def release_due(self, now_ns: int) -> list[Outgoing]:
         """Held spans whose window has passed, stamped with what is known now."""

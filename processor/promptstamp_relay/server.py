@@ -13,20 +13,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from promptstamp import contract as c
 
 from .apitier import LabelPointers
-from .config import Config
+from .config import Config, LimitsConfig
 from .deliver.persistent import Journal, JournalError, PersistentHold
 from .deliver.queue import DeliveryItem, DeliveryQueue
 from .deliver.retry import Backoff
-from .deliver.rss import ResidentMemory
 from .detect import GenerationRules
 from .export import (
     DebugExporter,
@@ -37,18 +36,23 @@ from .export import (
     OtlpGrpcExporter,
 )
 from .fetchlog import MARKER as FETCH_MARKER
+from .limits import Violation, decode_logs, decode_traces
 from .pipeline import Outgoing, Processor
 from .receive import CallInfo, OtlpGrpcReceiver, Refusal
-from .records import DEFAULT_TENANT
+from .receive.auth import Authenticator
+from .receive.budget import ByteBudget
+from .receive.tls import server_credentials
 from .stamp import StampSettings
 from .store import FetchLogStore, MemoryStore
 from .store.sqlite import SqliteStore
+from .tenants import TenantRouter
 
 __all__ = ["RelayServer", "RelayStats", "check_protobuf_backend"]
 
 log = logging.getLogger("promptstamp_relay")
 
 _KEY_MARKER = c.PROMPT_KEY.encode()
+_Req = TypeVar("_Req", ExportTraceServiceRequest, ExportLogsServiceRequest)
 
 
 def check_protobuf_backend() -> str:
@@ -91,7 +95,8 @@ def build_processor(cfg: Config, store: FetchLogStore | None = None,
             max_entries_per_tenant=cfg.store.max_entries_per_tenant,
             max_age_ns=int(cfg.store.max_age_seconds * 1e9),
         )
-    return Processor(settings, store, max_held_spans=cfg.hold.max_spans, api=api,
+    return Processor(settings, store, max_held_spans=cfg.hold.max_spans,
+                     max_held_spans_per_tenant=cfg.hold.max_spans_per_tenant, api=api,
                      early_release=early_release)
 
 
@@ -190,6 +195,10 @@ class RelayServer:
             hold = self.processor.hold
             self.processor.hold = PersistentHold(self.journal, hold.hold_ns, hold.max_spans)
         self._trace_exporter = trace_exporter or build_trace_exporter(cfg)
+        # Tenants: who sent a request (auth) and where its spans go (their own Langfuse keys).
+        self.tenants = TenantRouter(cfg, self._trace_exporter)
+        self.auth = Authenticator(cfg.auth, default_has_keys=self.tenants.default_has_keys)
+        self._decode_budget = ByteBudget(cfg.limits.max_inflight_request_bytes)
         self._logs_exporter = logs_exporter if logs_exporter is not None else build_logs_exporter(cfg)
         backoff = Backoff(
             initial=cfg.retry.initial_interval_seconds, maximum=cfg.retry.max_interval_seconds,
@@ -197,7 +206,7 @@ class RelayServer:
             randomization=cfg.retry.randomization,
         )
         self.trace_queue = DeliveryQueue(
-            lambda tenant: self._trace_exporter, max_requests=cfg.queue.max_requests,
+            self.tenants.exporter_for, max_requests=cfg.queue.max_requests,
             max_bytes=cfg.queue.max_bytes, workers=cfg.queue.workers, backoff=backoff, name="traces",
             journal=self.journal,
         )
@@ -213,13 +222,13 @@ class RelayServer:
         self.receiver = OtlpGrpcReceiver(
             cfg.listen, self._on_traces, self._on_logs,
             max_message_bytes=cfg.limits.max_request_bytes,
+            credentials=server_credentials(cfg.tls),
             extra_services=self._add_health,
         )
         self.address = self.receiver.address
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_loop, name="hold-ticker", daemon=True)
         self._metrics_server: object | None = None
-        self._rss = ResidentMemory()
         self.metrics_port: int | None = None
         self._stopped = False
 
@@ -288,6 +297,7 @@ class RelayServer:
         if self.api is not None:
             self.api.stop()
         self._trace_exporter.shutdown()
+        self.tenants.shutdown()
         if self._logs_exporter is not None:
             self._logs_exporter.shutdown()
         if self._recorder is not None:
@@ -352,14 +362,19 @@ class RelayServer:
 
     # -- tenants -------------------------------------------------------------------------------
     def tenant_for(self, info: CallInfo) -> str:
-        """The tenant a call belongs to. Single-tenant until receiver auth is configured."""
-        return DEFAULT_TENANT
+        """The tenant a call belongs to (``receive/auth.py``); Refusal (UNAUTHENTICATED) when
+        its credentials are missing or wrong. Nothing is decoded before this answers."""
+        try:
+            identity = self.auth.identify(info.metadata)
+        except Refusal:
+            self.stats.refused += 1
+            raise
+        if identity.langfuse_keys is not None:
+            self.tenants.remember(identity.tenant, identity.langfuse_keys)
+        return identity.tenant
 
     def _api_credentials(self, tenant: str) -> tuple[str, str, str] | None:
-        lf = self.cfg.exporter.langfuse
-        if lf.base_url and lf.public_key and lf.secret_key:
-            return lf.base_url, lf.public_key, lf.secret_key
-        return None
+        return self.tenants.api_credentials(tenant)
 
     # -- receive paths -------------------------------------------------------------------------
     def _refuse_full(self, what: str) -> Refusal:
@@ -374,18 +389,11 @@ class RelayServer:
         One byte bound for everything the relay keeps: both queues (queued and in flight) and
         the held spans. The caller calls ``unreserve`` once the request is queued.
         """
-        limit = self.cfg.queue.memory_limit_mib
-        if limit and self._rss.over(limit * 1024 * 1024) and self._has_backlog():
-            raise self._refuse_full(f"memory is above queue.memory_limit_mib ({limit} MiB)")
         if queue is None:
             return
         shared = self.processor.hold.held_bytes + sum(q.bytes for q in self.queues() if q is not queue)
         if not queue.try_reserve(size, shared):
             raise self._refuse_full(f"{queue.name} queue is full")
-
-    def _has_backlog(self) -> bool:
-        """Refusing only helps while something is queued or held: memory goes down as it drains."""
-        return len(self.processor.hold) > 0 or any(q.depth for q in self.queues())
 
     def _check_size(self, data: bytes) -> None:
         if len(data) > self.cfg.limits.max_request_bytes:
@@ -397,25 +405,38 @@ class RelayServer:
     def _on_traces(self, data: bytes, info: CallInfo) -> bytes:
         tenant = self.tenant_for(info)
         self._check_size(data)
-        req = ExportTraceServiceRequest()
-        try:
-            req.ParseFromString(data)
-        except DecodeError:
-            self.stats.invalid += 1
-            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "malformed ExportTraceServiceRequest") from None
-        spans = _count_spans(req)
-        if spans > self.cfg.limits.max_spans_per_request:
-            self.stats.refused += 1
-            raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"{spans} spans exceed limits.max_spans_per_request "
-                          f"({self.cfg.limits.max_spans_per_request})")
-        self._reserve(self.trace_queue, len(data))
-        try:
-            with self._durable():
-                self._accept_traces(req, data, spans, tenant)
-        finally:
-            self.trace_queue.unreserve(len(data))
+        with self._decoding(data):
+            req = self._decode(decode_traces, data)
+            spans = _count_spans(req)
+            self._reserve(self.trace_queue, len(data))
+            try:
+                with self._durable():
+                    self._accept_traces(req, data, spans, tenant)
+            finally:
+                self.trace_queue.unreserve(len(data))
         return b""
+
+    @contextlib.contextmanager
+    def _decoding(self, data: bytes) -> Iterator[None]:
+        """Hold ``len(data)`` of ``limits.max_inflight_request_bytes`` while a request is decoded
+        and processed; refuse it (UNAVAILABLE + RetryInfo) when none frees up in time."""
+        if not self._decode_budget.acquire(len(data)):
+            raise self._refuse_full("is decoding too much at once")
+        try:
+            yield
+        finally:
+            self._decode_budget.release(len(data))
+
+    def _decode(self, decode: Callable[[bytes, LimitsConfig], _Req], data: bytes) -> _Req:
+        """Decode and check against ``limits.*`` (limits.py); a Violation becomes a Refusal."""
+        try:
+            return decode(data, self.cfg.limits)
+        except Violation as v:
+            if v.kind == "invalid":
+                self.stats.invalid += 1
+                raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, v.message) from None
+            self.stats.refused += 1
+            raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, v.message) from None
 
     def _accept_traces(self, req: ExportTraceServiceRequest, data: bytes, spans: int, tenant: str) -> None:
         if self._recorder is not None:
@@ -438,23 +459,19 @@ class RelayServer:
     def _on_logs(self, data: bytes, info: CallInfo) -> bytes:
         tenant = self.tenant_for(info)
         self._check_size(data)
-        req = ExportLogsServiceRequest()
-        try:
-            req.ParseFromString(data)
-        except DecodeError:
-            self.stats.invalid += 1
-            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "malformed ExportLogsServiceRequest") from None
-        n = _count_logs(req)
-        # Fetch-log records become store entries (bounded by store.*) and release held spans
-        # (already counted); only the other records are queued, for the logs exporter.
-        queue = self.logs_queue
-        self._reserve(queue, len(data))
-        try:
-            with self._durable():
-                self._accept_logs(req, data, n, tenant)
-        finally:
-            if queue is not None:
-                queue.unreserve(len(data))
+        with self._decoding(data):
+            req = self._decode(decode_logs, data)
+            n = _count_logs(req)
+            # Fetch-log records become store entries (bounded by store.*) and release held spans
+            # (already counted); only the other records are queued, for the logs exporter.
+            queue = self.logs_queue
+            self._reserve(queue, len(data))
+            try:
+                with self._durable():
+                    self._accept_logs(req, data, n, tenant)
+            finally:
+                if queue is not None:
+                    queue.unreserve(len(data))
         return b""
 
     def _accept_logs(self, req: ExportLogsServiceRequest, data: bytes, n: int, tenant: str) -> None:

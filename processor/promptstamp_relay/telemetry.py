@@ -111,9 +111,9 @@ class RelayCollector(Collector):
                 ("store_remote_records", "Fetch-log records taken in from other relays", False),
                 ("store_degraded_resolutions", "instance/latest answers given while degraded", False),
             ):
-                value = float(getattr(sst, name.removeprefix("store_").removesuffix("_records")))
-                yield (GaugeMetricFamily(f"promptstamp_{name}", doc, value=value) if gauge
-                       else counter(name, doc, value))
+                v = float(getattr(sst, name.removeprefix("store_").removesuffix("_records")))
+                yield (GaugeMetricFamily(f"promptstamp_{name}", doc, value=v) if gauge
+                       else counter(name, doc, v))
         # Export latency, all queues together.
         counts = [0] * (len(LATENCY_BUCKETS) + 1)
         total = 0.0

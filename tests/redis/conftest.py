@@ -280,6 +280,7 @@ class RelayProcess:
         raise AssertionError(f"relay {self.name}: spans {missing} not exported within {timeout}s")
 
     def stop(self) -> int | None:
+        """SIGTERM (the relay drains), SIGKILL after 15 s; the exit code. Idempotent."""
         if hasattr(self, "_channel"):
             self._channel.close()
         _stop_process(self.proc, timeout=15)
@@ -292,8 +293,11 @@ class RelayProcess:
         return self.err.read_text(errors="replace")
 
 
+RedisProcessFactory = Callable[..., RelayProcess]
+
+
 @pytest.fixture
-def relays(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
+def relays(tmp_path: Path) -> Iterator[RedisProcessFactory]:
     """Start relay processes; all of them are stopped at teardown."""
     started: list[RelayProcess] = []
 

@@ -135,11 +135,13 @@ class DeliveryQueue:
             return
         self._started = True
         if self._journal is not None:
-            rows = self._journal.pending_items(self.name)
             with self._cond:
-                for r in rows:
-                    self._items.append(DeliveryItem(b"", r.items, r.tenant, id=r.id, size=r.size))
-                    self._bytes += r.size
+                queued = {i.id for i in self._items}  # put before start: already here, and newer
+                rows = [r for r in self._journal.pending_items(self.name) if r.id not in queued]
+                self._items.extendleft(
+                    DeliveryItem(b"", r.items, r.tenant, id=r.id, size=r.size) for r in reversed(rows)
+                )
+                self._bytes += sum(r.size for r in rows)
             if rows:
                 n = sum(r.items for r in rows)
                 self.stats.recovered_requests += len(rows)
@@ -237,77 +239,80 @@ class DeliveryQueue:
             item = self._take()
             if item is None:
                 return
-            outcome: _Outcome = "failed"
             try:
-                outcome = self._deliver(item)
-            except Exception:  # an exporter bug must not kill the worker
-                log.exception("%s exporter raised; %d items not delivered", self.name, item.items)
-                self.stats.failed_permanent_items += item.items
-                self.stats.failed_permanent_requests += 1
-            finally:
-                self._finish(item, outcome)
+                self._deliver(item)
+            except Exception as e:  # an exporter bug must not kill the worker
+                log.exception("%s exporter raised", self.name)
+                self._settle(item, "failed", why=f"exporter raised {type(e).__name__}: {e}")
 
     def _payload(self, item: DeliveryItem) -> _Bytes | None:
         if item.payload or self._journal is None:
             return item.payload
         return self._journal.item_payload(item.id)
 
-    def _deliver(self, item: DeliveryItem) -> _Outcome:
+    def _deliver(self, item: DeliveryItem) -> None:
         payload = self._payload(item)
         if payload is None:
-            log.error("%s: persistent queue row %d vanished; %d items not delivered",
-                      self.name, item.id, item.items)
-            return "failed"
+            self._settle(item, "failed", why=f"persistent queue row {item.id} vanished")
+            return
         exporter = self._exporter_for(item.tenant)
         run = self._backoff.delays()
         while True:
             if self._abort.is_set():
-                return "aborted"
+                self._settle(item, "aborted")
+                return
             t0 = time.monotonic()
             result: ExportResult = exporter.export(payload)
             self.stats.observe_latency(time.monotonic() - t0)
             if result.ok:
-                self.stats.exported_requests += 1
-                self.stats.exported_items += item.items - result.rejected
-                if result.rejected or result.message:
-                    self.stats.rejected_items += result.rejected
-                    log.warning("%s upstream rejected %d of %d items (partial success): %s",
-                                self.name, result.rejected, item.items, result.message)
-                return "exported"
+                self._settle(item, "exported", result)
+                return
             if result.outcome == "permanent":
-                self.stats.failed_permanent_items += item.items
-                self.stats.failed_permanent_requests += 1
-                log.error("%s export failed permanently, %d items not delivered: %s",
-                          self.name, item.items, result.message)
-                return "failed"
+                self._settle(item, "failed", why=f"export failed permanently: {result.message}")
+                return
             if self._abort.is_set():
-                return "aborted"
+                self._settle(item, "aborted")
+                return
             delay = run.next_delay(result.retry_after)
             if delay is None:
-                self.stats.failed_permanent_items += item.items
-                self.stats.failed_permanent_requests += 1
-                log.error("%s export gave up after retrying for %.1fs, %d items not delivered: %s",
-                          self.name, run.elapsed, item.items, result.message)
-                return "failed"
+                self._settle(item, "failed", why=f"export gave up after retrying for {run.elapsed:.1f}s: "
+                                                 f"{result.message}")
+                return
             self.stats.retries += 1
             log.info("%s export will retry in %.2fs: %s", self.name, delay, result.message)
             if self._abort.wait(delay):
-                return "aborted"
+                self._settle(item, "aborted")
+                return
 
-    def _finish(self, item: DeliveryItem, outcome: _Outcome) -> None:
+    def _settle(self, item: DeliveryItem, outcome: _Outcome, result: ExportResult | None = None,
+                why: str = "") -> None:
+        """Account for ``item`` exactly once: a no-op if shutdown already gave up on it."""
         with self._cond:
             if self._inflight.pop(id(item), None) is None:
-                return  # shutdown already accounted for it
+                return
             self._bytes -= item.size
             self._cond.notify_all()
+        st = self.stats
         if outcome == "aborted":
             self._not_sent([item], "shutting down before delivery")
             return
+        if outcome == "exported":
+            rejected = result.rejected if result is not None else 0
+            st.exported_requests += 1
+            st.exported_items += item.items - rejected
+            if result is not None and (result.rejected or result.message):
+                st.rejected_items += rejected
+                log.warning("%s upstream rejected %d of %d items (partial success): %s",
+                            self.name, rejected, item.items, result.message)
+        else:
+            st.failed_permanent_items += item.items
+            st.failed_permanent_requests += 1
+            log.error("%s: %s; %d items not delivered", self.name, why, item.items)
         if self._journal is not None:
             try:
                 self._journal.delete_item(item.id)
             except JournalError as e:  # the row stays: sent again at the next start (at least once)
-                log.warning("%s: could not delete delivered row %d: %s", self.name, item.id, e)
+                log.warning("%s: could not delete settled row %d: %s", self.name, item.id, e)
         if self._on_done is not None:
             self._on_done(item)
 

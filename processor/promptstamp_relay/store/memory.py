@@ -20,7 +20,8 @@ class MemoryStore:
 
     Bounded three ways: records older than ``max_age_ns`` (relative to the ``now_ns`` the caller
     passes) are pruned, each tenant keeps at most ``max_entries_per_tenant`` records and all
-    tenants together at most ``max_entries``; the oldest arrivals go first. Lookups are
+    tenants together at most ``max_entries``; the oldest arrivals go first (over the global
+    bound, those of the tenant keeping the most records). Lookups are
     dictionary reads plus a bisect over one (key, label) series. Not thread-safe: the relay
     calls it with its processing lock held.
     """
@@ -60,8 +61,10 @@ class MemoryStore:
             if len(self._fifo[tenant]) > self._max_per_tenant:
                 self._evict_oldest(tenant)
         while self._size > self._max_entries:
-            oldest = min(self._fifo, key=lambda t: self._fifo[t][0][0])
-            self._evict_oldest(oldest)
+            # Over the global bound, the tenant keeping the most records gives one up: a
+            # tenant that floods the store evicts its own records, not another tenant's.
+            largest = max(self._fifo, key=lambda t: (len(self._fifo[t]), -self._fifo[t][0][0]))
+            self._evict_oldest(largest)
         self.prune(now_ns)
 
     def prune(self, now_ns: int) -> None:

@@ -47,7 +47,7 @@ restarts empty (its ``run_id`` changed) each relay writes its own records back.
 from __future__ import annotations
 
 import bisect
-import json
+import functools
 import logging
 import random
 import threading
@@ -57,7 +57,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -73,44 +73,100 @@ __all__ = ["RedisStore", "RedisStoreStats", "decode_member", "encode_member", "t
 log = logging.getLogger("promptstamp_relay.store.redis")
 
 TENANTS_KEY = "promptstamp:tenants"
-_SEP = "\x1f"  # between the series keys and the member in an idx member; never in a quoted key part
 _PAGE = 5000  # idx members read per round trip when loading a tenant
+_XREAD_COUNT = 256  # stream entries (batches) per XREAD
 _INGEST_CHUNK = 256  # records put into the view per hold of its lock (keeps the receive path fast)
 
+# Members start ``<time ns, 20 digits>|<key>|<label>|<instance>|`` (parts percent-encoded, so
+# never a '|'): the scripts find a member's series keys in the member itself.
+_LUA_SERIES = """
+local function series(prefix, m)
+  local t, k, l, i = string.match(m, '^(%d+)|([^|]*)|([^|]*)|([^|]*)|')
+  if not t or #t ~= 20 then return nil end
+  local ik = nil
+  if i ~= '' then ik = prefix .. 'i:' .. i .. ':' .. k .. ':' .. l end
+  return string.sub(t, 1, 17), prefix .. 'l:' .. k .. ':' .. l, ik
+end
+"""
+
 # Trim one tenant: drop records older than the age bound, then the oldest beyond the cap, from
-# the idx and from both series each idx member names. Atomic, so concurrent relays trimming the
-# same tenant never leave a series member behind.
-_TRIM_SCRIPT = """
-local idx, cap, horizon, prefix = KEYS[1], tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local function drop(members)
+# the idx and from both series of each. Atomic, so relays trimming the same tenant at once never
+# leave a series member behind.
+_LUA_TRIM = """
+local function drop(prefix, members)
   for _, m in ipairs(members) do
-    local a = string.find(m, '\\31', 1, true)
-    local b = string.find(m, '\\31', a + 1, true)
-    local member = string.sub(m, b + 1)
-    redis.call('ZREM', prefix .. string.sub(m, 1, a - 1), member)
-    if b > a + 1 then redis.call('ZREM', prefix .. string.sub(m, a + 1, b - 1), member) end
+    local _, lk, ik = series(prefix, m)
+    if lk then redis.call('ZREM', lk, m) end
+    if ik then redis.call('ZREM', ik, m) end
   end
 end
-local removed = 0
-local old = redis.call('ZRANGEBYSCORE', idx, '-inf', '(' .. horizon, 'LIMIT', 0, 10000)
-if #old > 0 then
-  drop(old)
-  redis.call('ZREMRANGEBYRANK', idx, 0, #old - 1)
-  removed = #old
+local function trim(idx, prefix, cap, horizon)
+  local removed = 0
+  local old = redis.call('ZRANGEBYSCORE', idx, '-inf', '(' .. horizon, 'LIMIT', 0, 10000)
+  if #old > 0 then
+    drop(prefix, old)
+    redis.call('ZREMRANGEBYRANK', idx, 0, #old - 1)
+    removed = #old
+  end
+  local excess = redis.call('ZCARD', idx) - cap
+  if excess > 0 then
+    drop(prefix, redis.call('ZRANGE', idx, 0, excess - 1))
+    redis.call('ZREMRANGEBYRANK', idx, 0, excess - 1)
+    removed = removed + excess
+  end
+  return removed
 end
-local excess = redis.call('ZCARD', idx) - cap
-if excess > 0 then
-  drop(redis.call('ZRANGE', idx, 0, excess - 1))
-  redis.call('ZREMRANGEBYRANK', idx, 0, excess - 1)
-  removed = removed + excess
+"""
+
+# One tenant's batch, in one round trip with the rest of the pipeline: every member into its
+# label series, its instance series and the idx (one ZADD per key: per-member calls cost twice
+# as much), a TTL on every key touched, one stream entry for the other relays (after the ZADDs: a
+# reader that sees the entry sees the records), then the trim.
+# KEYS: idx, stream. ARGV: prefix, ttl ms, cap, horizon µs, stream maxlen, origin, members...
+_WRITE_SCRIPT = _LUA_SERIES + _LUA_TRIM + """
+local idx, stream, prefix, ttl = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+local groups, order = {}, {}
+local function put(key, score, m)
+  local g = groups[key]
+  if not g then
+    g = {}
+    groups[key] = g
+    order[#order + 1] = key
+  end
+  g[#g + 1] = score
+  g[#g + 1] = m
 end
-return removed
+for n = 7, #ARGV do
+  local m = ARGV[n]
+  local score, lk, ik = series(prefix, m)
+  if score then
+    put(lk, score, m)
+    if ik then put(ik, score, m) end
+    put(idx, score, m)
+  end
+end
+for _, key in ipairs(order) do
+  local g = groups[key]
+  for i = 1, #g, 1000 do
+    redis.call('ZADD', key, unpack(g, i, math.min(i + 999, #g)))
+  end
+  redis.call('PEXPIRE', key, ttl)
+end
+redis.call('XADD', stream, 'MAXLEN', '~', ARGV[5], '*', 'o', ARGV[6], 'r', table.concat(ARGV, '\\n', 7))
+redis.call('PEXPIRE', stream, ttl)
+return trim(idx, prefix, tonumber(ARGV[3]), ARGV[4])
 """
 
 
 # -- codec ---------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=65536)
 def _q(part: str) -> str:
     return quote(part, safe="")
+
+
+@functools.lru_cache(maxsize=65536)
+def _unq(part: str) -> str:
+    return unquote(part, errors="strict")
 
 
 def tenant_prefix(tenant: str) -> str:
@@ -119,38 +175,30 @@ def tenant_prefix(tenant: str) -> str:
 
 
 def encode_member(r: FetchRecord) -> str:
-    """The sorted-set member for ``r``: deterministic, so it is also the record's id."""
-    body = json.dumps(
-        [r.key, r.label, r.version, r.source, r.trace_id.hex(), r.span_id.hex(), r.instance, r.error_type],
-        separators=(",", ":"),
-    )
-    return f"{r.time_ns:020d}|{body}"
+    """The sorted-set member for ``r``: deterministic, so it is also the record's id.
+
+    ``<time ns, 20 digits>|key|label|instance|version|source|trace id|span id|error type``, text
+    parts percent-encoded (so never a ``|``), ids in hex, no error type as an empty part.
+    """
+    return (f"{r.time_ns:020d}|{_q(r.key)}|{_q(r.label)}|{_q(r.instance)}|{r.version}|{_q(r.source)}|"
+            f"{r.trace_id.hex()}|{r.span_id.hex()}|{_q(r.error_type or '')}")
 
 
 def decode_member(member: str) -> FetchRecord:
     """The record a member encodes. Raises ``ValueError`` on anything malformed."""
-    t, sep, body = member.partition("|")
-    if not sep or not t.isdigit():
+    parts = member.split("|")
+    if len(parts) != 9 or len(parts[0]) != 20 or not parts[0].isdigit() or not parts[4].isdigit():
         raise ValueError("not a promptstamp fetch-log member")
+    t, key, label, instance, version, source, trace, span, error = parts
     try:
-        key, label, version, source, trace, span, instance, error = json.loads(body)
-    except (TypeError, ValueError) as e:  # JSON error or wrong arity
+        r = FetchRecord(key=_unq(key), label=_unq(label), version=int(version), source=_unq(source),
+                        time_ns=int(t), trace_id=bytes.fromhex(trace), span_id=bytes.fromhex(span),
+                        instance=_unq(instance), error_type=_unq(error) or None)
+    except ValueError as e:  # hex or UTF-8 errors
         raise ValueError(f"not a promptstamp fetch-log member: {e}") from None
-    if not (isinstance(key, str) and isinstance(label, str) and isinstance(source, str)
-            and isinstance(trace, str) and isinstance(span, str) and isinstance(instance, str)
-            and isinstance(version, int) and not isinstance(version, bool) and version > 0
-            and (error is None or isinstance(error, str))):
-        raise ValueError("not a promptstamp fetch-log member: bad field types")
-    return FetchRecord(key=key, label=label, version=version, source=source, time_ns=int(t),
-                       trace_id=bytes.fromhex(trace), span_id=bytes.fromhex(span),
-                       instance=instance, error_type=error)
-
-
-def _series_keys(r: FetchRecord) -> tuple[str, str]:
-    """The label series and instance series key suffixes (after the tenant prefix)."""
-    label = f"l:{_q(r.key)}:{_q(r.label)}"
-    inst = f"i:{_q(r.instance)}:{_q(r.key)}:{_q(r.label)}" if r.instance else ""
-    return label, inst
+    if not (r.key and r.label and r.source and r.version):
+        raise ValueError("not a promptstamp fetch-log member: empty key, label, source or version")
+    return r
 
 
 def _redacted(url: str) -> str:
@@ -320,8 +368,8 @@ class RedisStore:
         max_entries_per_tenant: int | None = None,
         max_age_ns: int = 24 * 3600 * 10**9,
         max_pending: int | None = None,
-        max_batch: int = 2000,
-        stream_maxlen: int = 10_000,
+        max_batch: int = 1000,
+        stream_maxlen: int = 1000,
         read_block_ms: int = 200,
         tenant_refresh_seconds: float = 0.5,
         backoff_initial_seconds: float = 0.1,
@@ -367,7 +415,7 @@ class RedisStore:
         self._writer = threading.Thread(target=self._write_loop, name="redis-store-writer", daemon=True)
         self._reader = threading.Thread(target=self._read_loop, name="redis-store-reader", daemon=True)
         self._started = False
-        self._trim = _TRIM_SCRIPT
+        self._script = redis.Redis().register_script(_WRITE_SCRIPT)  # no connection: a script handle
         self._in_flight = 0
         #: The last flush round trips, in seconds (the benchmark reads them).
         self.flush_latencies: deque[float] = deque(maxlen=4096)
@@ -593,7 +641,7 @@ class RedisStore:
         Both links call this when they connect (a pipeline may reconnect silently, so the writer
         alone could miss a restart); the first to see the new ``run_id`` does the work.
         """
-        run_id = str(cast(dict[str, Any], conn.info("server")).get("run_id", ""))
+        run_id = str(conn.info("server").get("run_id", ""))
         with self._state_lock:
             previous, self._run_id = self._run_id, run_id
         if previous is None or previous == run_id:
@@ -608,33 +656,18 @@ class RedisStore:
         self._wake.set()
 
     def _write(self, conn: redis.Redis, batch: list[tuple[str, str, FetchRecord]]) -> None:
-        by_tenant: dict[str, list[tuple[str, FetchRecord]]] = {}
-        for tenant, member, r in batch:
-            by_tenant.setdefault(tenant, []).append((member, r))
+        by_tenant: dict[str, list[str]] = {}
+        for tenant, member, _r in batch:
+            by_tenant.setdefault(tenant, []).append(member)
         ttl = self._ttl_ms
         horizon_us = max(0, (self._now_ns - self._max_age_ns) // 1000)
         pipe = conn.pipeline(transaction=False)
-        for tenant, items in by_tenant.items():
+        for tenant, members in by_tenant.items():
             prefix = tenant_prefix(tenant)
-            series: dict[str, dict[str, int]] = {}
-            idx: dict[str, int] = {}
-            for member, r in items:
-                score = r.time_ns // 1000  # µs: exact in a double, unlike ns
-                lk, ik = _series_keys(r)
-                series.setdefault(lk, {})[member] = score
-                if ik:
-                    series.setdefault(ik, {})[member] = score
-                idx[f"{lk}{_SEP}{ik}{_SEP}{member}"] = score
-            for suffix, mapping in series.items():
-                pipe.zadd(prefix + suffix, mapping)  # type: ignore[arg-type]
-                pipe.pexpire(prefix + suffix, ttl)
-            pipe.zadd(prefix + "idx", idx)  # type: ignore[arg-type]
-            pipe.pexpire(prefix + "idx", ttl)
-            # After the ZADDs on the same connection: a reader that sees this entry sees them too.
-            pipe.xadd(prefix + "log", {"o": self.origin, "r": "\n".join(m for m, _ in items)},
-                      maxlen=self._stream_maxlen, approximate=True)
-            pipe.pexpire(prefix + "log", ttl)
-            pipe.eval(self._trim, 1, prefix + "idx", self._max_per_tenant, horizon_us, prefix)
+            self._script(keys=[prefix + "idx", prefix + "log"],
+                         args=[prefix, ttl, self._max_per_tenant, horizon_us, self._stream_maxlen,
+                               self.origin, *members],
+                         client=pipe)
             pipe.sadd(TENANTS_KEY, tenant)
         pipe.pexpire(TENANTS_KEY, ttl)
         t0 = time.perf_counter()
@@ -671,12 +704,15 @@ class RedisStore:
                 if not cursors:
                     self._stop.wait(self._block_ms / 1000)
                     continue
-                resp = conn.xread(cast(Any, cursors), count=64, block=self._block_ms)
+                resp = conn.xread(cast(Any, cursors), count=_XREAD_COUNT, block=self._block_ms)
                 for stream, entries in _stream_entries(resp):
+                    since = cursors[stream]
                     for entry_id, fields in entries:
                         cursors[stream] = entry_id
                         if fields.get("o") != self.origin and fields.get("r"):
                             self._ingest(tenants[stream], fields["r"].split("\n"))
+                    if len(entries) == _XREAD_COUNT:
+                        self._check_gap(conn, stream, since, tenants[stream])
             except Exception as e:
                 if self._stop.is_set():
                     break
@@ -690,6 +726,14 @@ class RedisStore:
         if conn is not None:
             conn.close()
 
+    def _check_gap(self, conn: redis.Redis, stream: str, since: str, tenant: str) -> None:
+        """Behind on a stream: if ``MAXLEN`` trimmed entries not read yet, reload from the idx."""
+        oldest = cast(list[tuple[str, Any]], conn.xrange(stream, count=1))
+        if oldest and _id_after(oldest[0][0], since):
+            log.warning("redis store: this relay fell behind the %s stream; reloading from the idx",
+                        stream)
+            self._load_tenant(conn, tenant)
+
     def _load_tenant(self, conn: redis.Redis, tenant: str) -> str:
         """Read a tenant's whole idx into the view; return the stream id to follow from."""
         prefix = tenant_prefix(tenant)
@@ -699,7 +743,7 @@ class RedisStore:
         while True:
             page = cast(list[tuple[str, float]], conn.zrangebyscore(
                 prefix + "idx", low, "+inf", start=0, num=_PAGE, withscores=True))
-            self._ingest(tenant, [m.split(_SEP, 2)[-1] for m, _ in page])
+            self._ingest(tenant, [m for m, _ in page])
             if len(page) < _PAGE:
                 break
             top = int(page[-1][1])
@@ -724,6 +768,13 @@ class RedisStore:
                 for m, r in decoded[i:i + _INGEST_CHUNK]:
                     added += self._view.add(tenant, m, r, own=False)
             self.stats.remote += added
+
+
+def _id_after(a: str, b: str) -> bool:
+    """Stream id ``a`` is after ``b`` (ids are ``<ms>-<seq>``)."""
+    am, _, asq = a.partition("-")
+    bm, _, bsq = b.partition("-")
+    return (int(am), int(asq or 0)) > (int(bm), int(bsq or 0))
 
 
 def _stream_entries(resp: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:

@@ -4,8 +4,8 @@ Used in persistent mode (``queue.directory``) with ``store.backend: memory``: th
 in the same database as the persistent queue (table ``fetch_log``), written in the receiving
 request's transaction, so a fetch log the sender got an OK for is on disk. Reads are answered
 from memory, exactly as :class:`MemoryStore` answers them; at start the table is read back
-(oldest first, within the age bound) into memory. The table is pruned by age and to the newest
-``max_entries`` rows at most once a minute (of the caller's clock).
+(oldest first, within the age bound) into memory. On ``add`` the table is pruned by age and to
+the newest ``max_entries`` rows, at most once a minute (of the caller's clock).
 """
 
 from __future__ import annotations
@@ -102,10 +102,14 @@ class SqliteStore:
                   r.instance, r.error_type) for r in keep],
             )
         self._mem.add(tenant, records, now_ns)
+        self._prune_disk(now_ns)
 
     def prune(self, now_ns: int) -> None:
         self._mem.prune(now_ns)
-        if now_ns - self._last_prune_ns < _PRUNE_EVERY_NS:
+        self._prune_disk(now_ns, force=True)
+
+    def _prune_disk(self, now_ns: int, *, force: bool = False) -> None:
+        if not force and now_ns - self._last_prune_ns < _PRUNE_EVERY_NS:
             return
         self._last_prune_ns = now_ns
         with self._journal.transaction():
