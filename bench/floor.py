@@ -37,16 +37,22 @@ def _logs(data: bytes, context: grpc.ServicerContext) -> bytes:
     return b""
 
 
-def serve(listen: str, threads: int = 16) -> tuple[grpc.Server, int]:
+def _null(data: bytes, context: grpc.ServicerContext) -> bytes:
+    return b""
+
+
+def serve(listen: str, threads: int = 16, null: bool = False) -> tuple[grpc.Server, int]:
+    """``null``: answer without parsing (what gRPC alone costs per request, for profiling)."""
+    traces, logs = (_null, _null) if null else (_traces, _logs)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads),
         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.so_reuseport", 0)],
     )
     server.add_generic_rpc_handlers((
         grpc.method_handlers_generic_handler(
-            TRACE_SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(_traces)}),
+            TRACE_SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(traces)}),
         grpc.method_handlers_generic_handler(
-            LOGS_SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(_logs)}),
+            LOGS_SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(logs)}),
     ))
     port = server.add_insecure_port(listen)
     server.start()
@@ -56,10 +62,11 @@ def serve(listen: str, threads: int = 16) -> tuple[grpc.Server, int]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--listen", default="127.0.0.1:0")
+    p.add_argument("--null", action="store_true", help="answer without parsing (gRPC cost only)")
     args = p.parse_args()
     if api_implementation.Type() != "upb":
         raise SystemExit(f"protobuf backend is {api_implementation.Type()!r}, not upb")
-    server, port = serve(args.listen)
+    server, port = serve(args.listen, null=args.null)
     print(f"floor listening on {args.listen.rpartition(':')[0]}:{port}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -31,11 +31,15 @@ each write:
 ``promptstamp:tenants``                     SET     tenants with data (discovery)
 =========================================  ======  ==============================================
 
-A member is ``<fetch time ns, 20 digits>|<the record as JSON>``: it is its own id, so writing the
-same record twice (an app's retry, two relays) stores it once, and records with the same score
-sort by their exact time, then by content. The local view sorts the same way (time, then member),
-so every relay, and a ``ZREVRANGEBYSCORE … LIMIT 0 1`` on Redis itself, picks the same record for
-"the latest not after the span's start", whatever order concurrent writers wrote in.
+A member is ``<fetch time ns, 20 digits>|key|label|instance|version|source|trace|span|error``
+(text percent-encoded): it is its own id, so writing the same record twice (an app's retry, two
+relays) stores it once, and records with the same score sort by their exact time, then by
+content. The local view sorts the same way (time, then member), so every relay, and a
+``ZREVRANGEBYSCORE … LIMIT 0 1`` on Redis itself, picks the same record for "the latest not
+after the span's start", whatever order concurrent writers wrote in.
+
+The writes of one tenant's batch are one server-side script (a ``ZADD`` per key, ``PEXPIRE`` on
+every key touched, the ``XADD``, the trim), pipelined with the other tenants' in one round trip.
 
 When Redis is unreachable, the view still answers (the trace tier is untouched; the cross-trace
 tiers answer from what the view holds). The store logs the transition, counts errors, exposes
@@ -280,10 +284,22 @@ class _View:
             _remove(self._instance, (tenant, r.instance, r.key, r.label), e)
         _remove(self._label, (tenant, r.key, r.label), e)
 
-    def own(self) -> list[tuple[str, str, FetchRecord]]:
-        """The records this relay received itself, oldest arrival first."""
-        out = [(t, m, self._known[(t, m)][0]) for t, fifo in self._fifo.items() for _, m in fifo
-               if self._known[(t, m)][1]]
+    def own_snapshot(self) -> list[tuple[str, list[tuple[int, str]]]]:
+        """A copy of the arrival queues (cheap: the caller holds the lock for this only)."""
+        return [(t, list(fifo)) for t, fifo in self._fifo.items()]
+
+    def own(self, snapshot: list[tuple[str, list[tuple[int, str]]]]) -> list[tuple[str, str, FetchRecord]]:
+        """The records of ``snapshot`` this relay received itself and still holds, oldest first.
+
+        Runs without the lock: single dict reads only, and a record evicted since is skipped.
+        """
+        out: list[tuple[str, str, FetchRecord]] = []
+        known = self._known
+        for tenant, fifo in snapshot:
+            for _, member in fifo:
+                entry = known.get((tenant, member))
+                if entry is not None and entry[1]:
+                    out.append((tenant, member, entry[0]))
         return out
 
     def in_trace(self, tenant: str, trace_id: bytes, key: str, label: str) -> list[FetchRecord]:
@@ -303,7 +319,9 @@ def _insert(index: dict[Any, list[_Entry]], key: Any, e: _Entry) -> None:
     series = index.get(key)
     if series is None:
         index[key] = [e]
-    elif _sort_key(e) > _sort_key(series[-1]):
+        return
+    last = series[-1]
+    if e[0] > last[0] or (e[0] == last[0] and e[1] > last[1]):
         series.append(e)  # the common case: records arrive in time order
     else:
         bisect.insort(series, e, key=_sort_key)
@@ -647,7 +665,8 @@ class RedisStore:
         if previous is None or previous == run_id:
             return
         with self._lock:
-            own = self._view.own()
+            snapshot = self._view.own_snapshot()
+        own = self._view.own(snapshot)
         room = max(0, self._max_pending - len(self._pending))
         own = own[-room:] if room else []
         log.warning("redis store: redis restarted (run_id changed): writing back the %d records "
