@@ -133,6 +133,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError, ImportError) as e:
         print(f"promptstamp-relay: cannot start: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: shutting down", signum)
+        stop.set()
+
+    # Before start(): a SIGTERM from the moment data can be accepted means a graceful drain.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     relay.start()
     exporter = cfg.exporter_type()
     if exporter == "debug":
@@ -143,15 +152,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
           + (f", metrics on {cfg.metrics_listen.rpartition(':')[0]}:{relay.metrics_port}"
              if relay.metrics_port else ""),
           flush=True)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: shutting down", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not stop.wait(1.0):
+    while not stop.wait(0.2):
         pass
     lost = relay.stop()
     if lost:

@@ -62,7 +62,8 @@ def _parse(rec: LogRecord, instance: str) -> FetchRecord | str:
     if not label:
         return f"missing {c.PROMPT_LABEL}"
     if source not in _KNOWN_SOURCES:
-        return f"{c.FETCH_SOURCE} must be one of {sorted(_KNOWN_SOURCES)}, got {source!r}"
+        # This reason is logged: quote at most a short prefix of what the caller sent.
+        return f"{c.FETCH_SOURCE} must be one of {sorted(_KNOWN_SOURCES)}, got {source[:40]!r}"
     if source == c.SOURCE_FALLBACK:
         version = None  # a code-embedded prompt has no version, whatever it says
     elif not version_seen:

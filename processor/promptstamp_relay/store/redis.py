@@ -544,8 +544,8 @@ class RedisStore:
                 self._pending.popleft()  # the oldest: the newest matter most to the latest tiers
                 dropped += 1
             self.stats.pending = len(self._pending)
-        if dropped:
             self.stats.dropped += dropped
+        if dropped:
             now = time.monotonic()
             if now - self._last_drop_log >= 10.0:
                 self._last_drop_log = now

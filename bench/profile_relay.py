@@ -1,0 +1,338 @@
+"""Where the stamping relay's time goes, per request, two ways.
+
+1. **In-process breakdown** (``--breakdown``): the relay's own functions, called in the order the
+   server calls them, on the benchmark's pre-encoded requests (one fetch-log request, one
+   512-span trace request and the late fetch records per batch): decode + limits check, span
+   count, marker scan, the processor (index, scan, stamp, splice, hold), gzip, the HTTP POST to
+   a loopback sink, and the fetch-log path. Single thread, no gRPC: the sum is what one request
+   costs with no contention; the live CPU per request minus this sum is gRPC, threads and locks.
+   A cProfile pass over ``consume_traces`` splits the processor further.
+2. **py-spy on the live relay** (``--pyspy``): ``promptstamp-relay serve`` under the benchmark
+   load (N clients), sampled by py-spy (``--gil``: only the thread holding the GIL, i.e. where
+   the one core the Python code can use goes; and all non-idle threads), stacks folded into
+   categories.
+
+Run: ``python -m bench.profile_relay [--breakdown] [--pyspy] [--clients 4,16]``. Writes
+``bench/results/profile.md`` and ``bench/results/raw-profile-<timestamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gzip
+import io
+import json
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench.procs import PY, Loadgen, SinkClient, env_without_proxies, start, stop, stop_all
+from bench.workload import Workload, build, patch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# -- 1. in-process ----------------------------------------------------------------------------------
+def breakdown(n: int, sink_port: int) -> dict[str, Any]:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from promptstamp import contract as c
+    from promptstamp_relay.config import Config
+    from promptstamp_relay.export import LangfuseExporter
+    from promptstamp_relay.limits import decode_logs, decode_traces
+    from promptstamp_relay.server import build_processor
+
+    cfg = Config()
+    lf = cfg.exporter.langfuse
+    processor = build_processor(cfg)
+    exporter = LangfuseExporter(f"http://127.0.0.1:{sink_port}", "pk-lf-bench", "sk-lf-bench1",
+                                gzip_level=lf.gzip_level)
+    wl: Workload = build("mixed", 512, 8)
+    key_marker = c.PROMPT_KEY.encode()
+    t: dict[str, list[float]] = {k: [] for k in (
+        "logs: decode + limits", "logs: consume (fetch records → store)", "traces: decode + limits",
+        "traces: plain ParseFromString (reference)", "traces: SerializeToString (reference)",
+        "traces: count spans", "traces: marker scan", "traces: processor.consume_traces",
+        "late logs: decode + consume + release", f"gzip (level {lf.gzip_level})",
+        "HTTP POST to sink (export minus gzip)", "outgoing requests")}
+    pc = time.thread_time  # CPU of this thread: the HTTP wait for the sink is not relay CPU
+
+    def one(i: int, record: bool) -> None:
+        b = wl.batches[i % len(wl.batches)]
+        stamp = (0x7F000000 | i).to_bytes(4, "big")
+        logs = patch(b.logs_before, b.before_offsets, stamp)
+        traces = patch(b.traces, b.trace_offsets, stamp)
+        late = patch(b.logs_after, b.after_offsets, stamp) if b.logs_after else b""
+        now = time.time_ns()
+        m: dict[str, float] = {}
+        t0 = pc()
+        lreq = decode_logs(logs, cfg.limits)
+        t1 = pc()
+        processor.consume_logs(lreq, now)
+        t2 = pc()
+        req = decode_traces(traces, cfg.limits)
+        t3 = pc()
+        sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+        t4 = pc()
+        _ = key_marker in traces
+        t5 = pc()
+        out = processor.consume_traces(req, now, encoded=traces)
+        t6 = pc()
+        if late:
+            lr = decode_logs(late, cfg.limits)
+            out += processor.consume_logs(lr, now).released
+        t7 = pc()
+        gz = 0.0
+        http = 0.0
+        for o in out:
+            g0 = pc()
+            gzip.compress(o.payload, lf.gzip_level, mtime=0)
+            g1 = pc()
+            res = exporter.export(o.payload)
+            g2 = pc()
+            if not res.ok:
+                raise RuntimeError(res.message)
+            gz += g1 - g0
+            http += (g2 - g1) - (g1 - g0)
+        p0 = pc()
+        plain = ExportTraceServiceRequest.FromString(traces)
+        p1 = pc()
+        plain.SerializeToString()
+        p2 = pc()
+        m = {"logs: decode + limits": t1 - t0, "logs: consume (fetch records → store)": t2 - t1,
+             "traces: decode + limits": t3 - t2, "traces: count spans": t4 - t3,
+             "traces: marker scan": t5 - t4, "traces: processor.consume_traces": t6 - t5,
+             "late logs: decode + consume + release": t7 - t6, f"gzip (level {lf.gzip_level})": gz,
+             "HTTP POST to sink (export minus gzip)": http,
+             "traces: plain ParseFromString (reference)": p1 - p0,
+             "traces: SerializeToString (reference)": p2 - p1, "outgoing requests": len(out) / 1e6}
+        if record:
+            for k, v in m.items():
+                t[k].append(v * 1e6)
+
+    for i in range(20):
+        one(i, False)
+    for i in range(20, 20 + n):
+        one(i, True)
+    med = {k: statistics.median(v) for k, v in t.items()}
+    relay_total = sum(v for k, v in med.items() if "reference" not in k and k != "outgoing requests")
+    # cProfile of consume_traces alone, for the split inside the processor
+    prof = cProfile.Profile()
+    reqs = []
+    for i in range(1000, 1000 + min(n, 100)):
+        b = wl.batches[i % len(wl.batches)]
+        stamp = (0x7E000000 | i).to_bytes(4, "big")
+        processor.consume_logs(decode_logs(patch(b.logs_before, b.before_offsets, stamp), cfg.limits),
+                               time.time_ns())
+        data = patch(b.traces, b.trace_offsets, stamp)
+        reqs.append((decode_traces(data, cfg.limits), data))
+    prof.enable()
+    for req, data in reqs:
+        processor.consume_traces(req, time.time_ns(), encoded=data)
+    prof.disable()
+    logs_prof = cProfile.Profile()
+    for i in range(3000, 3000 + min(n, 100)):
+        b = wl.batches[i % len(wl.batches)]
+        stamp = (0x7D000000 | i).to_bytes(4, "big")
+        lreq = decode_logs(patch(b.logs_before, b.before_offsets, stamp), cfg.limits)
+        logs_prof.enable()
+        processor.consume_logs(lreq, time.time_ns())
+        logs_prof.disable()
+    return {"requests": n, "median_us": med, "relay_total_us": relay_total,
+            "spans_per_request": wl.batch_size, "cprofile_consume_traces": _top(prof, len(reqs)),
+            "cprofile_consume_logs": _top(logs_prof, min(n, 100)),
+            "outgoing_per_request": med["outgoing requests"]}
+
+
+def _top(prof: cProfile.Profile, n: int, k: int = 14) -> list[dict[str, Any]]:
+    st = pstats.Stats(prof, stream=io.StringIO())
+    top: list[dict[str, Any]] = []
+    items = sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:k]  # type: ignore[attr-defined]
+    for (file, line, fn), (_cc, nc, tt, ct, _callers) in items:
+        top.append({"function": f"{Path(file).name}:{line}:{fn}", "calls_per_request": nc / n,
+                    "tottime_us_per_request": tt / n * 1e6, "cumtime_us_per_request": ct / n * 1e6})
+    return top
+
+
+# -- 2. py-spy on the live relay --------------------------------------------------------------------
+CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
+    # first match from the leaf upwards wins
+    ("gzip", ("gzip.py", "zlib")),
+    ("HTTP export (http.client, socket)", ("http/client.py", "socket.py", "langfuse.py")),
+    ("decode + limits (upb parse)", ("limits.py",)),
+    ("stamp: byte index + splice (wire.py)", ("wire.py",)),
+    ("stamp: scan/resolve/stamp (stamp.py, resolve, detect)", ("stamp.py", "resolve.py", "detect.py")),
+    ("hold window", ("hold.py",)),
+    ("fetch log (fetchlog.py, store)", ("fetchlog.py", "memory.py", "store/")),
+    ("processor glue (pipeline.py)", ("pipeline.py",)),
+    ("delivery queue", ("deliver/queue.py", "queue.py")),
+    ("relay server glue (server.py)", ("server.py",)),
+    ("gRPC server (grpc/_server.py, futures)", ("grpc/", "concurrent/futures", "grpc_server.py")),
+    ("threading / locks", ("threading.py",)),
+]
+
+
+def _categorize(stack: str) -> str:
+    frames = stack.split(";")
+    for frame in reversed(frames):
+        for name, pats in CATEGORIES:
+            if any(p in frame for p in pats):
+                return name
+    return "other"
+
+
+def pyspy(clients: list[int], seconds: float, tmp: Path) -> dict[str, Any]:
+    spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+    if not Path(spy).exists():
+        return {"error": "py-spy not installed (pip install py-spy)"}
+    out: dict[str, Any] = {}
+    sink = start("sink", [PY, "-m", "bench.sink"], log_dir=tmp, ready="sink listening on")
+    lg = Loadgen(tmp)
+    try:
+        lg.call({"cmd": "build", "key": "mixed-512", "kind": "mixed", "batch": 512})
+        cfg = tmp / "relay.yaml"
+        cfg.write_text("listen: 127.0.0.1:0\nhold: {seconds: 2.0}\nexporter:\n  type: langfuse\n  langfuse:\n"
+                       f"    base_url: http://127.0.0.1:{sink.port}\n    public_key: pk-lf-bench\n"
+                       "    secret_key: sk-lf-bench1\n")
+        for n in clients:
+            relay = start("relay", [str(Path(PY).parent / "promptstamp-relay"), "serve", "--config", str(cfg)],
+                          log_dir=tmp, ready="promptstamp-relay listening on", env=env_without_proxies())
+            try:
+                res: dict[str, Any] = {}
+
+                def load(n: int = n, relay_addr: str = relay.address, relay_pid: int = relay.pid,
+                         res: dict[str, Any] = res) -> None:
+                    res.update(lg.call({"cmd": "run", "target": relay_addr, "workload": "mixed-512",
+                                        "clients": n, "warmup": 0.5, "duration": seconds * 2 + 1.5,
+                                        "pids": [relay_pid]}, timeout=seconds * 2 + 120))
+
+                th = threading.Thread(target=load, daemon=True)
+                th.start()
+                time.sleep(1.0)
+                folded: dict[str, Counter[str]] = {}
+                for mode, extra in (("gil", ["--gil"]), ("active threads", [])):
+                    path = tmp / f"stacks-{n}-{mode.replace(' ', '_')}.txt"
+                    subprocess.run([spy, "record", "--pid", str(relay.pid), "--duration", str(int(seconds)),
+                                    "--rate", "200", "--format", "raw", "--output", str(path), "--nonblocking",
+                                    *extra], capture_output=True, timeout=seconds + 60, check=False)
+                    cats: Counter[str] = Counter()
+                    if path.exists():
+                        for line in path.read_text(errors="replace").splitlines():
+                            stack, _, count = line.rpartition(" ")
+                            if count.isdigit():
+                                cats[_categorize(stack)] += int(count)
+                    folded[mode] = cats
+                th.join(timeout=seconds * 2 + 120)
+                total_cpu = sum(res.get("server_cpu_window", {}).values())
+                reqs = res.get("requests_done_window") or 1
+                out[f"{n} clients"] = {
+                    "spans_per_s": res.get("spans_per_s"),
+                    "server_cores": total_cpu / res.get("window_seconds", 1),
+                    "cpu_ms_per_trace_request": total_cpu / reqs * 1000,
+                    "shares": {mode: {k: v / max(1, sum(c.values())) for k, v in c.most_common()}
+                               for mode, c in folded.items()},
+                    "samples": {mode: sum(c.values()) for mode, c in folded.items()},
+                }
+            finally:
+                stop(relay)
+    finally:
+        lg.close()
+        stop(sink)
+    return out
+
+
+def render(raw: dict[str, Any]) -> str:
+    lines = [f"# Relay profile — {raw['started']}", ""]
+    if raw.get("loaded"):
+        lines += ["**Taken on a loaded, shared machine.**", ""]
+    b = raw.get("breakdown")
+    if b:
+        lines += ["## In-process breakdown (one thread, no gRPC), µs per 512-span trace request "
+                  "(+ its fetch-log requests), median", "", "| stage | µs | share of relay total |", "|---|---|---|"]
+        tot = b["relay_total_us"]
+        for k, v in b["median_us"].items():
+            if k == "outgoing requests":
+                continue
+            share = "" if "reference" in k else f"{v / tot * 100:.0f} %"
+            lines.append(f"| {k} | {v:,.0f} | {share} |")
+        lines += [f"| **relay total (sum of the non-reference stages)** | **{tot:,.0f}** | 100 % |", "",
+                  f"= {b['spans_per_request'] / tot * 1e6:,.0f} spans per CPU-second with no gRPC and no "
+                  f"contention; {b['outgoing_per_request']:.2f} outgoing requests per trace request.", "",
+                  "cProfile of `consume_traces` (tottime, µs per request; cProfile inflates Python-heavy "
+                  "code, read it as a split):", "", "| function | calls/request | tottime µs | cumtime µs |",
+                  "|---|---|---|---|"]
+        for f in b["cprofile_consume_traces"]:
+            lines.append(f"| `{f['function']}` | {f['calls_per_request']:.1f} | {f['tottime_us_per_request']:,.0f} | "
+                         f"{f['cumtime_us_per_request']:,.0f} |")
+        lines += ["", "cProfile of `consume_logs` (one fetch-log request of ~61 records):", "",
+                  "| function | calls/request | tottime µs | cumtime µs |", "|---|---|---|---|"]
+        for f in b.get("cprofile_consume_logs", []):
+            lines.append(f"| `{f['function']}` | {f['calls_per_request']:.1f} | {f['tottime_us_per_request']:,.0f} | "
+                         f"{f['cumtime_us_per_request']:,.0f} |")
+    p = raw.get("pyspy")
+    if p and "error" not in p:
+        for name, r in p.items():
+            lines += ["", f"## py-spy, live relay, {name}: {r['spans_per_s'] or 0:,.0f} spans/s, "
+                      f"{r['server_cores']:.2f} cores, {r['cpu_ms_per_trace_request']:.1f} ms CPU per trace request",
+                      "", "| category | share of GIL-holding samples | share of active-thread samples |",
+                      "|---|---|---|"]
+            cats = sorted(set(r["shares"].get("gil", {})) | set(r["shares"].get("active threads", {})),
+                          key=lambda k: -r["shares"].get("gil", {}).get(k, 0))
+            for k in cats:
+                lines.append(f"| {k} | {r['shares'].get('gil', {}).get(k, 0) * 100:.1f} % | "
+                             f"{r['shares'].get('active threads', {}).get(k, 0) * 100:.1f} % |")
+            lines.append(f"\nsamples: {r['samples']}")
+    elif p:
+        lines += ["", f"py-spy: {p['error']}"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--breakdown", action="store_true")
+    ap.add_argument("--pyspy", action="store_true")
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--clients", default="4,16")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    args = ap.parse_args()
+    if not args.breakdown and not args.pyspy:
+        args.breakdown = args.pyspy = True
+    raw: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                           "loadavg_before": Path("/proc/loadavg").read_text().split()[:3]}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="promptstamp-profile-") as d:
+            tmp = Path(d)
+            if args.breakdown:
+                sink = start("sink", [PY, "-m", "bench.sink"], log_dir=tmp, ready="sink listening on")
+                try:
+                    raw["breakdown"] = breakdown(args.requests, sink.port)
+                    raw["breakdown"]["sink"] = {k: v for k, v in SinkClient(sink.port).stats().items()
+                                                if k != "arrivals"}
+                finally:
+                    stop(sink)
+            if args.pyspy:
+                raw["pyspy"] = pyspy([int(x) for x in args.clients.split(",")], args.seconds, tmp)
+    finally:
+        stop_all()
+    raw["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
+    raw["loaded"] = max(float(raw["loadavg_before"][0]), float(raw["loadavg_after"][0])) > 2.5
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (RESULTS / f"raw-profile-{stamp}.json").write_text(json.dumps(raw, indent=1), encoding="utf-8")
+    md = render(raw)
+    (RESULTS / "profile.md").write_text(md, encoding="utf-8")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
