@@ -22,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -92,11 +93,52 @@ def bench_add(store: MemoryStore | RedisStore, recs: list[FetchRecord], batch: i
     return len(recs) / (time.perf_counter() - t0)
 
 
+def propagation(a: RedisStore, b: RedisStore, now: int, probes: int, load: int) -> list[float]:
+    stop = threading.Event()
+
+    def loader() -> None:
+        i, t0 = 0, time.perf_counter()
+        while not stop.is_set():
+            batch = [FetchRecord(key=f"load-{(i + j) % 20}", label="production", version=1,
+                                 source="langfuse", time_ns=now - 10**9 + i + j, trace_id=b"", span_id=b"",
+                                 instance=f"agent-{(i + j) % 50}") for j in range(8)]
+            a.add("default", batch, now)
+            i += 8
+            ahead = i / load - (time.perf_counter() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+
+    th = threading.Thread(target=loader, daemon=True)
+    if load:
+        th.start()
+        time.sleep(0.5)
+    samples: list[float] = []
+    try:
+        for i in range(probes):
+            key = f"probe-{load}-{i}"
+            r = FetchRecord(key=key, label="production", version=1, source="langfuse", time_ns=now,
+                            trace_id=b"", span_id=b"", instance="agent-probe")
+            t0 = time.perf_counter()
+            a.add("default", [r], now)
+            while b.latest("default", key, "production", now, 0) is None:
+                if time.perf_counter() - t0 > 5:
+                    raise SystemExit("propagation took over 5 s")
+                time.sleep(0.0002)
+            samples.append(time.perf_counter() - t0)
+            time.sleep(0.002)
+    finally:
+        stop.set()
+        if load:
+            th.join(5)
+    return samples
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--batch", type=int, default=8, help="records per add() (one fetch-log request)")
     ap.add_argument("--probes", type=int, default=300, help="propagation samples")
+    ap.add_argument("--load", type=int, default=5000, help="records/s on A while measuring propagation")
     args = ap.parse_args()
     now = time.time_ns()
     recs = records(args.records, now)
@@ -141,22 +183,14 @@ def main() -> None:
         lat = list(a.flush_latencies)
         rows.append(("flush round trip of a lone record p50 / p99",
                      f"{pct(lat, 50) * 1000:.2f} ms / {pct(lat, 99) * 1000:.2f} ms"))
-        # 4. propagation: one record on A until B answers with it.
-        samples: list[float] = []
-        for i in range(args.probes):
-            key = f"probe-{i}"
-            r = FetchRecord(key=key, label="production", version=1, source="langfuse", time_ns=now,
-                            trace_id=b"", span_id=b"", instance="agent-probe")
-            t0 = time.perf_counter()
-            a.add("default", [r], now)
-            while b.latest("default", key, "production", now, 0) is None:
-                if time.perf_counter() - t0 > 5:
-                    raise SystemExit("propagation took over 5 s")
-                time.sleep(0.0002)
-            samples.append(time.perf_counter() - t0)
-        rows.append(("propagation A.add() → answers on B, p50 / p99 / max",
-                     f"{pct(samples, 50) * 1000:.2f} ms / {pct(samples, 99) * 1000:.2f} ms / "
-                     f"{max(samples) * 1000:.2f} ms"))
+        # 4. propagation: one record on A until B answers with it; idle, then with A taking
+        # --load records/s besides (A and B share this process's GIL: pessimistic).
+        for load in (0, args.load):
+            samples = propagation(a, b, now, args.probes, load)
+            rows.append((f"propagation A.add() → answers on B, p50 / p99 / max, "
+                         f"{'idle' if not load else f'A taking {load:,} records/s'}",
+                         f"{pct(samples, 50) * 1000:.2f} ms / {pct(samples, 99) * 1000:.2f} ms / "
+                         f"{max(samples) * 1000:.2f} ms"))
         used = int(redis.Redis.from_url(url).info("memory")["used_memory"])
         rows.append(("Redis memory", f"{used / 2**20:,.0f} MiB (~{used / args.records:,.0f} B/record)"))
         a.close()

@@ -110,7 +110,7 @@ def _client(
         stamp = ((idx << 24) | (seq & 0xFFFFFF)).to_bytes(4, "big")
         seq += 1
         if b.logs_before:
-            _send_logs(logs, patch(b.logs_before, b.before_offsets, stamp), log)
+            _send_logs(logs, patch(b.logs_before, b.before_offsets, stamp, b.before_time_offsets), log)
         body = patch(b.traces, b.trace_offsets, stamp)
         tid = b.first_trace_id
         first = (tid[:PATCH_AT] + stamp + tid[PATCH_AT + 4:]).hex()
@@ -127,7 +127,7 @@ def _client(
         if not ok and not rate:
             time.sleep(0.01)  # refused: do not spin
         if b.logs_after:
-            _send_logs(logs, patch(b.logs_after, b.after_offsets, stamp), log)
+            _send_logs(logs, patch(b.logs_after, b.after_offsets, stamp, b.after_time_offsets), log)
 
 
 def _send_logs(call: Any, body: bytes, log: _ClientLog) -> None:

@@ -92,7 +92,6 @@ def rotel_command(
     env.update({
         "ROTEL_EXPORTER_LANGFUSE_ENDPOINT": f"http://127.0.0.1:{sink_port}/api/public/otel",
         "ROTEL_EXPORTER_LANGFUSE_PROTOCOL": "http",
-        "ROTEL_EXPORTER_LANGFUSE_COMPRESSION": "gzip",
         "ROTEL_EXPORTER_LANGFUSE_CUSTOM_HEADERS":
             f"Authorization=Basic {auth},x-langfuse-ingestion-version=4",
         "RUST_LOG": "warn",

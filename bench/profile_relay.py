@@ -48,9 +48,11 @@ def breakdown(n: int, sink_port: int) -> dict[str, Any]:
     from promptstamp import contract as c
     from promptstamp_relay.config import Config
     from promptstamp_relay.export import LangfuseExporter
+    from promptstamp_relay.export import langfuse as lf_module
     from promptstamp_relay.limits import decode_logs, decode_traces
     from promptstamp_relay.server import build_processor
 
+    compress = getattr(lf_module, "gzip_compress", lambda payload, level: gzip.compress(payload, level, mtime=0))
     cfg = Config()
     lf = cfg.exporter.langfuse
     processor = build_processor(cfg)
@@ -69,9 +71,9 @@ def breakdown(n: int, sink_port: int) -> dict[str, Any]:
     def one(i: int, record: bool) -> None:
         b = wl.batches[i % len(wl.batches)]
         stamp = (0x7F000000 | i).to_bytes(4, "big")
-        logs = patch(b.logs_before, b.before_offsets, stamp)
+        logs = patch(b.logs_before, b.before_offsets, stamp, b.before_time_offsets)
         traces = patch(b.traces, b.trace_offsets, stamp)
-        late = patch(b.logs_after, b.after_offsets, stamp) if b.logs_after else b""
+        late = patch(b.logs_after, b.after_offsets, stamp, b.after_time_offsets) if b.logs_after else b""
         now = time.time_ns()
         m: dict[str, float] = {}
         t0 = pc()
@@ -95,7 +97,7 @@ def breakdown(n: int, sink_port: int) -> dict[str, Any]:
         http = 0.0
         for o in out:
             g0 = pc()
-            gzip.compress(o.payload, lf.gzip_level, mtime=0)
+            compress(o.payload, lf.gzip_level)
             g1 = pc()
             res = exporter.export(o.payload)
             g2 = pc()
@@ -131,8 +133,8 @@ def breakdown(n: int, sink_port: int) -> dict[str, Any]:
     for i in range(1000, 1000 + min(n, 100)):
         b = wl.batches[i % len(wl.batches)]
         stamp = (0x7E000000 | i).to_bytes(4, "big")
-        processor.consume_logs(decode_logs(patch(b.logs_before, b.before_offsets, stamp), cfg.limits),
-                               time.time_ns())
+        processor.consume_logs(decode_logs(patch(b.logs_before, b.before_offsets, stamp,
+                                                 b.before_time_offsets), cfg.limits), time.time_ns())
         data = patch(b.traces, b.trace_offsets, stamp)
         reqs.append((decode_traces(data, cfg.limits), data))
     prof.enable()
@@ -143,7 +145,7 @@ def breakdown(n: int, sink_port: int) -> dict[str, Any]:
     for i in range(3000, 3000 + min(n, 100)):
         b = wl.batches[i % len(wl.batches)]
         stamp = (0x7D000000 | i).to_bytes(4, "big")
-        lreq = decode_logs(patch(b.logs_before, b.before_offsets, stamp), cfg.limits)
+        lreq = decode_logs(patch(b.logs_before, b.before_offsets, stamp, b.before_time_offsets), cfg.limits)
         logs_prof.enable()
         processor.consume_logs(lreq, time.time_ns())
         logs_prof.disable()
@@ -165,18 +167,20 @@ def _top(prof: cProfile.Profile, n: int, k: int = 14) -> list[dict[str, Any]]:
 
 # -- 2. py-spy on the live relay --------------------------------------------------------------------
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
-    # first match from the leaf upwards wins
-    ("gzip", ("gzip.py", "zlib")),
-    ("HTTP export (http.client, socket)", ("http/client.py", "socket.py", "langfuse.py")),
-    ("decode + limits (upb parse)", ("limits.py",)),
-    ("stamp: byte index + splice (wire.py)", ("wire.py",)),
-    ("stamp: scan/resolve/stamp (stamp.py, resolve, detect)", ("stamp.py", "resolve.py", "detect.py")),
-    ("hold window", ("hold.py",)),
-    ("fetch log (fetchlog.py, store)", ("fetchlog.py", "memory.py", "store/")),
-    ("processor glue (pipeline.py)", ("pipeline.py",)),
-    ("delivery queue", ("deliver/queue.py", "queue.py")),
-    ("relay server glue (server.py)", ("server.py",)),
-    ("gRPC server (grpc/_server.py, futures)", ("grpc/", "concurrent/futures", "grpc_server.py")),
+    # first match from the leaf upwards wins; patterns are matched against "function (path:line)"
+    ("gzip", ("gzip.py", "igzip", "zlib")),
+    ("HTTP export (http.client, socket)", ("http/client.py", "/socket.py", "export/langfuse.py")),
+    ("decode + limits (upb parse + checks)", ("promptstamp_relay/limits.py",)),
+    ("stamp: byte index + splice (wire.py)", ("promptstamp_relay/wire.py",)),
+    ("stamp: scan/resolve/stamp (stamp.py, resolve, detect)",
+     ("promptstamp_relay/stamp.py", "promptstamp_relay/resolve.py", "promptstamp_relay/detect.py")),
+    ("hold window", ("promptstamp_relay/hold.py",)),
+    ("fetch log (fetchlog.py, store)", ("promptstamp_relay/fetchlog.py", "promptstamp_relay/store/")),
+    ("processor glue (pipeline.py)", ("promptstamp_relay/pipeline.py",)),
+    ("delivery queue", ("promptstamp_relay/deliver/",)),
+    ("relay receive path (server.py, receiver)",
+     ("promptstamp_relay/server.py", "promptstamp_relay/receive/")),
+    ("gRPC Python server (grpc/_server.py, thread pool)", ("grpc/", "concurrent/futures")),
     ("threading / locks", ("threading.py",)),
 ]
 
@@ -188,6 +192,13 @@ def _categorize(stack: str) -> str:
             if any(p in frame for p in pats):
                 return name
     return "other"
+
+
+def _leaf(stack: str) -> str:
+    """The innermost frame of a folded stack, without the line number (``fn (file)``)."""
+    frame = stack.split(";")[-1]
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.split(':')[0].rsplit('/', 2)[-1]})" if where else name
 
 
 def pyspy(clients: list[int], seconds: float, tmp: Path) -> dict[str, Any]:
@@ -219,18 +230,22 @@ def pyspy(clients: list[int], seconds: float, tmp: Path) -> dict[str, Any]:
                 th.start()
                 time.sleep(1.0)
                 folded: dict[str, Counter[str]] = {}
+                top_leaves: dict[str, Counter[str]] = {}
                 for mode, extra in (("gil", ["--gil"]), ("active threads", [])):
                     path = tmp / f"stacks-{n}-{mode.replace(' ', '_')}.txt"
                     subprocess.run([spy, "record", "--pid", str(relay.pid), "--duration", str(int(seconds)),
                                     "--rate", "200", "--format", "raw", "--output", str(path), "--nonblocking",
                                     *extra], capture_output=True, timeout=seconds + 60, check=False)
                     cats: Counter[str] = Counter()
+                    leaves: Counter[str] = Counter()
                     if path.exists():
                         for line in path.read_text(errors="replace").splitlines():
                             stack, _, count = line.rpartition(" ")
                             if count.isdigit():
                                 cats[_categorize(stack)] += int(count)
+                                leaves[_leaf(stack)] += int(count)
                     folded[mode] = cats
+                    top_leaves[mode] = leaves
                 th.join(timeout=seconds * 2 + 120)
                 total_cpu = sum(res.get("server_cpu_window", {}).values())
                 reqs = res.get("requests_done_window") or 1
@@ -241,6 +256,8 @@ def pyspy(clients: list[int], seconds: float, tmp: Path) -> dict[str, Any]:
                     "shares": {mode: {k: v / max(1, sum(c.values())) for k, v in c.most_common()}
                                for mode, c in folded.items()},
                     "samples": {mode: sum(c.values()) for mode, c in folded.items()},
+                    "top_frames": {mode: [(k, v / max(1, sum(c.values()))) for k, v in c.most_common(12)]
+                                   for mode, c in top_leaves.items()},
                 }
             finally:
                 stop(relay)
@@ -291,6 +308,9 @@ def render(raw: dict[str, Any]) -> str:
                 lines.append(f"| {k} | {r['shares'].get('gil', {}).get(k, 0) * 100:.1f} % | "
                              f"{r['shares'].get('active threads', {}).get(k, 0) * 100:.1f} % |")
             lines.append(f"\nsamples: {r['samples']}")
+            for mode, frames in r.get("top_frames", {}).items():
+                lines += ["", f"Innermost frames, {mode}: " + "; ".join(
+                    f"`{k}` {v * 100:.0f} %" for k, v in frames)]
     elif p:
         lines += ["", f"py-spy: {p['error']}"]
     return "\n".join(lines) + "\n"

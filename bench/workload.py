@@ -33,7 +33,7 @@ import os
 import random
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,8 @@ class Batch:
     before_offsets: list[int]
     after_offsets: list[int]
     first_trace_id: bytes  # of the first span, before patching
+    before_time_offsets: list[int] = field(default_factory=list)  # fetch-record times (fixed64)
+    after_time_offsets: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -386,19 +388,37 @@ def build(kind: str = "mixed", batch_size: int = 512, n_batches: int = 8, *, lat
         traces = bytes(_traces_request(instance, spans).SerializeToString())
         lb = _logs_request(instance, before)
         la = _logs_request(instance, after)
+        times = [t for rec in before + after for t in (rec.time_unix_nano, rec.observed_time_unix_nano)]
         batches.append(Batch(traces, lb, la, len(spans), generations, _offsets(traces, tids),
-                             _offsets(lb, tids), _offsets(la, tids),
-                             spans[0][1].trace_id))
+                             _offsets(lb, tids), _offsets(la, tids), spans[0][1].trace_id,
+                             _time_offsets(lb, times), _time_offsets(la, times)))
     return Workload(kind, batch_size, batches)
 
 
-def patch(data: bytes, offsets: list[int], stamp: bytes) -> bytes:
-    """``data`` with the 4 bytes at every offset replaced by ``stamp`` (a new bytes object)."""
-    if not offsets:
+def _time_offsets(data: bytes, times: list[int]) -> list[int]:
+    """Where the fetch records' fixed64 times sit in an encoded logs request."""
+    out: list[int] = []
+    for t in times:
+        i = data.find(t.to_bytes(8, "little"))
+        if i >= 0:
+            out.append(i)
+    return sorted(out)
+
+
+def patch(data: bytes, offsets: list[int], stamp: bytes, time_offsets: list[int] | None = None,
+          now_ns: int | None = None) -> bytes:
+    """``data`` with the 4 bytes at every offset replaced by ``stamp`` (a new bytes object), and
+    the fetch records' times (``time_offsets``) set to ``now_ns`` onwards, 1 µs apart, as an app
+    emitting them now would (the relay's store sees them arrive in time order)."""
+    if not offsets and not time_offsets:
         return data
     buf = bytearray(data)
     for off in offsets:
         buf[off:off + 4] = stamp
+    if time_offsets:
+        base = time.time_ns() if now_ns is None else now_ns
+        for k, off in enumerate(time_offsets):
+            buf[off:off + 8] = (base + k * 1000).to_bytes(8, "little")
     return bytes(buf)
 
 

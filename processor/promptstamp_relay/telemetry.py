@@ -51,7 +51,7 @@ class RelayCollector(Collector):
         yield counter("requests_refused", "Requests refused (backpressure, limits, auth)", rs.refused)
         yield counter("requests_invalid", "Requests refused as malformed", rs.invalid)
         yield counter("requests_refused_backpressure",
-                      "Of requests_refused: queue or memory full (UNAVAILABLE + RetryInfo; senders retry)",
+                      "Of requests_refused: queue full (UNAVAILABLE + RetryInfo; senders retry)",
                       rs.refused_backpressure)
         for q in r.queues():
             d = q.stats
@@ -76,7 +76,9 @@ class RelayCollector(Collector):
                                   labels=["signal"])
             g.add_metric(lbl, q.depth)
             yield g
-            g = GaugeMetricFamily("promptstamp_queue_bytes", "Bytes queued", labels=["signal"])
+            g = GaugeMetricFamily("promptstamp_queue_bytes",
+                                  "Bytes queued or in flight (on disk in persistent mode)",
+                                  labels=["signal"])
             g.add_metric(lbl, q.bytes)
             yield g
         limit = GaugeMetricFamily("promptstamp_queue_limit_bytes",

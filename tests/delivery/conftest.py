@@ -32,7 +32,9 @@ from promptstamp_relay.config import Config, load_config
 
 from .upstream import Upstream
 
-RELAY_BIN = str(Path(sys.executable).parent / "promptstamp-relay")
+_SCRIPT = Path(sys.executable).parent / "promptstamp-relay"
+#: The installed console script when it is there, else the same entry point through the module.
+RELAY_CMD = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "promptstamp_relay.cli"]
 GEN = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini",
        c.PROMPT_KEY: "order-status-answer", c.PROMPT_LABEL: "production"}
 
@@ -111,7 +113,7 @@ class RelayProcess:
         self.config_path = tmp / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(_nest(settings)))
         self.stderr_path = tmp / f"{name}.stderr"
-        args = [RELAY_BIN, "serve", "--config", str(self.config_path), "--metrics-listen", "127.0.0.1:0"]
+        args = [*RELAY_CMD, "serve", "--config", str(self.config_path), "--metrics-listen", "127.0.0.1:0"]
         if queue_dir is not None:
             args += ["--queue-dir", str(queue_dir)]
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()

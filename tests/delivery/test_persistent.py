@@ -150,3 +150,45 @@ def test_kill_9_keeps_held_spans_and_the_fetch_log(upstream: Upstream, tmp_path:
         relay.stop()
     counts = Counter(upstream.accepted_span_ids())
     assert counts[next(iter(ids(gen)))] == 1
+
+
+def test_logs_queue_is_persistent_too(upstream: Upstream, tmp_path: Path) -> None:
+    import grpc
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    from promptstamp_relay.receive import CallInfo, OtlpGrpcReceiver, Refusal
+
+    from ..otlp_builders import logs
+
+    got: list[ExportLogsServiceRequest] = []
+    down = True
+
+    def collect(data: bytes, info: CallInfo) -> bytes:
+        if down:
+            raise Refusal(grpc.StatusCode.UNAVAILABLE, "collector restarting")
+        got.append(ExportLogsServiceRequest.FromString(data))
+        return b""
+
+    collector = OtlpGrpcReceiver("127.0.0.1:0", collect, collect)
+    collector.start()
+    settings = {"queue.directory": str(tmp_path / "q"), "logs_exporter.type": "otlp_grpc",
+                "logs_exporter.otlp_grpc.endpoint": collector.address}
+    try:
+        relay = RelayServer(config(upstream.base_url, **settings)).start()
+        record = logs([])
+        record.resource_logs[0].scope_logs[0].log_records.add().body.string_value = "an app log line"
+        channel = grpc.insecure_channel(relay.address)
+        channel.unary_unary("/opentelemetry.proto.collector.logs.v1.LogsService/Export")(
+            record.SerializeToString(), timeout=5)
+        channel.close()
+        wait_until(lambda: relay.logs_queue is not None and relay.logs_queue.stats.retries > 0, 5, "a retry")
+        relay.stop(timeout=0.2)
+        assert relay.logs_queue is not None and relay.logs_queue.stats.kept_items == 1
+        assert relay.trace_queue.stats.kept_items == 0
+        down = False
+        relay = RelayServer(config(upstream.base_url, **settings)).start()
+        wait_until(lambda: len(got) == 1, 10, "the kept log record")
+        assert got[0].resource_logs[0].scope_logs[0].log_records[0].body.string_value == "an app log line"
+        assert relay.stop(timeout=5) == 0
+    finally:
+        collector.stop(grace=0)

@@ -45,6 +45,7 @@ def test_sigterm_slow_upstream_persistent_drains_within_the_bound_and_keeps_the_
     finally:
         relay.stop()
     assert rc == 0, log
+    print(f"\npersistent: SIGTERM to exit {took:.2f}s")
     assert took < EXIT_BOUND, took
     kept = int(re.search(r"shutdown: (\d+) items kept in the persistent queue", log)[1])  # type: ignore[index]
     delivered = upstream.accepted_span_ids()
@@ -76,6 +77,7 @@ def test_sigterm_slow_upstream_memory_mode_counts_and_logs_what_is_lost(
         log = relay.stderr()
     finally:
         relay.stop()
+    print(f"\nmemory: SIGTERM to exit {took:.2f}s")
     assert took < EXIT_BOUND, took
     assert rc == 4, log  # EXIT_LOST
     lost = int(re.search(r"shutdown: (\d+) items could not be delivered", log)[1])  # type: ignore[index]

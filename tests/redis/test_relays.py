@@ -47,11 +47,14 @@ def test_a_fetch_log_on_relay_a_resolves_spans_on_relays_b_and_c(
     cc.send_traces(traces([span(trace=3, span_id=3, start=t0 + S, attrs=gen_attrs())], resource=AGENT2))
     # Before the fetch: nothing to resolve with, on any tier.
     cc.send_traces(traces([span(trace=4, span_id=4, start=t0 - S, attrs=gen_attrs())], resource=AGENT2))
+    # Trace 1 split across relays (what a resolver change does to a few traces): still exact.
+    cc.send_traces(traces([span(trace=1, span_id=5, start=t0 + S, attrs=gen_attrs())], resource=AGENT2))
     assert tier_version(a.wait_spans({sid(1)}, 10)[sid(1)]) == ("trace", 5)
     assert tier_version(b.wait_spans({sid(2)}, 10)[sid(2)]) == ("instance", 5)
-    got_c = cc.wait_spans({sid(3), sid(4)}, 10)
+    got_c = cc.wait_spans({sid(3), sid(4), sid(5)}, 10)
     assert tier_version(got_c[sid(3)]) == ("latest", 5)
     assert tier_version(got_c[sid(4)]) == ("unresolved", None)
+    assert tier_version(got_c[sid(5)]) == ("trace", 5)
     ma, mb = a.metrics(), b.metrics()
     assert ma["promptstamp_store_connected"] == 1 and ma["promptstamp_store_degraded"] == 0
     assert ma["promptstamp_store_flushed_total"] == 1

@@ -82,7 +82,7 @@ def field(num: int, payload: bytes) -> bytes:
 
 def span_bytes(body: bytes, *, trace_id: bytes = b"\x01" * 16, span_id: bytes = b"\x02" * 8,
                name: bytes = b"chat") -> bytes:
-    return field(1, trace_id) + field(2, span_id) + field(6, name) + body
+    return field(1, trace_id) + field(2, span_id) + field(5, name) + body
 
 
 def trace_request(*spans: bytes) -> bytes:
