@@ -18,7 +18,10 @@ from collections.abc import Callable
 
 from .export.langfuse import basic_auth
 
-__all__ = ["LabelPointers"]
+__all__ = ["MAX_KEYS", "LabelPointers"]
+
+#: (tenant, prompt name, label) triples kept fresh at most; lookups beyond answer None.
+MAX_KEYS = 10_000
 
 log = logging.getLogger("promptstamp_relay.api")
 
@@ -28,13 +31,20 @@ Credentials = Callable[[str], "tuple[str, str, str] | None"]
 
 class LabelPointers:
     def __init__(
-        self, credentials: Credentials, *, refresh_seconds: float = 30.0, timeout: float = 5.0
+        self,
+        credentials: Credentials,
+        *,
+        refresh_seconds: float = 30.0,
+        timeout: float = 5.0,
+        max_keys: int = MAX_KEYS,
     ) -> None:
         self._credentials = credentials
         self._refresh = refresh_seconds
         self._timeout = timeout
         self._known: dict[tuple[str, str, str], int | None] = {}
         self._wanted: set[tuple[str, str, str]] = set()
+        self._max_keys = max_keys
+        self.overflow = 0  # lookups not registered because max_keys were already wanted
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -49,6 +59,12 @@ class LabelPointers:
             if k in self._known:
                 return self._known[k]
             if k not in self._wanted:
+                if len(self._wanted) >= self._max_keys:
+                    # Prompt keys and labels come from span attributes, which any caller can
+                    # set: without a bound, invented names would grow this set and the
+                    # requests made to Langfuse every refresh.
+                    self.overflow += 1
+                    return None
                 self._wanted.add(k)
                 self._wake.set()
         return None

@@ -5,7 +5,9 @@ Needs the ``redis-server`` binary (see conftest: skipped without it locally, FAI
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -274,3 +276,28 @@ def test_redis_restarted_empty_gets_every_relays_records_back(
     c = make_store(redis_server.url)
     wait_until(lambda: len(c) == 25, 3, "a new relay sees all of them")
     assert a.stats.dropped == b.stats.dropped == 0
+
+
+def test_a_hung_redis_is_detected_and_never_blocks_add(
+    redis_server: RedisServer, make_store: Callable[..., RedisStore]
+) -> None:
+    """Redis frozen (SIGSTOP: connections accepted, nothing answered), not refused."""
+    a = make_store(redis_server.url, socket_timeout_seconds=0.5)
+    wait_until(lambda: a.stats.connected, 5, "connected")
+    now = time.time_ns()
+    assert redis_server.proc is not None
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        slowest = 0.0
+        for k in range(50):
+            t0 = time.perf_counter()
+            a.add("default", [rec(k + 1, now - (100 - k) * S)], now)
+            slowest = max(slowest, time.perf_counter() - t0)
+            time.sleep(0.01)
+        assert slowest < 0.05, f"add() took {slowest * 1000:.1f} ms with Redis frozen"
+        wait_until(lambda: a.stats.degraded, 5, "degraded while Redis is frozen")
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    wait_until(lambda: a.stats.connected and not a.stats.degraded, 10, "recovered")
+    assert a.flush(5)
+    assert redis_server.client().zcard(tenant_prefix("default") + "idx") == 50

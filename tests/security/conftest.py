@@ -54,7 +54,7 @@ def call(
         try:
             channel.unary_unary(method)(payload, timeout=timeout, metadata=tuple(metadata))
         except grpc.RpcError as e:
-            return e.code(), str(e.details())  # type: ignore[attr-defined]
+            return e.code(), str(e.details())
     return grpc.StatusCode.OK, ""
 
 

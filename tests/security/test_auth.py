@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import inspect
 import logging
@@ -141,14 +142,12 @@ def test_every_configured_credential_is_compared_in_constant_time(monkeypatch: p
         calls.append((len(x), len(y)))
         return real(x, y)
 
-    monkeypatch.setattr(auth_mod.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # the module auth.py calls it through
     a = Authenticator(two_tenants())
     for header in (f"Bearer {TOKEN_A}", f"Bearer {TOKEN_B}", "Bearer nope-nope-nope-nope", "Bearer x"):
         calls.clear()
-        try:
+        with contextlib.suppress(Refusal):
             a.identify(md(header))
-        except Refusal:
-            pass
         assert len(calls) == 3  # three tokens configured: three comparisons, whatever matched
         assert all(lx == ly == 32 for lx, ly in calls)  # SHA-256 digests: lengths leak nothing
     calls.clear()

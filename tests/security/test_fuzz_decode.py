@@ -80,7 +80,7 @@ def test_decoders_answer_or_raise_a_violation(data: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def relay() -> Iterator[RelayServer]:
-    server = RelayServer(relay_config(**{"limits.max_spans_per_request": 50, "limits.max_attributes_per_span": 20,
+    server = RelayServer(relay_config(None, **{"limits.max_spans_per_request": 50, "limits.max_attributes_per_span": 20,
                                          "limits.max_attribute_value_bytes": 256,
                                          "limits.max_value_depth": 6, "hold.seconds": 0.05})).start()
     try:
@@ -112,7 +112,7 @@ def test_receive_handlers_answer_or_refuse_precisely(relay: RelayServer, data: b
 def atheris_main() -> None:  # pragma: no cover - only with atheris installed
     import sys
 
-    import atheris
+    import atheris  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
     server = RelayServer(relay_config()).start()
 

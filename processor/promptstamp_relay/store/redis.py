@@ -571,8 +571,8 @@ class RedisStore:
             if self.stats.degraded and not self._links_down:
                 self.stats.degraded = False
                 log.info("redis store: %s reachable again after %.1f s: back to shared state "
-                            "(%d records to flush)", _redacted(self.url),
-                            time.monotonic() - self._degraded_since, len(self._pending))
+                         "(%d records to flush)", _redacted(self.url),
+                         time.monotonic() - self._degraded_since, len(self._pending))
             self.stats.connected = not self._links_down and self._links_up >= {"writer", "reader"}
 
     def _link_failed(self, link: str, exc: BaseException) -> None:
