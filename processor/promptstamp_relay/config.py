@@ -91,7 +91,7 @@ class LogsExporterConfig:
 class HoldConfig:
     seconds: float = 2.0
     max_spans: int = 100_000
-    max_spans_per_tenant: int = 25_000  # one tenant cannot fill the window for the others
+    max_spans_per_tenant: int = 25_000  # with auth or passthrough: one tenant's share
 
 
 @dataclass

@@ -95,9 +95,11 @@ def build_processor(cfg: Config, store: FetchLogStore | None = None,
             max_entries_per_tenant=cfg.store.max_entries_per_tenant,
             max_age_ns=int(cfg.store.max_age_seconds * 1e9),
         )
+    # One tenant's share of the hold window matters only when there can be several tenants.
+    tenants = cfg.auth.enabled or cfg.auth.passthrough_langfuse_credentials
     return Processor(settings, store, max_held_spans=cfg.hold.max_spans,
-                     max_held_spans_per_tenant=cfg.hold.max_spans_per_tenant, api=api,
-                     early_release=early_release)
+                     max_held_spans_per_tenant=cfg.hold.max_spans_per_tenant if tenants else None,
+                     api=api, early_release=early_release)
 
 
 def build_store(cfg: Config) -> FetchLogStore:

@@ -31,7 +31,7 @@ from .conftest import relay_config
 from .payloads import field, kv, nested_array, nested_kvlist, span_bytes, string_value, trace_request
 
 ALLOWED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
 
 SEEDS = [
     traces([span(attrs=gen_attrs()), span(span_id=2, attrs={"x": 1, "y": 2.5, "z": True})]).SerializeToString(),

@@ -188,3 +188,12 @@ def test_live_api_tier_asks_each_tenants_own_langfuse_project(langfuse: Langfuse
             got_a, got_b = wait_for(langfuse, 2), wait_for(langfuse_b, 2)
         assert (got_a["gen"]["prompt_resolution"], got_a["gen"]["version"]) == ("api", 1)
         assert (got_b["gen"]["prompt_resolution"], got_b["gen"]["version"]) == ("api", 2)
+
+
+def test_the_per_tenant_hold_share_applies_only_when_there_are_tenants() -> None:
+    from promptstamp_relay.server import build_processor
+
+    single = build_processor(relay_config())
+    assert single.max_held_spans_per_tenant == single.hold.max_spans == 100_000
+    multi = build_processor(relay_config(None, **{"auth.enabled": True, "auth.tenants": {"a": {"tokens": [TOKEN_A]}}}))
+    assert multi.max_held_spans_per_tenant == 25_000

@@ -400,3 +400,14 @@ def test_cost_of_the_checks_on_a_512_span_request(capsys: pytest.CaptureFixture[
               f"{checked * 1e3:.2f} ms (+{extra * 1e3:.2f} ms), whole processing {whole * 1e3:.2f} ms "
               f"(+{100 * extra / whole:.0f}%)")
     assert extra < whole  # does not double the processing cost
+
+
+def test_the_api_tier_keeps_a_bounded_number_of_names_fresh() -> None:
+    """Prompt names and labels come from span attributes: invented ones must not grow the set
+    of names the relay keeps asking Langfuse about."""
+    from promptstamp_relay.apitier import LabelPointers
+
+    pointers = LabelPointers(lambda tenant: None, max_keys=3)
+    for i in range(10):
+        assert pointers.lookup("t", f"invented-{i}", "production") is None
+    assert len(pointers._wanted) == 3 and pointers.overflow == 7
