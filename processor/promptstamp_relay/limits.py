@@ -52,6 +52,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from .config import LimitsConfig
+from .wire import encode_varint
 
 __all__ = [
     "Violation",
@@ -341,17 +342,8 @@ def _wrap_class() -> type[Message]:
 _Wrap = _wrap_class()
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _field(num: int, payload_len: int) -> bytes:
-    return _varint(num << 3 | 2) + _varint(payload_len)
+    return encode_varint(num << 3 | 2) + encode_varint(payload_len)
 
 
 def _wrapped(data: bytes, field: int, k: int) -> bytes:

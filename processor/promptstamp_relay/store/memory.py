@@ -93,12 +93,12 @@ class MemoryStore:
     def latest_for_instance(
         self, tenant: str, instance: str, key: str, label: str, at_ns: int
     ) -> FetchRecord | None:
-        return _latest_at(self._instance.get((tenant, instance, key, label)), at_ns, None)
+        return latest_at(self._instance.get((tenant, instance, key, label)), at_ns, None)
 
     def latest(
         self, tenant: str, key: str, label: str, at_ns: int, not_before_ns: int
     ) -> FetchRecord | None:
-        return _latest_at(self._label.get((tenant, key, label)), at_ns, not_before_ns)
+        return latest_at(self._label.get((tenant, key, label)), at_ns, not_before_ns)
 
     def __len__(self) -> int:
         return self._size
@@ -129,10 +129,13 @@ def _remove(index: dict[_K, _Series], key: _K, seq: int) -> None:
         del index[key]
 
 
-def _latest_at(series: _Series | None, at_ns: int, not_before_ns: int | None) -> FetchRecord | None:
+def latest_at(
+    series: Sequence[tuple[int, object, FetchRecord]] | None, at_ns: int, not_before_ns: int | None
+) -> FetchRecord | None:
+    """The record of the last ``(time_ns, tie-break, record)`` entry with time <= ``at_ns``."""
     if not series:
         return None
-    # The last entry with time <= at_ns; ties on time resolve to the latest arrival.
+    # Entries are sorted by (time, tie-break): among equal times the last one wins.
     i = bisect.bisect_right(series, at_ns, key=lambda e: e[0])
     if i == 0:
         return None

@@ -68,6 +68,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..records import FetchRecord
+from .memory import latest_at
 
 if TYPE_CHECKING:
     from ..config import StoreConfig
@@ -309,10 +310,10 @@ class _View:
     def latest_for_instance(
         self, tenant: str, instance: str, key: str, label: str, at_ns: int
     ) -> FetchRecord | None:
-        return _latest_at(self._instance.get((tenant, instance, key, label)), at_ns, None)
+        return latest_at(self._instance.get((tenant, instance, key, label)), at_ns, None)
 
     def latest(self, tenant: str, key: str, label: str, at_ns: int, not_before_ns: int) -> FetchRecord | None:
-        return _latest_at(self._label.get((tenant, key, label)), at_ns, not_before_ns)
+        return latest_at(self._label.get((tenant, key, label)), at_ns, not_before_ns)
 
 
 def _insert(index: dict[Any, list[_Entry]], key: Any, e: _Entry) -> None:
@@ -336,19 +337,6 @@ def _remove(index: dict[Any, list[_Entry]], key: Any, e: _Entry) -> None:
         del series[i]
     if not series:
         del index[key]
-
-
-def _latest_at(series: list[_Entry] | None, at_ns: int, not_before_ns: int | None) -> FetchRecord | None:
-    if not series:
-        return None
-    # The last entry with time <= at_ns; ties on time resolve to the largest member.
-    i = bisect.bisect_right(series, at_ns, key=lambda e: e[0])
-    if i == 0:
-        return None
-    e = series[i - 1]
-    if not_before_ns is not None and e[0] < not_before_ns:
-        return None
-    return e[2]
 
 
 # -- the store -----------------------------------------------------------------------------------
