@@ -149,7 +149,32 @@ def breakdown(n: int, sink_port: int) -> dict[str, Any]:
         logs_prof.enable()
         processor.consume_logs(lreq, time.time_ns())
         logs_prof.disable()
-    return {"requests": n, "median_us": med, "relay_total_us": relay_total,
+    # The pass-through path (no app.prompt.key): decode + limits, marker scan, gzip, HTTP.
+    nk = build("nokey", 512, 8)
+    pt: dict[str, list[float]] = {k: [] for k in (
+        "decode + limits", "plain ParseFromString (reference)", "SerializeToString (reference)",
+        "marker scan", f"gzip (level {lf.gzip_level})", "HTTP POST (export minus gzip)")}
+    for i in range(n):
+        data = nk.batches[i % len(nk.batches)].traces
+        a = pc()
+        decode_traces(data, cfg.limits)
+        b_ = pc()
+        _ = key_marker in data
+        c_ = pc()
+        compress(data, lf.gzip_level)
+        d_ = pc()
+        exporter.export(data)
+        e_ = pc()
+        plain = ExportTraceServiceRequest.FromString(data)
+        f_ = pc()
+        plain.SerializeToString()
+        g_ = pc()
+        for k, v in (("decode + limits", b_ - a), ("marker scan", c_ - b_), (f"gzip (level {lf.gzip_level})", d_ - c_),
+                     ("HTTP POST (export minus gzip)", (e_ - d_) - (d_ - c_)),
+                     ("plain ParseFromString (reference)", f_ - e_), ("SerializeToString (reference)", g_ - f_)):
+            pt[k].append(v * 1e6)
+    passthrough = {k: statistics.median(v) for k, v in pt.items()}
+    return {"requests": n, "median_us": med, "relay_total_us": relay_total, "passthrough_us": passthrough,
             "spans_per_request": wl.batch_size, "cprofile_consume_traces": _top(prof, len(reqs)),
             "cprofile_consume_logs": _top(logs_prof, min(n, 100)),
             "outgoing_per_request": med["outgoing requests"]}
@@ -281,7 +306,13 @@ def render(raw: dict[str, Any]) -> str:
                 continue
             share = "" if "reference" in k else f"{v / tot * 100:.0f} %"
             lines.append(f"| {k} | {v:,.0f} | {share} |")
-        lines += [f"| **relay total (sum of the non-reference stages)** | **{tot:,.0f}** | 100 % |", "",
+        lines += [f"| **relay total (sum of the non-reference stages)** | **{tot:,.0f}** | 100 % |", ""]
+        if b.get("passthrough_us"):
+            lines += ["Pass-through request (512 spans, no `app.prompt.key`), µs:", "",
+                      "| stage | µs |", "|---|---|"]
+            lines += [f"| {k} | {v:,.0f} |" for k, v in b["passthrough_us"].items()]
+            lines.append("")
+        lines += [
                   f"= {b['spans_per_request'] / tot * 1e6:,.0f} spans per CPU-second with no gRPC and no "
                   f"contention; {b['outgoing_per_request']:.2f} outgoing requests per trace request.", "",
                   "cProfile of `consume_traces` (tottime, µs per request; cProfile inflates Python-heavy "

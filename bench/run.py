@@ -68,7 +68,7 @@ class Profile:
 PROFILES = {
     "quick": Profile("quick", reps=2, clients=4, batch=512, warmup=0.5, duration=1.5, half_duration=1.5,
                      scaling_batches=[64, 512, 4096], scaling_clients=[1, 4, 16], scaling_servers=["relay"],
-                     scaling_duration=1.5, held_levels=[0, 100_000], down_seconds=15.0,
+                     scaling_duration=1.2, held_levels=[0, 100_000], down_seconds=8.0,
                      sdk_quick=True),
     "full": Profile("full", reps=4, clients=4, batch=512, warmup=1.0, duration=4.0, half_duration=3.0,
                     scaling_batches=[64, 128, 256, 512, 1024, 2048, 4096], scaling_clients=[1, 2, 4, 8, 16],
@@ -515,9 +515,12 @@ def render(raw: dict[str, Any]) -> str:
     if down and "error" not in down:
         lines += ["", "## Upstream down (connection refused; hold 60 s, default queue bounds)", "",
                   f"After the hold window filled: {down['after_hold_full']['held_spans'] or 0:,.0f} held spans, "
-                  f"RSS {down['after_hold_full']['rss_mib']:.0f} MiB. Then until refused "
-                  f"({down['refused_requests']} refusals, {down['refusal_codes']}): queue "
-                  f"{down['queue_bytes_mib']:.0f} MiB in {down['queue_depth'] or 0:.0f} requests + held "
+                  f"RSS {down['after_hold_full']['rss_mib']:.0f} MiB. Then "
+                  + (f"until refused ({down['refused_requests']} refusals, {down['refusal_codes']}): queue "
+                     if down["queue_full"] else
+                     f"for {down['seconds']:.0f} s in all (**queue not yet full**: this profile's time "
+                     "bound; `--full` runs longer): queue ")
+                  + f"{down['queue_bytes_mib']:.0f} MiB in {down['queue_depth'] or 0:.0f} requests + held "
                   f"{down['held_bytes_mib']:.0f} MiB (bound: queue.max_bytes = {down['queue_limit_mib']:.0f} MiB "
                   f"for both); **RSS {down['rss_mib']:.0f} MiB, peak {down['peak_rss_mib']:.0f} MiB**."]
     elif down:
