@@ -51,6 +51,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from . import wire
 from .config import LimitsConfig
 from .wire import encode_varint
 
@@ -186,7 +187,7 @@ def _check_span_ids(span: Any) -> None:
 
 
 def _traces(request: ExportTraceServiceRequest, limits: LimitsConfig, encoded_size: int | None,
-            depth_checked: bool) -> None:
+            depth_checked: bool, encoded: bytes | None = None) -> None:
     max_spans = limits.max_spans_per_request
     total = 0
     for rs in request.resource_spans:
@@ -199,12 +200,19 @@ def _traces(request: ExportTraceServiceRequest, limits: LimitsConfig, encoded_si
     strings = encoded_size is None or encoded_size > max_bytes
     exact = _Walker(limits, strings)
     max_attrs = exact.max_attrs
+    # Per-span ids and counts in C over the bytes when possible (the Python loop below costs
+    # ~1.5 µs a span); a False answer re-runs the exact loop for the precise message.
+    spans_checked = (
+        encoded is not None and depth_checked and not strings and wire.spans_ok(encoded, max_attrs) is True
+    )
     for rs in request.resource_spans:
         exact.attributes(rs.resource.attributes, "resource")
         for ss in rs.scope_spans:
             scope = ss.scope
             exact.attributes(scope.attributes, "scope")
             exact.name(scope.name, "scope")
+            if spans_checked:
+                continue
             for span in ss.spans:
                 _check_span_ids(span)
                 # Every value of a span is walked only when it has to be: values not yet
@@ -451,7 +459,7 @@ def decode_traces(data: bytes, limits: LimitsConfig) -> ExportTraceServiceReques
     ``max_request_bytes``).
     """
     request, depth_checked = _decode(data, limits, _TRACES_FIELD, "traces", ExportTraceServiceRequest)
-    _traces(request, limits, len(data), depth_checked)
+    _traces(request, limits, len(data), depth_checked, data)
     return request  # type: ignore[no-any-return]
 
 

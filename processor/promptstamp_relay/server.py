@@ -66,6 +66,13 @@ def check_protobuf_backend() -> str:
             "slower. Install protobuf>=6.33.5 wheels and unset PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION.",
             kind,
         )
+    from . import wire
+
+    if not wire.native():
+        log.warning(
+            "the C extension promptstamp_relay._wirec is not in use (no compiler at install time, "
+            "or PROMPTSTAMP_PURE_PYTHON set): same results, about half the throughput"
+        )
     return kind
 
 

@@ -15,10 +15,30 @@ appends to that repeated field and leaves every other field as it was.
 from __future__ import annotations
 
 import bisect
+import importlib
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["DELETE", "Node", "RequestIndex", "WireError", "index_request", "splice"]
+__all__ = ["DELETE", "Node", "RequestIndex", "WireError", "index_request", "native", "spans_ok", "splice"]
+
+def _load_native() -> Any:
+    """The C version of the walk, search and splice below (setup.py; optional)."""
+    if os.environ.get("PROMPTSTAMP_PURE_PYTHON"):
+        return None
+    try:
+        return importlib.import_module("promptstamp_relay._wirec")
+    except ImportError:
+        return None
+
+
+_c: Any = _load_native()
+
+
+def native() -> bool:
+    """Whether the C extension is in use (else the pure-Python walk: same results, slower)."""
+    return _c is not None
 
 
 class WireError(ValueError):
@@ -104,15 +124,15 @@ def _fields(data: bytes, start: int, end: int, want: int) -> list[Node]:
 
 @dataclass(slots=True)
 class RequestIndex:
-    resource_spans: list[Node]
     span_starts: list[int]  # content start of every span, in decode order
     span_ends: list[int]
+    scope_counts: list[list[int]]  # per resource_spans, the span count of each scope_spans
+    nodes: list[Node] | None = None  # the tree, from the pure-Python walk only
 
     def locate(self, flat: int) -> tuple[int, int, int]:
         """(resource_spans index, scope_spans index, spans index) of span number ``flat``."""
-        for r, rs in enumerate(self.resource_spans):
-            for s, ss in enumerate(rs.children):
-                n = len(ss.children)
+        for r, scopes in enumerate(self.scope_counts):
+            for s, n in enumerate(scopes):
                 if flat < n:
                     return r, s, flat
                 flat -= n
@@ -127,10 +147,13 @@ class RequestIndex:
 
         With ``among``, only those spans are searched (each within its own bytes).
         """
-        hits: set[int] = set()
         starts, ends = self.span_starts, self.span_ends
         if not starts:
-            return hits
+            return set()
+        if _c is not None:
+            wanted = None if among is None else sorted(among)
+            return set(_c.marked(data, starts, ends, tuple(markers), wanted))
+        hits: set[int] = set()
         if among is not None:
             for i in among:
                 s, e = starts[i], ends[i]
@@ -152,20 +175,38 @@ class RequestIndex:
 
 def index_request(data: bytes) -> RequestIndex:
     """Walk ``data`` (an encoded ExportTraceServiceRequest) down to its spans."""
+    if _c is not None:
+        try:
+            starts, ends, counts = _c.walk(data)
+        except ValueError as e:
+            raise WireError(str(e)) from None
+        return RequestIndex(starts, ends, counts)
     try:
         rss = _fields(data, 0, len(data), 1)  # ExportTraceServiceRequest.resource_spans = 1
-        starts: list[int] = []
-        ends: list[int] = []
+        starts = []
+        ends = []
+        counts = []
         for rs in rss:
             rs.children = _fields(data, rs.start, rs.end, 2)  # ResourceSpans.scope_spans = 2
+            scopes = []
             for ss in rs.children:
                 ss.children = spans = _fields(data, ss.start, ss.end, 2)  # ScopeSpans.spans = 2
+                scopes.append(len(spans))
                 for sp in spans:
                     starts.append(sp.start)
                     ends.append(sp.end)
+            counts.append(scopes)
     except IndexError:
         raise WireError("truncated message") from None
-    return RequestIndex(rss, starts, ends)
+    return RequestIndex(starts, ends, counts, rss)
+
+
+def spans_ok(data: bytes, max_attributes: int) -> bool | None:
+    """Every span's ids well-formed and its attribute/event/link counts within
+    ``max_attributes``? None when only the slow, exact check can tell (no C extension)."""
+    if _c is None:
+        return None
+    return bool(_c.spans_ok(data, max_attributes))
 
 
 #: An edit that removes a span (it is being held).
@@ -182,10 +223,16 @@ def splice(data: bytes, index: RequestIndex, edits: Mapping[int, bytes]) -> byte
     scopes all went; containers that arrived empty stay as they were."""
     if not edits:
         return data
+    if index.nodes is None:
+        assert _c is not None
+        try:
+            return bytes(_c.splice(data, dict(edits), DELETE))
+        except ValueError as e:
+            raise WireError(str(e)) from None
     out: list[bytes] = []
     pos = 0
     flat = 0
-    for rs in index.resource_spans:
+    for rs in index.nodes:
         n_rs = sum(len(ss.children) for ss in rs.children)
         if not any(flat <= i < flat + n_rs for i in edits):
             flat += n_rs

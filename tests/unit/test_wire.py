@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -47,12 +49,14 @@ shapes = st.lists(
 )
 
 
-def run(req: ExportTraceServiceRequest, fast: bool) -> tuple[list[bytes], int]:
+def run(req: ExportTraceServiceRequest, fast: bool, native: bool = True) -> tuple[list[bytes], int]:
     p = Processor(StampSettings(hold_ns=2 * S), MemoryStore(), early_release=False)
     p.consume_logs(logs([fetch_record(version=3)]), T0)
     copy = ExportTraceServiceRequest()
     copy.CopyFrom(req)
     with pytest.MonkeyPatch.context() as mp:
+        if not native:
+            mp.setattr(wire, "_c", None)
         if not fast:
             def broken(_data: bytes) -> wire.RequestIndex:
                 raise wire.WireError("forced fallback")
@@ -67,10 +71,25 @@ def run(req: ExportTraceServiceRequest, fast: bool) -> tuple[list[bytes], int]:
 @given(shape=shapes)
 def test_splice_equals_decoder_path(shape: list[list[list[int]]]) -> None:
     req = build(shape)
-    assert run(req, True) == run(req, False)
+    decoder = run(req, False)
+    assert run(req, True, native=False) == decoder
+    if wire.native():
+        assert run(req, True, native=True) == decoder
 
 
-def test_index_finds_every_span_in_decode_order() -> None:
+@pytest.fixture(params=["native", "python"])
+def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "native":
+        if os.environ.get("PROMPTSTAMP_PURE_PYTHON"):
+            pytest.skip("PROMPTSTAMP_PURE_PYTHON is set")
+        if not wire.native():
+            pytest.fail("the C extension promptstamp_relay._wirec is not built (pip install -e . builds it)")
+    else:
+        monkeypatch.setattr(wire, "_c", None)
+    return str(request.param)
+
+
+def test_index_finds_every_span_in_decode_order(impl: str) -> None:
     req = build([[[0, 4, 1], []], [[3]], []])
     data = req.SerializeToString()
     idx = wire.index_request(data)
@@ -82,7 +101,7 @@ def test_index_finds_every_span_in_decode_order() -> None:
         assert req.resource_spans[r].scope_spans[s].spans[k] == sp
 
 
-def test_unknown_fields_and_empty_containers_survive() -> None:
+def test_unknown_fields_and_empty_containers_survive(impl: str) -> None:
     req = build([[[1]]])
     data = req.SerializeToString() + b"\xa2\x06\x03abc"  # an unknown length-delimited field 100
     idx = wire.index_request(data)
@@ -93,6 +112,49 @@ def test_unknown_fields_and_empty_containers_survive() -> None:
 
 
 @pytest.mark.parametrize("garbage", [b"\x0a\x05\x12", b"\x0a\xff", b"\x0f", b"\x0a\x02\x12\x05"])
-def test_malformed_bytes_raise_wire_error(garbage: bytes) -> None:
+def test_malformed_bytes_raise_wire_error(garbage: bytes, impl: str) -> None:
     with pytest.raises(wire.WireError):
         wire.index_request(garbage)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=300))
+def test_native_walk_never_crashes_and_agrees_on_garbage(data: bytes) -> None:
+    """Arbitrary bytes: both walks either fail or find the same spans."""
+    if not wire.native():
+        return
+    try:
+        native = wire.index_request(data)
+    except wire.WireError:
+        native = None
+    saved = wire._c
+    wire._c = None
+    try:
+        python = wire.index_request(data)
+    except wire.WireError:
+        python = None
+    finally:
+        wire._c = saved
+    if native is not None and python is not None:
+        assert (native.span_starts, native.span_ends, native.scope_counts) == (
+            python.span_starts, python.span_ends, python.scope_counts)
+        wire.splice(data, native, {i: wire.DELETE for i in range(native.span_count)})
+        wire.spans_ok(data, 10)
+
+
+def test_spans_ok_matches_the_exact_checks() -> None:
+    if not wire.native():
+        pytest.skip("pure-Python build: the exact checks run instead")
+    good = build([[[0, 1]]])
+    assert wire.spans_ok(good.SerializeToString(), 128) is True
+    bad_id = build([[[0]]])
+    bad_id.resource_spans[0].scope_spans[0].spans[0].trace_id = b"\x01" * 15
+    assert wire.spans_ok(bad_id.SerializeToString(), 128) is False
+    zero = build([[[0]]])
+    zero.resource_spans[0].scope_spans[0].spans[0].span_id = b"\x00" * 8
+    assert wire.spans_ok(zero.SerializeToString(), 128) is False
+    many = build([[[1]]])
+    assert wire.spans_ok(many.SerializeToString(), 3) is False  # gen spans carry 5 attributes
+    link = build([[[0]]])
+    link.resource_spans[0].scope_spans[0].spans[0].links.add(trace_id=b"\x01" * 16, span_id=b"\x01" * 7)
+    assert wire.spans_ok(link.SerializeToString(), 128) is False

@@ -75,7 +75,7 @@ class OtlpGrpcReceiver:
         logs: LogsHandler,
         *,
         max_message_bytes: int = 64 * 1024 * 1024,
-        threads: int = 16,
+        threads: int = 4,
         credentials: grpc.ServerCredentials | None = None,
         extra_services: Callable[[grpc.Server], None] | None = None,
     ) -> None:

@@ -1,0 +1,475 @@
+/* The byte-level span index, marker search, splice and per-span checks of wire.py, in C.
+ *
+ * Same semantics as the pure-Python functions in wire.py (which stay the fallback when this
+ * extension is not built); tests/unit/test_wire.py checks both against protobuf's own decoder.
+ * Every read is bounds-checked: input is whatever a network sent, though the relay only calls
+ * these after protobuf's decoder accepted the same bytes.
+ */
+#define _GNU_SOURCE
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef struct {
+    uint32_t field;
+    int wt;
+    Py_ssize_t head, start, end;
+} Field;
+
+static int read_varint(const unsigned char *d, Py_ssize_t end, Py_ssize_t *pos, uint64_t *out) {
+    uint64_t r = 0;
+    int shift = 0;
+    while (*pos < end) {
+        unsigned char b = d[(*pos)++];
+        if (shift > 63) return -1;
+        r |= (uint64_t)(b & 0x7F) << shift;
+        if (b < 0x80) {
+            *out = r;
+            return 0;
+        }
+        shift += 7;
+    }
+    return -1;
+}
+
+/* 1: a field was read into f; 0: end reached exactly; -1: malformed. */
+static int next_field(const unsigned char *d, Py_ssize_t *pos, Py_ssize_t end, Field *f) {
+    uint64_t tag, v;
+    if (*pos >= end) return *pos == end ? 0 : -1;
+    f->head = *pos;
+    if (read_varint(d, end, pos, &tag)) return -1;
+    f->field = (uint32_t)(tag >> 3);
+    f->wt = (int)(tag & 7);
+    switch (f->wt) {
+    case 0:
+        if (read_varint(d, end, pos, &v)) return -1;
+        break;
+    case 1:
+        if (end - *pos < 8) return -1;
+        *pos += 8;
+        break;
+    case 5:
+        if (end - *pos < 4) return -1;
+        *pos += 4;
+        break;
+    case 2:
+        if (read_varint(d, end, pos, &v)) return -1;
+        if (v > (uint64_t)(end - *pos)) return -1;
+        f->start = *pos;
+        f->end = *pos + (Py_ssize_t)v;
+        *pos = f->end;
+        return 1;
+    default:
+        return -1;
+    }
+    f->start = f->end = *pos;
+    return 1;
+}
+
+static PyObject *WireError;
+
+static PyObject *malformed(void) {
+    PyErr_SetString(WireError, "malformed request");
+    return NULL;
+}
+
+/* walk(data) -> (starts, ends, scope_counts): every span's content range, in decode order,
+ * and for each resource_spans the number of spans of each of its scope_spans. */
+static PyObject *wire_walk(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    if (!PyArg_ParseTuple(args, "y*", &buf)) return NULL;
+    const unsigned char *d = buf.buf;
+    Py_ssize_t n = buf.len, pos = 0;
+    PyObject *starts = PyList_New(0), *ends = PyList_New(0), *counts = PyList_New(0);
+    PyObject *result = NULL;
+    Field rs, ss, sp;
+    int r;
+    if (!starts || !ends || !counts) goto done;
+    while ((r = next_field(d, &pos, n, &rs)) == 1) {
+        if (rs.field != 1 || rs.wt != 2) continue;
+        PyObject *scopes = PyList_New(0);
+        if (!scopes || PyList_Append(counts, scopes)) { Py_XDECREF(scopes); goto done; }
+        Py_DECREF(scopes);
+        Py_ssize_t rp = rs.start;
+        int r2;
+        while ((r2 = next_field(d, &rp, rs.end, &ss)) == 1) {
+            if (ss.field != 2 || ss.wt != 2) continue;
+            Py_ssize_t sp_pos = ss.start, count = 0;
+            int r3;
+            while ((r3 = next_field(d, &sp_pos, ss.end, &sp)) == 1) {
+                if (sp.field != 2 || sp.wt != 2) continue;
+                PyObject *s = PyLong_FromSsize_t(sp.start), *e = PyLong_FromSsize_t(sp.end);
+                int bad = !s || !e || PyList_Append(starts, s) || PyList_Append(ends, e);
+                Py_XDECREF(s);
+                Py_XDECREF(e);
+                if (bad) goto done;
+                count++;
+            }
+            if (r3 < 0) { malformed(); goto done; }
+            PyObject *c = PyLong_FromSsize_t(count);
+            if (!c || PyList_Append(scopes, c)) { Py_XDECREF(c); goto done; }
+            Py_DECREF(c);
+        }
+        if (r2 < 0) { malformed(); goto done; }
+    }
+    if (r < 0) { malformed(); goto done; }
+    result = PyTuple_Pack(3, starts, ends, counts);
+done:
+    Py_XDECREF(starts);
+    Py_XDECREF(ends);
+    Py_XDECREF(counts);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
+/* marked(data, starts, ends, markers, among) -> sorted list of the span indexes (among all, or
+ * among the given ones) whose bytes contain any marker. */
+static PyObject *wire_marked(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    PyObject *starts, *ends, *markers, *among;
+    if (!PyArg_ParseTuple(args, "y*O!O!O!O", &buf, &PyList_Type, &starts, &PyList_Type, &ends,
+                          &PyTuple_Type, &markers, &among))
+        return NULL;
+    PyObject *out = PyList_New(0);
+    Py_ssize_t nspans = PyList_GET_SIZE(starts), nmark = PyTuple_GET_SIZE(markers);
+    Py_ssize_t count = among == Py_None ? nspans : -1;
+    if (!out) goto fail;
+    if (PyList_GET_SIZE(ends) != nspans) {
+        PyErr_SetString(PyExc_ValueError, "starts and ends differ in length");
+        goto fail;
+    }
+    if (among != Py_None) {
+        if (!PyList_Check(among)) {
+            PyErr_SetString(PyExc_TypeError, "among must be a list or None");
+            goto fail;
+        }
+        count = PyList_GET_SIZE(among);
+    }
+    for (Py_ssize_t k = 0; k < count; k++) {
+        Py_ssize_t i = k;
+        if (among != Py_None) {
+            i = PyLong_AsSsize_t(PyList_GET_ITEM(among, k));
+            if (i == -1 && PyErr_Occurred()) goto fail;
+            if (i < 0 || i >= nspans) {
+                PyErr_SetString(PyExc_IndexError, "span index out of range");
+                goto fail;
+            }
+        }
+        Py_ssize_t s = PyLong_AsSsize_t(PyList_GET_ITEM(starts, i));
+        Py_ssize_t e = PyLong_AsSsize_t(PyList_GET_ITEM(ends, i));
+        if ((s == -1 || e == -1) && PyErr_Occurred()) goto fail;
+        if (s < 0 || e > buf.len || s > e) {
+            PyErr_SetString(PyExc_ValueError, "span range outside the data");
+            goto fail;
+        }
+        for (Py_ssize_t m = 0; m < nmark; m++) {
+            PyObject *mk = PyTuple_GET_ITEM(markers, m);
+            if (!PyBytes_Check(mk)) {
+                PyErr_SetString(PyExc_TypeError, "markers must be bytes");
+                goto fail;
+            }
+            if (memmem((const char *)buf.buf + s, (size_t)(e - s), PyBytes_AS_STRING(mk),
+                       (size_t)PyBytes_GET_SIZE(mk))) {
+                PyObject *idx = PyLong_FromSsize_t(i);
+                if (!idx || PyList_Append(out, idx)) { Py_XDECREF(idx); goto fail; }
+                Py_DECREF(idx);
+                break;
+            }
+        }
+    }
+    PyBuffer_Release(&buf);
+    if (PyList_Sort(out)) { Py_DECREF(out); return NULL; }
+    return out;
+fail:
+    Py_XDECREF(out);
+    PyBuffer_Release(&buf);
+    return NULL;
+}
+
+/* ---- splice ------------------------------------------------------------------------------ */
+typedef struct {
+    Py_ssize_t index;
+    const char *bytes;
+    Py_ssize_t len;
+    int del;
+} Edit;
+
+typedef struct {
+    const unsigned char *d;
+    Edit *edits;
+    Py_ssize_t nedits;
+    char *out;  /* NULL: size only */
+    Py_ssize_t pos;
+} Splice;
+
+static int varint_len(uint64_t v) {
+    int n = 1;
+    while (v > 0x7F) { v >>= 7; n++; }
+    return n;
+}
+
+static void put(Splice *S, const void *src, Py_ssize_t n) {
+    if (S->out) memcpy(S->out + S->pos, src, (size_t)n);
+    S->pos += n;
+}
+
+static void put_head(Splice *S, unsigned char tag, uint64_t len) {
+    unsigned char tmp[11];
+    int k = 0;
+    tmp[k++] = tag;
+    while (len > 0x7F) { tmp[k++] = (unsigned char)((len & 0x7F) | 0x80); len >>= 7; }
+    tmp[k++] = (unsigned char)len;
+    put(S, tmp, k);
+}
+
+static const Edit *edit_for(const Splice *S, Py_ssize_t flat, Py_ssize_t *cursor) {
+    while (*cursor < S->nedits && S->edits[*cursor].index < flat) (*cursor)++;
+    if (*cursor < S->nedits && S->edits[*cursor].index == flat) return &S->edits[*cursor];
+    return NULL;
+}
+
+/* Body of one scope_spans with its edits; returns body length (or -1), sets *kept. */
+static Py_ssize_t scope_body(Splice *S, Py_ssize_t start, Py_ssize_t end, Py_ssize_t *flat,
+                             Py_ssize_t *cursor, Py_ssize_t *kept, Py_ssize_t *had) {
+    Py_ssize_t pos = start, copy_from = start, begin = S->pos;
+    Field f;
+    int r;
+    *kept = 0;
+    *had = 0;
+    while ((r = next_field(S->d, &pos, end, &f)) == 1) {
+        if (f.field != 2 || f.wt != 2) continue;
+        (*had)++;
+        const Edit *e = edit_for(S, *flat, cursor);
+        (*flat)++;
+        if (!e) { (*kept)++; continue; }
+        put(S, S->d + copy_from, f.head - copy_from);
+        copy_from = f.end;
+        if (e->del) continue;
+        (*kept)++;
+        put_head(S, 0x12, (uint64_t)(f.end - f.start + e->len));
+        put(S, S->d + f.start, f.end - f.start);
+        put(S, e->bytes, e->len);
+    }
+    if (r < 0) return -1;
+    put(S, S->d + copy_from, end - copy_from);
+    return S->pos - begin;
+}
+
+/* Body of one resource_spans; returns its length (or -1), sets *kept. */
+static Py_ssize_t resource_body(Splice *S, Py_ssize_t start, Py_ssize_t end, Py_ssize_t *flat,
+                                Py_ssize_t *cursor, Py_ssize_t *kept) {
+    Py_ssize_t pos = start, copy_from = start, begin = S->pos;
+    Field f;
+    int r;
+    Py_ssize_t had_scopes = 0;
+    *kept = 0;
+    while ((r = next_field(S->d, &pos, end, &f)) == 1) {
+        if (f.field != 2 || f.wt != 2) continue;
+        had_scopes++;
+        put(S, S->d + copy_from, f.head - copy_from);
+        copy_from = f.end;
+        /* Size the scope body first, then write it after its head. */
+        char *saved_out = S->out;
+        Py_ssize_t saved_pos = S->pos, saved_flat = *flat, saved_cursor = *cursor;
+        Py_ssize_t kept_spans, had_spans;
+        S->out = NULL;
+        Py_ssize_t len = scope_body(S, f.start, f.end, flat, cursor, &kept_spans, &had_spans);
+        S->out = saved_out;
+        S->pos = saved_pos;
+        if (len < 0) return -1;
+        if (kept_spans == 0 && had_spans > 0) continue; /* every span of it was taken out */
+        (*kept)++;
+        *flat = saved_flat;
+        *cursor = saved_cursor;
+        put_head(S, 0x12, (uint64_t)len);
+        scope_body(S, f.start, f.end, flat, cursor, &kept_spans, &had_spans);
+    }
+    if (r < 0) return -1;
+    put(S, S->d + copy_from, end - copy_from);
+    if (had_scopes == 0) *kept = 1; /* arrived without scopes: stays as it was */
+    return S->pos - begin;
+}
+
+static Py_ssize_t splice_all(Splice *S, Py_ssize_t n) {
+    Py_ssize_t pos = 0, copy_from = 0, flat = 0, cursor = 0;
+    Field f;
+    int r;
+    while ((r = next_field(S->d, &pos, n, &f)) == 1) {
+        if (f.field != 1 || f.wt != 2) continue;
+        put(S, S->d + copy_from, f.head - copy_from);
+        copy_from = f.end;
+        char *saved_out = S->out;
+        Py_ssize_t saved_pos = S->pos, saved_flat = flat, saved_cursor = cursor, kept;
+        S->out = NULL;
+        Py_ssize_t len = resource_body(S, f.start, f.end, &flat, &cursor, &kept);
+        S->out = saved_out;
+        S->pos = saved_pos;
+        if (len < 0) return -1;
+        if (kept == 0) continue;
+        flat = saved_flat;
+        cursor = saved_cursor;
+        put_head(S, 0x0a, (uint64_t)len);
+        resource_body(S, f.start, f.end, &flat, &cursor, &kept);
+    }
+    if (r < 0) return -1;
+    put(S, S->d + copy_from, n - copy_from);
+    return S->pos;
+}
+
+static int cmp_edit(const void *a, const void *b) {
+    Py_ssize_t x = ((const Edit *)a)->index, y = ((const Edit *)b)->index;
+    return x < y ? -1 : x > y;
+}
+
+/* splice(data, edits: dict[int, bytes], delete: bytes) -> bytes */
+static PyObject *wire_splice(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    PyObject *edits, *delete_marker;
+    if (!PyArg_ParseTuple(args, "y*O!O!", &buf, &PyDict_Type, &edits, &PyBytes_Type, &delete_marker))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t ne = PyDict_Size(edits), k = 0, dpos = 0;
+    Edit *arr = PyMem_Malloc(sizeof(Edit) * (size_t)(ne ? ne : 1));
+    PyObject *key, *value;
+    if (!arr) { PyErr_NoMemory(); goto done; }
+    while (PyDict_Next(edits, &dpos, &key, &value)) {
+        if (!PyBytes_Check(value)) {
+            PyErr_SetString(PyExc_TypeError, "edits must map span indexes to bytes");
+            goto done;
+        }
+        arr[k].index = PyLong_AsSsize_t(key);
+        if (arr[k].index == -1 && PyErr_Occurred()) goto done;
+        arr[k].del = value == delete_marker;
+        arr[k].bytes = PyBytes_AS_STRING(value);
+        arr[k].len = arr[k].del ? 0 : PyBytes_GET_SIZE(value);
+        k++;
+    }
+    qsort(arr, (size_t)ne, sizeof(Edit), cmp_edit);
+    Splice S = {buf.buf, arr, ne, NULL, 0};
+    Py_ssize_t size = splice_all(&S, buf.len);
+    if (size < 0) { malformed(); goto done; }
+    result = PyBytes_FromStringAndSize(NULL, size);
+    if (!result) goto done;
+    S.out = PyBytes_AS_STRING(result);
+    S.pos = 0;
+    if (splice_all(&S, buf.len) != size) {
+        Py_CLEAR(result);
+        malformed();
+    }
+done:
+    PyMem_Free(arr);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
+/* ---- per-span checks --------------------------------------------------------------------- */
+static int all_zero(const unsigned char *p, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (p[i]) return 0;
+    return 1;
+}
+
+/* Count field `want` (wt 2) in [start, end); -1 if malformed. */
+static Py_ssize_t count_field(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, uint32_t want) {
+    Py_ssize_t pos = start, n = 0;
+    Field f;
+    int r;
+    while ((r = next_field(d, &pos, end, &f)) == 1)
+        if (f.field == want && f.wt == 2) n++;
+    return r < 0 ? -1 : n;
+}
+
+/* 1 if the span is fine, 0 if not. */
+static int span_ok(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, Py_ssize_t max_attrs) {
+    Py_ssize_t pos = start, attrs = 0, events = 0, links = 0;
+    Py_ssize_t tid = 0, sid = 0, pid = 0, tid_at = 0, sid_at = 0;
+    Field f;
+    int r;
+    while ((r = next_field(d, &pos, end, &f)) == 1) {
+        if (f.wt != 2) continue;
+        Py_ssize_t len = f.end - f.start;
+        switch (f.field) {
+        case 1: tid = len; tid_at = f.start; break; /* last occurrence wins, as in protobuf */
+        case 2: sid = len; sid_at = f.start; break;
+        case 4: pid = len; break;
+        case 9: attrs++; break;
+        case 11: {
+            events++;
+            Py_ssize_t a = count_field(d, f.start, f.end, 3);
+            if (a < 0 || a > max_attrs) return 0;
+            break;
+        }
+        case 13: {
+            links++;
+            Py_ssize_t lp = f.start, lt = 0, ls = 0, la = 0;
+            Field g;
+            int r2;
+            while ((r2 = next_field(d, &lp, f.end, &g)) == 1) {
+                if (g.wt != 2) continue;
+                if (g.field == 1) lt = g.end - g.start;
+                else if (g.field == 2) ls = g.end - g.start;
+                else if (g.field == 4) la++;
+            }
+            if (r2 < 0 || lt != 16 || ls != 8 || la > max_attrs) return 0;
+            break;
+        }
+        default: break;
+        }
+    }
+    if (r < 0) return 0;
+    if (tid != 16 || all_zero(d + tid_at, 16)) return 0;
+    if (sid != 8 || all_zero(d + sid_at, 8)) return 0;
+    if (pid != 0 && pid != 8) return 0;
+    return attrs <= max_attrs && events <= max_attrs && links <= max_attrs;
+}
+
+/* spans_ok(data, max_attrs) -> bool: every span's ids and counts within bounds. */
+static PyObject *wire_spans_ok(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    Py_ssize_t max_attrs;
+    if (!PyArg_ParseTuple(args, "y*n", &buf, &max_attrs)) return NULL;
+    const unsigned char *d = buf.buf;
+    Py_ssize_t pos = 0;
+    Field rs, ss, sp;
+    int r, ok = 1;
+    while (ok && (r = next_field(d, &pos, buf.len, &rs)) == 1) {
+        if (rs.field != 1 || rs.wt != 2) continue;
+        Py_ssize_t rp = rs.start;
+        int r2;
+        while (ok && (r2 = next_field(d, &rp, rs.end, &ss)) == 1) {
+            if (ss.field != 2 || ss.wt != 2) continue;
+            Py_ssize_t sp_pos = ss.start;
+            int r3;
+            while (ok && (r3 = next_field(d, &sp_pos, ss.end, &sp)) == 1)
+                if (sp.field == 2 && sp.wt == 2) ok = span_ok(d, sp.start, sp.end, max_attrs);
+            if (ok && r3 < 0) ok = 0;
+        }
+        if (ok && r2 < 0) ok = 0;
+    }
+    if (ok && r < 0) ok = 0;
+    PyBuffer_Release(&buf);
+    return PyBool_FromLong(ok);
+}
+
+static PyMethodDef methods[] = {
+    {"walk", wire_walk, METH_VARARGS, "walk(data) -> (starts, ends, scope_counts)"},
+    {"marked", wire_marked, METH_VARARGS, "marked(data, starts, ends, markers, among) -> list"},
+    {"splice", wire_splice, METH_VARARGS, "splice(data, edits, delete) -> bytes"},
+    {"spans_ok", wire_spans_ok, METH_VARARGS, "spans_ok(data, max_attrs) -> bool"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_wirec", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__wirec(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    WireError = PyErr_NewException("promptstamp_relay._wirec.WireError", PyExc_ValueError, NULL);
+    if (!WireError || PyModule_AddObject(m, "WireError", WireError)) {
+        Py_XDECREF(WireError);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
