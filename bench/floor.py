@@ -1,6 +1,6 @@
 """The floor: a bare Python gRPC OTLP server that parses and re-serializes each request (upb).
 
-Same grpcio server set-up as the relay's receiver (thread pool of 16, raw-bytes handlers for
+Same grpcio server set-up as the relay's receiver (thread pool of 4, raw-bytes handlers for
 ``TraceService/Export`` and ``LogsService/Export``), and nothing else: no stamping, no queue, no
 export. Whatever a Python relay does, it cannot cost less than this per request.
 
@@ -41,7 +41,7 @@ def _null(data: bytes, context: grpc.ServicerContext) -> bytes:
     return b""
 
 
-def serve(listen: str, threads: int = 16, null: bool = False) -> tuple[grpc.Server, int]:
+def serve(listen: str, threads: int = 4, null: bool = False) -> tuple[grpc.Server, int]:
     """``null``: answer without parsing (what gRPC alone costs per request, for profiling)."""
     traces, logs = (_null, _null) if null else (_traces, _logs)
     server = grpc.server(
