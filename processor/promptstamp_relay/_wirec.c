@@ -452,7 +452,89 @@ static PyObject *wire_spans_ok(PyObject *self, PyObject *args) {
     return PyBool_FromLong(ok);
 }
 
+/* scan_span(data, start, end, keys_bytes, keys_str) -> (found, trace_id, start_ns).
+ * found maps each attribute key in keys (the last occurrence wins, as when decoding) to its
+ * string value, or True when the value is not a string. */
+static PyObject *wire_scan_span(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    Py_ssize_t start, end;
+    PyObject *kb, *ks;
+    if (!PyArg_ParseTuple(args, "y*nnO!O!", &buf, &start, &end, &PyTuple_Type, &kb, &PyTuple_Type, &ks))
+        return NULL;
+    const unsigned char *d = buf.buf;
+    PyObject *found = NULL, *result = NULL, *tid = NULL;
+    Py_ssize_t nk = PyTuple_GET_SIZE(kb), pos = start, tid_at = 0, tid_len = 0;
+    uint64_t start_ns = 0;
+    Field f;
+    int r;
+    if (start < 0 || end > buf.len || start > end || PyTuple_GET_SIZE(ks) != nk) {
+        PyErr_SetString(PyExc_ValueError, "bad span range or keys");
+        goto done;
+    }
+    found = PyDict_New();
+    if (!found) goto done;
+    while ((r = next_field(d, &pos, end, &f)) == 1) {
+        if (f.field == 1 && f.wt == 2) {
+            tid_at = f.start;
+            tid_len = f.end - f.start;
+        } else if (f.field == 7 && f.wt == 1) {
+            const unsigned char *q = d + f.start - 8; /* fixed64: little-endian on the wire */
+            start_ns = 0;
+            for (int b = 7; b >= 0; b--) start_ns = (start_ns << 8) | q[b];
+        } else if (f.field == 9 && f.wt == 2) {
+            Py_ssize_t kp = f.start, key_at = 0, key_len = -1, val_at = 0, val_len = -1;
+            Field g;
+            int r2;
+            while ((r2 = next_field(d, &kp, f.end, &g)) == 1) {
+                if (g.wt != 2) continue;
+                if (g.field == 1) { key_at = g.start; key_len = g.end - g.start; }
+                else if (g.field == 2) { val_at = g.start; val_len = g.end - g.start; }
+            }
+            if (r2 < 0 || key_len < 0) continue;
+            for (Py_ssize_t k = 0; k < nk; k++) {
+                PyObject *want = PyTuple_GET_ITEM(kb, k);
+                if (!PyBytes_Check(want) || PyBytes_GET_SIZE(want) != key_len ||
+                    memcmp(PyBytes_AS_STRING(want), d + key_at, (size_t)key_len) != 0)
+                    continue;
+                /* The value: a string when AnyValue's last set field is string_value (1). */
+                PyObject *value = NULL;
+                if (val_len >= 0) {
+                    Py_ssize_t vp = val_at, s_at = 0, s_len = -1;
+                    uint32_t last = 0;
+                    int r3;
+                    /* Only AnyValue's oneof members (1..7, with their own wire types) count. */
+                    static const int oneof_wt[8] = {-1, 2, 0, 0, 1, 2, 2, 2};
+                    while ((r3 = next_field(d, &vp, val_at + val_len, &g)) == 1) {
+                        if (g.field < 1 || g.field > 7 || oneof_wt[g.field] != g.wt) continue;
+                        last = g.field;
+                        if (g.field == 1) { s_at = g.start; s_len = g.end - g.start; }
+                    }
+                    if (r3 == 0 && last == 1 && s_len >= 0) {
+                        value = PyUnicode_DecodeUTF8((const char *)d + s_at, s_len, "surrogatepass");
+                        if (!value) goto done;
+                    }
+                }
+                if (!value) { value = Py_True; Py_INCREF(value); }
+                int bad = PyDict_SetItem(found, PyTuple_GET_ITEM(ks, k), value);
+                Py_DECREF(value);
+                if (bad) goto done;
+                break;
+            }
+        }
+    }
+    if (r < 0) { malformed(); goto done; }
+    tid = PyBytes_FromStringAndSize((const char *)d + tid_at, tid_len);
+    if (!tid) goto done;
+    result = Py_BuildValue("(OOK)", found, tid, (unsigned long long)start_ns);
+done:
+    Py_XDECREF(found);
+    Py_XDECREF(tid);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"scan_span", wire_scan_span, METH_VARARGS, "scan_span(data, start, end, keys_bytes, keys_str)"},
     {"walk", wire_walk, METH_VARARGS, "walk(data) -> (starts, ends, scope_counts)"},
     {"marked", wire_marked, METH_VARARGS, "marked(data, starts, ends, markers, among) -> list"},
     {"splice", wire_splice, METH_VARARGS, "splice(data, edits, delete) -> bytes"},
@@ -460,7 +542,7 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_wirec", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_wirec", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__wirec(void) {
     PyObject *m = PyModule_Create(&module);

@@ -49,8 +49,15 @@ class StampSettings:
     def __post_init__(self) -> None:
         keys = self.rules.keys() | {c.PROMPT_KEY, c.PROMPT_LABEL, _ALREADY_LINKED, _ALREADY_STAMPED}
         object.__setattr__(self, "_scan_keys", frozenset(keys))
+        ordered = sorted(keys)
+        object.__setattr__(self, "_scan_key_pairs", (tuple(k.encode() for k in ordered), tuple(ordered)))
         markers = tuple(k.encode() for k in sorted(self.rules.keys()))
         object.__setattr__(self, "_generation_markers", markers)
+
+    @property
+    def scan_key_pairs(self) -> tuple[tuple[bytes, ...], tuple[str, ...]]:
+        """:attr:`scan_keys` as (encoded, str) tuples, for the C attribute scan."""
+        return self._scan_key_pairs  # type: ignore[attr-defined,no-any-return]
 
     @property
     def generation_markers(self) -> tuple[bytes, ...]:
@@ -204,8 +211,8 @@ def stamp_request(
     if not candidates:
         out.payload = encoded
         return out
+    native = False
     if index is not None:
-        # Decoded spans for the candidates only (a wrapper per span is not free).
         decoded = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
         if decoded != total:  # the walk and the decoder disagree: trust the decoder
             index = None
@@ -213,23 +220,40 @@ def stamp_request(
             out.spans = total = len(flat)
             candidates = list(range(total))
         else:
-            located: dict[int, tuple[ResourceSpans, ScopeSpans, Span]] = {}
-            for i in candidates:
-                r, sc, k = index.locate(i)
-                rs = request.resource_spans[r]
-                ss = rs.scope_spans[sc]
-                located[i] = (rs, ss, ss.spans[k])
-    else:
-        located = dict(enumerate(flat or ()))
+            native = wire.native()
+    located: dict[int, tuple[ResourceSpans, ScopeSpans, Span]] = dict(enumerate(flat or ()))
+
+    def locate(i: int) -> tuple[ResourceSpans, ScopeSpans, Span]:
+        """The decoded span ``i`` (a wrapper per span is not free: only when needed)."""
+        got = located.get(i)
+        if got is None:
+            assert index is not None
+            r, sc, k = index.locate(i)
+            rs = request.resource_spans[r]
+            ss = rs.scope_spans[sc]
+            got = located[i] = (rs, ss, ss.spans[k])
+        return got
+
     keys = settings.scan_keys
+    key_pairs = settings.scan_key_pairs
     rules = settings.rules
     edits: dict[int, bytes] = {}
     instances: dict[int, str] = {}
     resources: dict[int, Resource] = {}
     scopes: dict[int, InstrumentationScope] = {}
     for i in candidates:
-        rs, ss, span = located[i]
-        found = _scan(span, keys)
+        scanned = wire.scan_span(encoded, index, i, key_pairs) if native and index is not None else None
+        if scanned is not None:
+            # Read from the span's bytes in C: no decoded wrappers for spans that are stamped.
+            found_raw, trace_id, start_ns = scanned
+            key_v = found_raw.get(c.PROMPT_KEY)
+            found = found_raw if isinstance(key_v, str) and key_v else None
+            r_index = index.locate(i)[0] if index is not None else 0
+        else:
+            rs, _ss, span = locate(i)
+            found = _scan(span, keys)
+            trace_id, start_ns = span.trace_id, span.start_time_unix_nano
+            r_index = -1 - id(rs)  # a key for the instance cache that cannot clash with an index
         if (
             found is None
             or _ALREADY_LINKED in found
@@ -240,14 +264,16 @@ def stamp_request(
         key = str(found[c.PROMPT_KEY])
         label_v = found.get(c.PROMPT_LABEL)
         label = label_v if isinstance(label_v, str) else ""
-        instance = instances.get(id(rs))
+        instance = instances.get(r_index)
         if instance is None:
-            instance = instances[id(rs)] = resource_instance(rs.resource)
-        skey = SpanKey(tenant, key, label, span.trace_id, instance, span.start_time_unix_nano)
+            rs = request.resource_spans[r_index] if r_index >= 0 else locate(i)[0]
+            instance = instances[r_index] = resource_instance(rs.resource)
+        skey = SpanKey(tenant, key, label, trace_id, instance, start_ns)
         name = settings.prompt_names.get(key, key)
         has_type = c.LF_OBSERVATION_TYPE in found
         if settings.hold_ns > 0 and len(out.held) < hold_capacity and not has_trace_record(store, skey):
             # Copies: the decoded request is dropped once this call returns.
+            rs, ss, span = locate(i)
             held = Span()
             held.CopyFrom(span)
             resource = resources.get(id(rs))

@@ -28,9 +28,12 @@ def _load_native() -> Any:
     if os.environ.get("PROMPTSTAMP_PURE_PYTHON"):
         return None
     try:
-        return importlib.import_module("promptstamp_relay._wirec")
+        module = importlib.import_module("promptstamp_relay._wirec")
     except ImportError:
         return None
+    # A stale build from an older checkout lacks newer functions: use none of it then.
+    names = ("walk", "marked", "splice", "spans_ok", "scan_span")
+    return module if all(hasattr(module, n) for n in names) else None
 
 
 _c: Any = _load_native()
@@ -199,6 +202,17 @@ def index_request(data: bytes) -> RequestIndex:
     except IndexError:
         raise WireError("truncated message") from None
     return RequestIndex(starts, ends, counts, rss)
+
+
+def scan_span(
+    data: bytes, index: RequestIndex, i: int, keys: tuple[tuple[bytes, ...], tuple[str, ...]]
+) -> tuple[dict[str, object], bytes, int] | None:
+    """Span ``i``'s attributes among ``keys`` (str value, or True for a non-string value), its
+    trace id and start time, read from its bytes; None without the C extension."""
+    if _c is None:
+        return None
+    found, trace_id, start_ns = _c.scan_span(data, index.span_starts[i], index.span_ends[i], *keys)
+    return found, trace_id, start_ns
 
 
 def spans_ok(data: bytes, max_attributes: int) -> bool | None:

@@ -158,3 +158,17 @@ def test_spans_ok_matches_the_exact_checks() -> None:
     link = build([[[0]]])
     link.resource_spans[0].scope_spans[0].spans[0].links.add(trace_id=b"\x01" * 16, span_id=b"\x01" * 7)
     assert wire.spans_ok(link.SerializeToString(), 128) is False
+
+
+def test_native_scan_reads_attributes_like_the_decoder() -> None:
+    if not wire.native():
+        pytest.skip("pure-Python build")
+    req = build([[[1]]])
+    sp = req.resource_spans[0].scope_spans[0].spans[0]
+    sp.attributes.extend(kvs({"gen_ai.request.model": 7}))  # a later, non-string duplicate wins
+    data = req.SerializeToString()
+    idx = wire.index_request(data)
+    keys = ("gen_ai.request.model", c.PROMPT_KEY, c.PROMPT_LABEL, "absent")
+    found, trace_id, start = wire.scan_span(data, idx, 0, (tuple(k.encode() for k in keys), keys))  # type: ignore[misc]
+    assert found == {"gen_ai.request.model": True, c.PROMPT_KEY: "order-status-answer", c.PROMPT_LABEL: "production"}
+    assert (trace_id, start) == (sp.trace_id, sp.start_time_unix_nano)
