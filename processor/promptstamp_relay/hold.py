@@ -45,7 +45,7 @@ class HoldWindow:
 
     def add(self, spans: Iterable[HeldSpan]) -> None:
         for h in spans:
-            self._bytes += h.span.ByteSize()
+            self._bytes += len(h.span_bytes)
             self._waiting[_wait_key(h)] += 1
             self._per_tenant[h.key.tenant] += 1
             self._queue.append(h)
@@ -88,7 +88,7 @@ class HoldWindow:
 
     def _account(self, spans: list[HeldSpan]) -> None:
         for h in spans:
-            self._bytes -= h.span.ByteSize()
+            self._bytes -= len(h.span_bytes)
             k = _wait_key(h)
             self._waiting[k] -= 1
             if self._waiting[k] <= 0:
