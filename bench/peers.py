@@ -22,7 +22,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from promptstamp import contract as c
+import promptstamp_contract as c
 
 __all__ = ["PROCESSOR", "check_processor_names", "rotel_binary", "rotel_command", "rotel_version"]
 

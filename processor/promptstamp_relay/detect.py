@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from promptstamp import contract as c
+import promptstamp_contract as c
 
 __all__ = ["GenerationRules", "is_generation"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from promptstamp import contract as c
+import promptstamp_contract as c
 
 from .records import FetchRecord
 from .store import FetchLogStore

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
+import promptstamp_contract as c
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-from promptstamp import contract as c
 
 from .apitier import LabelPointers
 from .config import Config, LimitsConfig

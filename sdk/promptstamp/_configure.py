@@ -13,9 +13,9 @@ import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import promptstamp_contract as contract
 from opentelemetry import trace
 
-from . import contract
 from ._install import install
 
 if TYPE_CHECKING:

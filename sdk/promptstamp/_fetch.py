@@ -57,7 +57,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from . import contract
+import promptstamp_contract as contract
+
 from ._errors import PromptNotFoundError, PromptUnavailableError
 from ._template import PromptType, Template, from_langfuse
 

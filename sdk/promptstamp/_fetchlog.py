@@ -18,11 +18,10 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+import promptstamp_contract as contract
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry._logs import LogRecord, SeverityNumber, get_logger
-
-from . import contract
 
 if TYPE_CHECKING:
     from opentelemetry._logs import Logger, LoggerProvider

@@ -8,7 +8,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from promptstamp import contract as c
+import promptstamp_contract as c
+
 from promptstamp_relay.server import RelayServer
 
 from .conftest import GEN, RelayProcess, Sender, base_settings, config, ids, wait_until

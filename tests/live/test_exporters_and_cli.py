@@ -12,9 +12,9 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
+import promptstamp_contract as c
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from promptstamp import contract as c
 from promptstamp_relay.config import load_config
 from promptstamp_relay.otlpjson import decode_line
 from promptstamp_relay.server import RelayServer

@@ -10,9 +10,9 @@ import time
 from typing import Any
 
 import grpc
+import promptstamp_contract as c
 import pytest
 
-from promptstamp import contract as c
 from promptstamp.testing import LangfuseServer
 from promptstamp_relay.pipeline import Processor
 from promptstamp_relay.stamp import StampSettings

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import promptstamp_contract as c
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from promptstamp import contract as c
 from promptstamp_relay.detect import GenerationRules
 from promptstamp_relay.pipeline import Processor
 from promptstamp_relay.stamp import StampSettings

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
+import promptstamp_contract as c
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from promptstamp import contract as c
 from promptstamp_relay import wire
 from promptstamp_relay.pipeline import Processor
 from promptstamp_relay.stamp import StampSettings

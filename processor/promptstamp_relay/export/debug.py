@@ -6,9 +6,8 @@ import sys
 import threading
 from typing import TextIO
 
+import promptstamp_contract as c
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-from promptstamp import contract as c
 
 from ._base import OK, ExportResult
 

@@ -1,0 +1,85 @@
+"""The names fixed by promptstamp's wire contract (``docs/contract.md``), defined once.
+
+The SDK writes them and the relay reads and writes them; neither spells them anywhere else.
+No imports, on purpose (like OpenTelemetry's semconv modules): the relay uses these names
+without importing the SDK runtime or ``langfuse``, and the SDK without importing the relay.
+"""
+
+# §1 — baggage entries / span attributes the SDK puts on every span inside ``prompt()``.
+PROMPT_KEY = "app.prompt.key"
+PROMPT_LABEL = "app.prompt.label"
+
+# §2 — the fetch log record.
+FETCH_EVENT_NAME = "app.prompt.fetch"
+EVENT_NAME_ATTRIBUTE = "event.name"  # older SDKs: event name as an attribute
+PROMPT_VERSION = "app.prompt.version"
+FETCH_SOURCE = "app.prompt.fetch.source"
+FETCH_ERROR_TYPE = "app.prompt.fetch.error_type"
+CACHE_FALLBACK_EVENT = "prompt.cache_fallback"
+
+SOURCE_LANGFUSE = "langfuse"
+SOURCE_CACHE = "cache"
+SOURCE_FALLBACK = "fallback"
+SOURCE_UNAVAILABLE = "unavailable"  # span attribute only: nothing was handed out
+
+SERVICE_NAME = "service.name"
+SERVICE_INSTANCE_ID = "service.instance.id"
+
+# §3 — what the relay writes on a generation span.
+LF_PROMPT_NAME = "langfuse.observation.prompt.name"
+LF_PROMPT_VERSION = "langfuse.observation.prompt.version"
+LF_OBSERVATION_TYPE = "langfuse.observation.type"
+LF_META_PROMPT_NAME = "langfuse.observation.metadata.prompt_name"
+LF_META_PROMPT_LABEL = "langfuse.observation.metadata.prompt_label"
+LF_META_RESOLUTION = "langfuse.observation.metadata.prompt_resolution"
+LF_META_SOURCE = "langfuse.observation.metadata.prompt_source"
+OBSERVATION_TYPE_GENERATION = "generation"
+
+# §4 — resolution tiers, in the order they are tried.
+TIER_TRACE = "trace"
+TIER_INSTANCE = "instance"
+TIER_LATEST = "latest"
+TIER_API = "api"
+TIER_UNRESOLVED = "unresolved"
+TIERS = (TIER_TRACE, TIER_INSTANCE, TIER_LATEST, TIER_API, TIER_UNRESOLVED)
+
+# Default generation-detection rules (§3).
+GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+OPENINFERENCE_SPAN_KIND = "openinference.span.kind"
+LLM_REQUEST_TYPE = "llm.request.type"
+
+__all__ = [
+    "CACHE_FALLBACK_EVENT",
+    "EVENT_NAME_ATTRIBUTE",
+    "FETCH_ERROR_TYPE",
+    "FETCH_EVENT_NAME",
+    "FETCH_SOURCE",
+    "GEN_AI_OPERATION_NAME",
+    "GEN_AI_REQUEST_MODEL",
+    "LF_META_PROMPT_LABEL",
+    "LF_META_PROMPT_NAME",
+    "LF_META_RESOLUTION",
+    "LF_META_SOURCE",
+    "LF_OBSERVATION_TYPE",
+    "LF_PROMPT_NAME",
+    "LF_PROMPT_VERSION",
+    "LLM_REQUEST_TYPE",
+    "OBSERVATION_TYPE_GENERATION",
+    "OPENINFERENCE_SPAN_KIND",
+    "PROMPT_KEY",
+    "PROMPT_LABEL",
+    "PROMPT_VERSION",
+    "SERVICE_INSTANCE_ID",
+    "SERVICE_NAME",
+    "SOURCE_CACHE",
+    "SOURCE_FALLBACK",
+    "SOURCE_LANGFUSE",
+    "SOURCE_UNAVAILABLE",
+    "TIERS",
+    "TIER_API",
+    "TIER_INSTANCE",
+    "TIER_LATEST",
+    "TIER_TRACE",
+    "TIER_UNRESOLVED",
+]
