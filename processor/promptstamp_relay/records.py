@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["DEFAULT_TENANT", "FetchRecord"]
+__all__ = ["DEFAULT_TENANT", "FetchRecord", "GenerationRecord", "UnresolvedReason"]
 
 DEFAULT_TENANT = "default"
 
@@ -15,7 +16,8 @@ class FetchRecord:
 
     ``version`` is ``None`` only for ``fallback`` records, which resolve nothing.
     ``trace_id`` is empty when no span was active at fetch time. ``instance`` is the resource's
-    ``service.instance.id``, else its ``service.name``, else ``""``.
+    ``service.instance.id``, else its ``service.name``, else ``""``; ``service`` its ``service.name``.
+    The record came from a log record or from an ``app.prompt.fetch`` span event (contract §2).
     """
 
     key: str
@@ -27,3 +29,37 @@ class FetchRecord:
     span_id: bytes
     instance: str
     error_type: str | None = None
+    service: str = ""
+
+
+#: Why a generation ended unresolved (the metric ``promptstamp_unresolved_total{reason}``, the
+#: replay summary and ``promptstamp.testing.assert_all_linked`` all use these words):
+#: ``no_fetch_record``: no usable record for its key and label in its trace, instance or tenant;
+#: ``fallback_only``: only records with source ``fallback`` (a code-embedded prompt, no version);
+#: ``hold_expired``: it was held for its trace's record and released without one.
+UnresolvedReason = Literal["no_fetch_record", "fallback_only", "hold_expired"]
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRecord:
+    """One generation span as the relay stamped it (contract §3), for observers: per-version
+    metrics, the label timeline, replay summaries and test assertions."""
+
+    tenant: str
+    trace_id: bytes
+    span_id: bytes
+    span_name: str
+    key: str
+    label: str
+    prompt_name: str
+    version: int | None  # the resolved version; None when unresolved
+    resolution: str  # the tier that answered, or ``unresolved``
+    source: str | None  # the answering fetch record's ``app.prompt.fetch.source``
+    reason: UnresolvedReason | None  # why unresolved; None when resolved
+    instance: str
+    service: str
+    start_ns: int
+    end_ns: int
+    error: bool  # span status ERROR
+    input_tokens: int | None
+    output_tokens: int | None
