@@ -82,10 +82,12 @@ class Processor:
         max_held_spans_per_tenant: int | None = None,
         api: ApiLookup | None = None,
         early_release: bool = True,
+        hold: HoldWindow | None = None,
     ) -> None:
         self.settings = settings or StampSettings()
         self.store: FetchLogStore = store if store is not None else MemoryStore()
-        self.hold = HoldWindow(self.settings.hold_ns, max_held_spans)
+        # ``hold``: a window built by the caller (a persistent one); its bound is then its own.
+        self.hold = hold if hold is not None else HoldWindow(self.settings.hold_ns, max_held_spans)
         self.max_held_spans_per_tenant = (
             max_held_spans if max_held_spans_per_tenant is None else max_held_spans_per_tenant
         )
