@@ -25,20 +25,32 @@ Langfuse's prompt link from the two. Runtime fallback policy (details in ``sdk/R
 ``configure()`` sets up OTLP export for apps that have no OpenTelemetry yet, then installs.
 """
 
-from __future__ import annotations
-
 from ._configure import configure
-from ._context import prompt
-from ._errors import PromptNotFoundError, PromptUnavailableError, PromptVariableError
+from ._context import PromptScope, prompt
+from ._errors import PromptError, PromptNotFoundError, PromptUnavailableError, PromptVariableError
+from ._handle import ChatPrompt, TextPrompt
 from ._install import install
 from ._split import label_for
+from ._version import VERSION as __version__
 
 __all__ = [
+    "ChatPrompt",
+    "PromptError",
     "PromptNotFoundError",
+    "PromptScope",
     "PromptUnavailableError",
     "PromptVariableError",
+    "TextPrompt",
+    "__version__",
     "configure",
     "install",
     "label_for",
     "prompt",
 ]
+
+# Show the public names as ``promptstamp.X`` (reprs, tracebacks, docs, pickling), as httpx does:
+# where they are defined is an implementation detail.
+for _name in __all__:
+    if not _name.startswith("__"):
+        globals()[_name].__module__ = "promptstamp"
+del _name

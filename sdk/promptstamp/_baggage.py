@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import promptstamp_contract as contract
 from opentelemetry import baggage
 from opentelemetry.context import Context, get_current
 from opentelemetry.propagators import textmap
+
+import promptstamp_contract as contract
 
 from ._validate import MAX_KEY_LENGTH, MAX_LABEL_LENGTH, is_valid_entry
 

@@ -13,8 +13,9 @@ import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import promptstamp_contract as contract
 from opentelemetry import trace
+
+import promptstamp_contract as contract
 
 from ._install import install
 

@@ -89,6 +89,7 @@ class PromptScope(Generic[P]):
     def _open(self, resolution: Resolution) -> P:
         try:
             RUNTIME.fetch_log.handed_out(self._name, self._label, resolution)
+            RUNTIME.check_at_first_hand_out()
         except Exception:
             _log.warning("promptstamp: could not record the prompt fetch", exc_info=True)
         self._token = otel_context.attach(with_prompt(self._name, self._label))

@@ -1,14 +1,25 @@
-"""The three errors an app sees from ``promptstamp.prompt()``.
+"""The errors an app sees from ``promptstamp.prompt()``: three kinds under one base.
 
-Each one carries the prompt's name and label, and the fetch errors carry the class name of
-the underlying Langfuse client error (also recorded on the active span), so a handler can log
-something useful without digging through ``__cause__``.
+``except promptstamp.PromptError`` catches all three; each also keeps the builtin base its
+meaning suggests (``LookupError``, ``RuntimeError``, ``ValueError``). Each one carries the
+prompt's name and label, and the fetch errors carry the class name of the underlying Langfuse
+client error (also recorded on the active span), so a handler can log something useful
+without digging through ``__cause__``.
 """
 
 from __future__ import annotations
 
 
-class PromptNotFoundError(LookupError):
+class PromptError(Exception):
+    """Base of every error ``promptstamp.prompt()`` and ``compile()`` raise for a prompt.
+
+    ``name`` is the prompt's name (``app.prompt.key``).
+    """
+
+    name: str
+
+
+class PromptNotFoundError(PromptError, LookupError):
     """Langfuse says the prompt, or the label on it, does not exist (HTTP 404).
 
     promptstamp fails closed here: it never serves ``latest``, a cached copy or a code-embedded
@@ -24,7 +35,7 @@ class PromptNotFoundError(LookupError):
         super().__init__(f"{message} ({detail})" if detail else message)
 
 
-class PromptUnavailableError(RuntimeError):
+class PromptUnavailableError(PromptError, RuntimeError):
     """The prompt could not be fetched and nothing usable is cached.
 
     Raised after a timeout, connection error, 5xx (or any other fetch failure that is not a
@@ -46,7 +57,7 @@ class PromptUnavailableError(RuntimeError):
         )
 
 
-class PromptVariableError(ValueError):
+class PromptVariableError(PromptError, ValueError):
     """``compile()`` was not given every variable (or chat placeholder) the template needs.
 
     Raised before anything is rendered, so no half-filled prompt reaches the model.

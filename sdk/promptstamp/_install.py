@@ -1,4 +1,9 @@
-"""``install()``: wire promptstamp into the app's OpenTelemetry set-up, once."""
+"""``install()``: wire promptstamp into the app's OpenTelemetry set-up, once.
+
+Also runs the set-up checks (``_setup``) that warn when that set-up cannot work: at
+``install()``, and again at the first prompt handed out (the app may build its Langfuse client,
+with Langfuse's own span processor, after calling ``install()``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
+from . import _setup
 from ._baggage import UntrustedPromptBaggage
 from ._fetch import Fetcher, FetchSettings, check_seconds
 from ._fetchlog import FetchLog
@@ -29,29 +35,48 @@ class _Runtime:
         self.fetcher = Fetcher()
         self.fetch_log = FetchLog()
         self.providers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.checked_at_hand_out = False
+
+    def check_at_first_hand_out(self) -> None:
+        """The Langfuse check again, once, at the first prompt handed out."""
+        with self.lock:
+            if self.checked_at_hand_out:
+                return
+            self.checked_at_hand_out = True
+            providers = list(self.providers)
+        for provider in providers:
+            # stacklevel: check <- here <- PromptScope._open <- __enter__ <- the app
+            _setup.check_langfuse_processors(provider, stacklevel=4)
 
 
 RUNTIME = _Runtime()
 
 
-def _add_processor(tracer_provider: TracerProvider | None) -> None:
-    provider: Any = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
-    if provider in RUNTIME.providers:
-        return
-    add = getattr(provider, "add_span_processor", None)
+def _add_processor(tracer_provider: Any) -> bool:
+    """Add the baggage processor to ``tracer_provider`` once; ``False`` if it cannot take one."""
+    if tracer_provider in RUNTIME.providers:
+        return True
+    add = getattr(tracer_provider, "add_span_processor", None)
     if add is None:
         _log.warning(
             "promptstamp.install(): the tracer provider %r cannot take span processors (no "
             "OpenTelemetry SDK TracerProvider is set), so spans will not carry app.prompt.*; "
             "pass tracer_provider=, set a global SDK provider first, or use "
             "promptstamp.configure()",
-            provider,
+            tracer_provider,
         )
-        return
+        return False
     from ._processor import PromptBaggageSpanProcessor
 
     add(PromptBaggageSpanProcessor())
-    RUNTIME.providers.add(provider)
+    RUNTIME.providers.add(tracer_provider)
+    return True
+
+
+def _langfuse_tracer_provider(client: Any) -> Any:
+    """The tracer provider a Langfuse client (v4, v5) creates its spans on, if tracing is on."""
+    resources = getattr(client, "_resources", None)
+    return getattr(resources, "tracer_provider", None)
 
 
 def _set_inbound_trust(trust: bool) -> None:
@@ -79,7 +104,7 @@ def install(
 
     * Adds the span processor that copies ``app.prompt.*`` baggage onto every span to
       ``tracer_provider`` (default: the global one, which must be an SDK ``TracerProvider``),
-      at most once per provider.
+      and to the provider a tracing ``langfuse`` client uses, at most once per provider.
     * Sends the fetch log to ``logger_provider`` (default: the one an earlier call gave, else
       the global ``LoggerProvider``).
     * Fetches prompts with ``langfuse`` (a ``langfuse.Langfuse`` client); without one, a client
@@ -92,6 +117,10 @@ def install(
       ``fetch_timeout_seconds`` (default: the Langfuse client's timeout, 5 s) and
       ``max_retries`` (``get_prompt`` retries, default 0) set the defaults of every
       ``prompt()``; an argument left ``None`` keeps its current value.
+
+    Warns once (``logging`` and ``warnings``) when the set-up cannot link anything: no SDK
+    tracer provider and no ``LoggerProvider``, or the Langfuse SDK's own span processor on the
+    provider exporting straight to Langfuse (see ``docs/langfuse-sdk.md``).
 
     Calling it again with the same arguments changes nothing.
     """
@@ -110,8 +139,14 @@ def install(
             raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
         settings_update["max_retries"] = max_retries
 
+    provider: Any = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
+    providers = [provider]
+    langfuse_provider = _langfuse_tracer_provider(langfuse)
+    if langfuse_provider is not None and langfuse_provider is not provider:
+        providers.append(langfuse_provider)
     with RUNTIME.lock:
-        _add_processor(tracer_provider)
+        added = [_add_processor(p) for p in providers]
+        traced = added[0]  # the app's own provider
         RUNTIME.fetch_log.use(logger_provider)
         if langfuse is not None:
             RUNTIME.fetcher.set_client(langfuse)
@@ -120,6 +155,10 @@ def install(
             setattr(settings, name, value)
         if trust_inbound_baggage is not None:
             _set_inbound_trust(trust_inbound_baggage)
+    if not traced and not RUNTIME.fetch_log.delivers():
+        _setup.warn_once("no-delivery", _setup.NO_PROVIDERS, stacklevel=2)
+    for checked in providers:
+        _setup.check_langfuse_processors(checked, stacklevel=2)
 
 
 def _reset_for_tests() -> None:
@@ -127,4 +166,6 @@ def _reset_for_tests() -> None:
     with RUNTIME.lock:
         RUNTIME.fetcher = Fetcher(settings=FetchSettings())
         RUNTIME.fetch_log = FetchLog()
+        RUNTIME.checked_at_hand_out = False
         _set_inbound_trust(True)
+    _setup.reset()

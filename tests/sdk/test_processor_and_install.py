@@ -94,7 +94,9 @@ def test_install_is_idempotent(langfuse_client: Any) -> None:
     ours = [p for p in provider.added if isinstance(p, PromptBaggageSpanProcessor)]
     assert len(ours) == 1
 
-    with promptstamp.prompt(PROMPT), provider.get_tracer("t").start_as_current_span("s"):
+    # No LoggerProvider and no span at fetch time: the fetch record reaches nobody (warned).
+    with pytest.warns(UserWarning, match="no LoggerProvider"), promptstamp.prompt(PROMPT), \
+            provider.get_tracer("t").start_as_current_span("s"):
         pass
     [span] = exporter.get_finished_spans()
     assert span.attributes == {KEY: PROMPT, LABEL: "production"}
@@ -112,7 +114,7 @@ def test_install_without_an_sdk_provider_warns_and_carries_on(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr("opentelemetry.trace.get_tracer_provider", NoOpTracerProvider)
-    with caplog.at_level(logging.WARNING, logger="promptstamp"):
+    with caplog.at_level(logging.WARNING, logger="promptstamp"), pytest.warns(UserWarning):
         promptstamp.install()
     assert "cannot take span processors" in caplog.text
 

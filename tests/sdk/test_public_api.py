@@ -6,13 +6,19 @@ process, so those tests run in a fresh interpreter.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 import promptstamp
+from promptstamp.testing import LangfuseServer
+
+from .conftest import PROMPT, Otel
 
 SDK_DIR = str(Path(promptstamp.__file__).resolve().parent.parent)
 
@@ -32,9 +38,14 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 def test_exported_names() -> None:
     assert sorted(promptstamp.__all__) == [
+        "ChatPrompt",
+        "PromptError",
         "PromptNotFoundError",
+        "PromptScope",
         "PromptUnavailableError",
         "PromptVariableError",
+        "TextPrompt",
+        "__version__",
         "configure",
         "install",
         "label_for",
@@ -42,12 +53,62 @@ def test_exported_names() -> None:
     ]
     for name in promptstamp.__all__:
         assert getattr(promptstamp, name) is not None
+    public = {name for name in dir(promptstamp) if not name.startswith("_")}
+    assert public - set(promptstamp.__all__) <= {"contract", "testing"}  # submodules only
 
 
-def test_errors_are_ordinary_exception_kinds() -> None:
+def test_public_names_say_promptstamp_wherever_they_are_defined() -> None:
+    for name in promptstamp.__all__:
+        if not name.startswith("__"):
+            assert getattr(promptstamp, name).__module__ == "promptstamp", name
+    assert repr(promptstamp.PromptScope) == "<class 'promptstamp.PromptScope'>"
+
+
+def test_the_types_users_annotate_with_are_what_prompt_returns(
+    installed: Otel, server: LangfuseServer
+) -> None:
+    server.create_prompt("greeting", "Hello {{name}}", type="text", labels=["production"])
+    chat_scope: promptstamp.PromptScope[promptstamp.ChatPrompt] = promptstamp.prompt(PROMPT)
+    assert isinstance(chat_scope, promptstamp.PromptScope)
+    with chat_scope as chat:
+        assert isinstance(chat, promptstamp.ChatPrompt)
+    text_scope: promptstamp.PromptScope[promptstamp.TextPrompt] = promptstamp.prompt("greeting", type="text")
+    with text_scope as text:
+        assert isinstance(text, promptstamp.TextPrompt)
+        assert text.compile(name="Ada") == "Hello Ada"
+
+
+def test_errors_are_ordinary_exception_kinds_under_one_base() -> None:
     assert issubclass(promptstamp.PromptNotFoundError, LookupError)
     assert issubclass(promptstamp.PromptUnavailableError, RuntimeError)
     assert issubclass(promptstamp.PromptVariableError, ValueError)
+    for error in (promptstamp.PromptNotFoundError, promptstamp.PromptUnavailableError,
+                  promptstamp.PromptVariableError):
+        assert issubclass(error, promptstamp.PromptError)
+    assert issubclass(promptstamp.PromptError, Exception)
+    assert not issubclass(promptstamp.PromptError, (LookupError, RuntimeError, ValueError))
+    with pytest.raises(promptstamp.PromptError) as info:
+        raise promptstamp.PromptNotFoundError("order-status-answer", "production")
+    assert info.value.name == "order-status-answer"
+
+
+def test_version_is_the_installed_distributions() -> None:
+    assert promptstamp.__version__ == importlib.metadata.version("promptstamp")
+
+
+def test_version_without_distribution_metadata_is_a_placeholder() -> None:
+    result = _run(
+        """
+        import importlib.metadata as md
+        def missing(name):
+            raise md.PackageNotFoundError(name)
+        md.version = missing
+        import promptstamp
+        print(promptstamp.__version__)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0+unknown"
 
 
 def test_import_is_cheap() -> None:
