@@ -1,4 +1,9 @@
-"""Langfuse's OTLP ingest: OTLP/HTTP protobuf, Basic auth, gzip (Langfuse accepts no gRPC)."""
+"""Langfuse's OTLP ingest: OTLP/HTTP protobuf, Basic auth, gzip (Langfuse accepts no gRPC).
+
+Called from delivery worker threads. A connection-level failure (refused, DNS, TLS, timeout) is
+a retry for the queue and a WARNING here naming the upstream URL, never the keys; repeated
+failures are summarised at most once per :data:`WARN_INTERVAL_SECONDS`.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,14 @@ import http.client
 import logging
 import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from ..deliver.retry import RETRYABLE_HTTP_STATUSES, parse_retry_after
+from ..endpoints import LANGFUSE_OTLP_PATH, langfuse_base_url
 from ._base import OK, ExportResult
 
 __all__ = ["LangfuseExporter", "basic_auth"]
@@ -33,7 +40,29 @@ def _pick_compressor() -> Callable[[bytes, int], bytes]:
 
 gzip_compress = _pick_compressor()
 
-INGEST_PATH = "/api/public/otel/v1/traces"
+INGEST_PATH = LANGFUSE_OTLP_PATH
+WARN_INTERVAL_SECONDS = 5.0
+
+
+class ConnectionWarnings:
+    """One WARNING per connection failure, at most one per interval; the rest are counted and
+    reported with the next one. Thread-safe (delivery workers share an exporter)."""
+
+    def __init__(self, interval: float = WARN_INTERVAL_SECONDS) -> None:
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._last = -float("inf")
+        self._suppressed = 0
+
+    def failed(self, message: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < self._interval:
+                self._suppressed += 1
+                return
+            self._last, suppressed, self._suppressed = now, self._suppressed, 0
+        more = f" ({suppressed} more since the last warning)" if suppressed else ""
+        log.warning("%s; the delivery queue retries with backoff%s", message, more)
 
 
 def basic_auth(public_key: str, secret_key: str) -> str:
@@ -58,7 +87,7 @@ class LangfuseExporter:
         gzip_level: int = 1,
         timeout: float = 10.0,
     ) -> None:
-        url = urllib.parse.urlsplit(base_url.rstrip("/"))
+        url = urllib.parse.urlsplit(langfuse_base_url(base_url))
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
         self._https = url.scheme == "https"
@@ -80,6 +109,7 @@ class LangfuseExporter:
         self._conns_lock = threading.Lock()
         self._closed = False
         self.endpoint = f"{url.scheme}://{self._host}:{self._port}{self._path}"
+        self._warnings = ConnectionWarnings()
 
     def _conn(self) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
@@ -111,7 +141,10 @@ class LangfuseExporter:
             data = resp.read()
         except (OSError, http.client.HTTPException) as e:
             self._drop_conn()
-            return ExportResult("retry", f"{type(e).__name__}: {e}")
+            message = f"cannot export to {self.endpoint}: {type(e).__name__}: {e}"
+            if not self._closed:
+                self._warnings.failed(message)
+            return ExportResult("retry", message)
         if resp.getheader("Connection", "").lower() == "close":
             self._drop_conn()
         status = resp.status

@@ -1,4 +1,9 @@
-"""OTLP/gRPC to another collector: encoded requests go out as they are, no re-encoding."""
+"""OTLP/gRPC to another collector: encoded requests go out as they are, no re-encoding.
+
+``endpoint`` as the OTel exporters take it: ``host:port`` (``insecure`` decides TLS), or
+``http://host:port`` (plain) / ``https://host:port`` (TLS). Called from delivery worker threads;
+UNAVAILABLE (refused, unreachable) is a retry and a rate-limited WARNING naming the endpoint.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,9 @@ from typing import Any
 import grpc
 
 from ..deliver.retry import grpc_retryable
+from ..endpoints import grpc_target
 from ._base import OK, ExportResult
+from .langfuse import ConnectionWarnings
 
 __all__ = ["OtlpGrpcExporter", "partial_success", "retry_info_seconds"]
 
@@ -53,12 +60,14 @@ class OtlpGrpcExporter:
         compression: str = "gzip",
     ) -> None:
         self.signal = signal
-        self.endpoint = endpoint
+        target = grpc_target(endpoint, insecure)
+        self.endpoint = ("https://" if target.tls else "http://") + target.target
         self._channel = (
-            grpc.insecure_channel(endpoint)
-            if insecure
-            else grpc.secure_channel(endpoint, grpc.ssl_channel_credentials())
+            grpc.secure_channel(target.target, grpc.ssl_channel_credentials())
+            if target.tls
+            else grpc.insecure_channel(target.target)
         )
+        self._warnings = ConnectionWarnings()
         # No serializers: the payload is already an encoded request.
         self._call = self._channel.unary_unary(_METHODS[signal])
         self._metadata = tuple((k.lower(), v) for k, v in (headers or {}).items())
@@ -74,6 +83,8 @@ class OtlpGrpcExporter:
             code = e.code()
             message = f"gRPC {code.name} from {self.endpoint}: {e.details()}"
             hint = retry_info_seconds(e.trailing_metadata())
+            if code == grpc.StatusCode.UNAVAILABLE and hint is None:  # not the upstream's backpressure
+                self._warnings.failed(message)
             if grpc_retryable(code, hint is not None):
                 return ExportResult("retry", message, hint)
             return ExportResult("permanent", message)

@@ -26,6 +26,7 @@ from promptstamp.testing._http import LoopbackServer, Request, Response
 
 PROMPTS_PATH = "/api/public/v2/prompts"
 OTEL_TRACES_PATH = "/api/public/otel/v1/traces"
+PROJECTS_PATH = "/api/public/projects"
 _PATCH_RE = re.compile(r"^/api/public/v2/prompts/(?P<name>.+)/versions/(?P<version>[^/]+)$")
 
 PRODUCTION_LABEL = "production"
@@ -577,6 +578,10 @@ class LangfuseServer(LoopbackServer):
             if path == OTEL_TRACES_PATH and request.method == "POST":
                 self._record_ingest(request, 401, b"", None, "unauthorized")
             return response
+        if path == PROJECTS_PATH and request.method == "GET":
+            # What Langfuse's SDK auth_check() and the relay's --check-upstream call: the keys' project.
+            return Response.json(200, {"data": [{"id": self._project_id, "name": self._project_id,
+                                                 "metadata": {}}]})
         if path == OTEL_TRACES_PATH:
             if request.method != "POST":
                 return _error(405, f"Method {request.method} not allowed", "MethodNotAllowedError")
