@@ -35,7 +35,9 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .deliver._config import QueueConfig, RetryConfig
 from .endpoints import LANGFUSE_OTLP_PATH, grpc_target, langfuse_base_url
+from .store._config import StoreConfig
 
 __all__ = [
     "ApiTierConfig",
@@ -141,38 +143,6 @@ class GenerationConfig:
 
 
 @dataclass
-class StoreConfig:
-    backend: str = "memory"  # memory | redis
-    url: str = ""  # redis://host:port/db
-    max_entries: int = 200_000
-    max_entries_per_tenant: int = 50_000
-    max_age_seconds: float = 24 * 3600.0
-
-
-@dataclass
-class QueueConfig:
-    """The delivery queue (docs/delivery.md). ``max_bytes`` bounds queued + in-flight + held
-    bytes, both signals together; in persistent mode the queued bytes are on disk."""
-
-    max_requests: int = 1000
-    max_bytes: int = 256 * 1024 * 1024
-    workers: int = 2
-    directory: str = ""  # persistent queue when set
-    synchronous: str = "full"  # persistent queue: full (fsync every commit) | normal
-    shutdown_timeout_seconds: float = 10.0
-    retry_after_seconds: float = 1.0  # RetryInfo delay suggested to senders refused when full
-
-
-@dataclass
-class RetryConfig:
-    initial_interval_seconds: float = 5.0
-    max_interval_seconds: float = 30.0
-    max_elapsed_seconds: float = 300.0  # 0 = retry for ever
-    multiplier: float = 1.5
-    randomization: float = 0.5
-
-
-@dataclass
 class TenantConfig:
     """A tenant: who may send (tokens / Langfuse public key) and where its spans go."""
 
@@ -247,13 +217,7 @@ class Config:
             errs.append("'resolution.latest_staleness_seconds' must be >= 0")
         if self.resolution.api.refresh_seconds <= 0:
             errs.append("'resolution.api.refresh_seconds' must be > 0")
-        if self.store.backend not in ("memory", "redis"):
-            errs.append(f"'store.backend' must be memory or redis, got {self.store.backend!r}")
-        if self.store.backend == "redis" and not self.store.url.startswith(("redis://", "rediss://", "unix://")):
-            errs.append("'store.url' must be a redis:// URL when store.backend is redis")
-        for k in ("max_entries", "max_entries_per_tenant"):
-            if getattr(self.store, k) <= 0:
-                errs.append(f"'store.{k}' must be > 0")
+        errs.extend(self.store.validate("store"))
         ex = self.exporter
         if ex.type not in ("", "langfuse", "otlp_grpc", "file", "debug"):
             errs.append(f"'exporter.type' must be langfuse, otlp_grpc, file or debug, got {ex.type!r}")
@@ -285,25 +249,8 @@ class Config:
                 errs.append(f"'logs_exporter.otlp_grpc.endpoint' {why}")
         if lx.type == "file" and not lx.file:
             errs.append("'logs_exporter.file' must name a file when logs_exporter.type is file")
-        q = self.queue
-        for k in ("max_requests", "max_bytes", "workers"):
-            if getattr(q, k) <= 0:
-                errs.append(f"'queue.{k}' must be > 0")
-        if q.synchronous not in ("full", "normal"):
-            errs.append(f"'queue.synchronous' must be full or normal, got {q.synchronous!r}")
-        if not (math.isfinite(q.shutdown_timeout_seconds) and q.shutdown_timeout_seconds >= 0):
-            errs.append("'queue.shutdown_timeout_seconds' must be >= 0")
-        if not (math.isfinite(q.retry_after_seconds) and 0 < q.retry_after_seconds <= 300):
-            errs.append("'queue.retry_after_seconds' must be > 0 and <= 300")
-        r = self.retry
-        if not 0 < r.initial_interval_seconds <= r.max_interval_seconds:
-            errs.append("'retry.initial_interval_seconds' must be > 0 and <= retry.max_interval_seconds")
-        if r.max_elapsed_seconds < 0:
-            errs.append("'retry.max_elapsed_seconds' must be >= 0")
-        if r.multiplier < 1:
-            errs.append("'retry.multiplier' must be >= 1")
-        if not 0 <= r.randomization < 1:
-            errs.append("'retry.randomization' must be in [0, 1)")
+        errs.extend(self.queue.validate("queue"))
+        errs.extend(self.retry.validate("retry"))
         if self.auth.enabled and not self.auth.tenants:
             errs.append("'auth.tenants' must list at least one tenant when auth.enabled is true")
         errs.extend(_auth_errors(self))

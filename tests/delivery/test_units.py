@@ -1,4 +1,4 @@
-"""The delivery pieces alone: the retry table, backoff, the queue's accounting, the journal."""
+"""The delivery pieces alone: the retry table, backoff, the queues' accounting, the journal."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from promptstamp_relay.deliver.persistent import Journal, JournalError
-from promptstamp_relay.deliver.queue import DeliveryItem, DeliveryQueue
+from promptstamp_relay.deliver import DeliveryItem, MemoryQueue, PersistentQueue, QueueConfig
+from promptstamp_relay.deliver.journal import Journal, JournalError
+from promptstamp_relay.deliver.persistent import pending_rows
 from promptstamp_relay.deliver.retry import (
     RETRYABLE_GRPC_CODES,
     RETRYABLE_HTTP_STATUSES,
@@ -21,6 +22,7 @@ from promptstamp_relay.deliver.retry import (
 from promptstamp_relay.export import ExportResult
 from promptstamp_relay.records import FetchRecord
 from promptstamp_relay.store.sqlite import SqliteStore
+from tests.waiting import wait_until
 
 S = 10**9
 
@@ -89,18 +91,13 @@ FAST = Backoff(initial=0.01, maximum=0.01, max_elapsed=0.5, randomization=0)
 
 
 def _wait(pred: object, timeout: float = 5) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not pred():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
+    wait_until(pred, timeout, "the queue", interval=0.005)  # type: ignore[arg-type]
 
 
 def test_bounds_count_in_flight_and_reservations() -> None:
     gate = threading.Event()
     exp = Script(block=gate)
-    q = DeliveryQueue(lambda t: exp, max_requests=3, max_bytes=100, workers=1, backoff=FAST)
+    q = MemoryQueue(lambda t: exp, QueueConfig(max_requests=3, max_bytes=100, workers=1), backoff=FAST)
     q.start()
     try:
         q.put(DeliveryItem(b"a" * 40, 1))
@@ -123,7 +120,7 @@ def test_bounds_count_in_flight_and_reservations() -> None:
 
 def test_retry_then_give_up_counts_failed_never_lost() -> None:
     exp = Script(*[ExportResult("retry", "503")] * 1000)
-    q = DeliveryQueue(lambda t: exp, workers=1, backoff=FAST)
+    q = MemoryQueue(lambda t: exp, workers=1, backoff=FAST)
     q.start()
     q.put(DeliveryItem(b"x", 4))
     _wait(lambda: q.stats.failed_permanent_items == 4)
@@ -134,7 +131,7 @@ def test_retry_then_give_up_counts_failed_never_lost() -> None:
 def test_memory_shutdown_counts_lost_once_including_in_flight() -> None:
     gate = threading.Event()
     exp = Script(block=gate)
-    q = DeliveryQueue(lambda t: exp, workers=1, backoff=FAST)
+    q = MemoryQueue(lambda t: exp, workers=1, backoff=FAST)
     q.start()
     for _ in range(3):
         q.put(DeliveryItem(b"x", 2))
@@ -150,25 +147,25 @@ def test_persistent_rows_in_order_deleted_only_after_confirmation(tmp_path: Path
     j = Journal(tmp_path)
     gate = threading.Event()
     exp = Script(ExportResult("permanent", "400"), block=gate)
-    q = DeliveryQueue(lambda t: exp, workers=1, backoff=FAST, journal=j)
+    q = PersistentQueue(lambda t: exp, j, workers=1, backoff=FAST)
     q.start()
     for i in range(4):
         q.put(DeliveryItem(f"req-{i}".encode(), 1))
     _wait(lambda: exp.payloads)
-    assert len(j.pending_items("traces")) == 4  # nothing confirmed yet
+    assert len(pending_rows(j, "traces")) == 4  # nothing confirmed yet
     gate.set()
     _wait(lambda: q.stats.exported_items == 3)
     assert q.shutdown(1) == 0
     assert exp.payloads == [b"req-0", b"req-1", b"req-2", b"req-3"]  # in order
-    assert j.pending_items("traces") == []  # confirmed or failed permanently: gone
+    assert pending_rows(j, "traces") == []  # confirmed or failed permanently: gone
     j.close()
 
 
 def test_persistent_shutdown_keeps_rows_and_the_next_queue_sends_them_first(tmp_path: Path) -> None:
     j = Journal(tmp_path)
     exp = Script(*[ExportResult("retry", "503")] * 1000)
-    q = DeliveryQueue(lambda t: exp, workers=1, backoff=Backoff(initial=0.01, maximum=0.01, max_elapsed=0),
-                      journal=j)
+    q = PersistentQueue(lambda t: exp, j, workers=1,
+                        backoff=Backoff(initial=0.01, maximum=0.01, max_elapsed=0))
     q.start()
     for i in range(3):
         q.put(DeliveryItem(f"old-{i}".encode(), 5))
@@ -177,7 +174,7 @@ def test_persistent_shutdown_keeps_rows_and_the_next_queue_sends_them_first(tmp_
     j.close()
     j = Journal(tmp_path)
     ok = Script()
-    q = DeliveryQueue(lambda t: ok, workers=1, backoff=FAST, journal=j)
+    q = PersistentQueue(lambda t: ok, j, workers=1, backoff=FAST)
     q.put(DeliveryItem(b"new", 1))  # before start: must still go after the old rows
     q.start()
     _wait(lambda: q.stats.exported_items == 16)
@@ -190,18 +187,19 @@ def test_persistent_shutdown_keeps_rows_and_the_next_queue_sends_them_first(tmp_
 # -- the journal -------------------------------------------------------------------------------
 def test_journal_rolls_back_and_runs_callbacks_only_on_commit(tmp_path: Path) -> None:
     j = Journal(tmp_path, synchronous="normal")
+    j.ensure_schema("CREATE TABLE IF NOT EXISTS t (v BLOB NOT NULL)")
     seen: list[str] = []
     with pytest.raises(RuntimeError), j.transaction():
-        j.add_item("traces", "t", 1, b"a")
+        j.execute("INSERT INTO t (v) VALUES (?)", (b"a",))
         j.after_commit(lambda: seen.append("rolled back"))
         raise RuntimeError
     with j.transaction():
         with j.transaction():  # nested: joins
-            j.add_item("traces", "t", 1, b"b")
+            j.execute("INSERT INTO t (v) VALUES (?)", (b"b",))
         j.after_commit(lambda: seen.append("committed"))
         assert seen == []
     assert seen == ["committed"]
-    assert [r.size for r in j.pending_items("traces")] == [1]
+    assert j.query("SELECT v FROM t") == [(b"b",)]
     j.close()
     j.close()  # idempotent
 

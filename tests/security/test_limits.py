@@ -292,9 +292,13 @@ def test_byte_budget_waits_then_refuses_and_admits_one_oversized_request_alone()
     b.wait_seconds = 2
     assert b.acquire(50)  # room freed while waiting
     b.release(50)
-    assert b.acquire(1000)  # larger than the whole budget: admitted when alone
-    assert not ByteBudget(100, wait_seconds=0).acquire(1) or True
+    assert b.acquire(1000)  # larger than the whole budget: admitted when alone ...
+    b.wait_seconds = 0
+    assert not b.acquire(1)  # ... and then it holds the whole budget: nothing else gets in
     b.release(1000)
+    assert b.acquire(10)
+    assert not b.acquire(1000)  # not alone: it waits for the others (here: refused at once)
+    b.release(10)
     assert b.used == 0
 
 

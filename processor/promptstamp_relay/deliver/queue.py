@@ -1,12 +1,21 @@
-"""A bounded queue between receiving and exporting, drained by N worker threads with retries.
+"""The delivery queue: one interface, and the workers both implementations share.
 
-In memory by default; with a :class:`~.persistent.Journal` every item is a database row first
-(written in the receiving request's transaction) and the queue keeps only its id and size.
+A :class:`DeliveryQueue` sits between receiving and exporting, for one signal: bounded in
+requests and bytes, drained by N worker threads that export each request and retry retryable
+failures with :class:`~.retry.Backoff`. Two implementations, the OpenTelemetry Collector's
+exporterhelper shape: :class:`~.memory.MemoryQueue` (the default) and
+:class:`~.persistent.PersistentQueue` (every request a database row before the sender's OK).
+They differ only in where a request lives, what a restart finds and what shutdown gives up.
 
-Accounting: every item that enters ends in exactly one of ``exported_items``,
-``rejected_items`` (upstream partial success), ``failed_permanent_items`` (permanent error or
-retries spent), ``lost_items`` (memory mode: not sent by the shutdown deadline) or
-``kept_items`` (persistent mode: left on disk at shutdown, re-sent at the next start).
+Accounting, exact under any concurrency (every counter changes under the queue's lock): every
+item that enters ends in exactly one of ``exported_items``, ``rejected_items`` (upstream partial
+success), ``failed_permanent_items`` (permanent error or retries spent), ``lost_items`` (memory:
+not sent by the shutdown deadline, or put after it) or ``kept_items`` (persistent: left on disk
+at shutdown, re-sent at the next start).
+
+Threads: receiver threads call :meth:`~DeliveryQueue.try_reserve`, :meth:`~DeliveryQueue.put`
+and :meth:`~DeliveryQueue.unreserve`; the relay's ticker calls ``put``; the workers export;
+the lifecycle calls ``start`` and ``shutdown``.
 """
 
 from __future__ import annotations
@@ -15,16 +24,26 @@ import bisect
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from ..export import Exporter, ExportResult
-from .persistent import Journal, JournalError
+from ._config import QueueConfig
 from .retry import Backoff
 
-__all__ = ["LATENCY_BUCKETS", "SHUTDOWN_GRACE_SECONDS", "DeliveryItem", "DeliveryQueue", "DeliveryStats"]
+if TYPE_CHECKING:  # the exporters import deliver.retry: no import of export/ at run time
+    from ..export import Exporter, ExportResult
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "SHUTDOWN_GRACE_SECONDS",
+    "DeliveryItem",
+    "DeliveryQueue",
+    "DeliveryStats",
+    "ExporterFor",
+]
 
 log = logging.getLogger("promptstamp_relay.deliver")
 
@@ -34,8 +53,11 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 #: After the shutdown deadline, how long an export attempt already on the wire may still finish.
 SHUTDOWN_GRACE_SECONDS = 1.0
 
+#: The exporter for a tenant's requests (tenants may have their own upstream credentials).
+ExporterFor = Callable[[str], "Exporter"]
+
 _Outcome = Literal["exported", "failed", "aborted"]
-_Bytes = bytes  # DeliveryQueue.bytes (a property) shadows the type inside the class
+_Bytes = bytes  # DeliveryQueue.bytes (a property) shadows the type inside the classes
 
 
 @dataclass(slots=True)
@@ -53,7 +75,7 @@ class DeliveryItem:
 
 @dataclass
 class DeliveryStats:
-    """Only ever incremented, except the gauges the queue reports itself (depth, bytes)."""
+    """A queue's counters. Only ever incremented, by the queue, under its lock."""
 
     exported_items: int = 0
     exported_requests: int = 0
@@ -61,9 +83,9 @@ class DeliveryStats:
     failed_permanent_items: int = 0
     failed_permanent_requests: int = 0
     rejected_items: int = 0  # upstream partial success
-    lost_items: int = 0  # memory mode: not delivered by the shutdown deadline (always logged)
-    kept_items: int = 0  # persistent mode: left on disk at shutdown for the next start
-    recovered_items: int = 0  # persistent mode: found on disk at start, re-sent
+    lost_items: int = 0  # memory: not delivered by the shutdown deadline (always logged)
+    kept_items: int = 0  # persistent: left on disk at shutdown for the next start
+    recovered_items: int = 0  # persistent: found on disk at start, re-sent
     recovered_requests: int = 0
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
@@ -73,97 +95,124 @@ class DeliveryStats:
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
 
-Sink = Callable[[DeliveryItem], None]
-
-
-class DeliveryQueue:
+class DeliveryQueue(Protocol):
     """FIFO of encoded requests for one signal, bounded in requests and bytes.
 
-    Admission (receiver threads) never blocks: :meth:`try_reserve` answers False when the queue
-    is at a bound, and the receiver refuses the data with a retryable status; what it admits it
-    then hands to :meth:`put` and releases with :meth:`unreserve`. ``put`` itself always
-    succeeds: it is also the way in for data the relay already owns (released held spans). The
-    byte count covers queued items, items being exported (until their outcome is known) and
-    open reservations.
+    Admission never blocks: :meth:`try_reserve` answers False when the queue is at a bound (the
+    receiver then refuses the data with a retryable status); what it admits it hands to
+    :meth:`put` and releases with :meth:`unreserve`. ``put`` itself always succeeds: it is also
+    the way in for data the relay already owns (released held spans). The byte count covers
+    queued items, items being exported (until their outcome is known) and open reservations.
+    """
 
-    Workers take items in order and export each, retrying retryable failures with
-    :class:`Backoff`.
+    name: str
+    stats: DeliveryStats
+    max_requests: int
+    max_bytes: int
+
+    def start(self) -> None:
+        """Start the workers (persistent: after queuing what an earlier run left)."""
+
+    def put(self, item: DeliveryItem) -> None:
+        """Queue ``item`` (persistent: a row in the caller's transaction, queued at its commit)."""
+
+    def try_reserve(self, size: int, extra_bytes: int = 0) -> bool:
+        """Atomically check the bounds for ``size`` more bytes and hold them until ``unreserve``.
+        ``extra_bytes``: what else shares the bound (held spans, the other signal's queue)."""
+
+    def unreserve(self, size: int) -> None:
+        """Release a reservation ``try_reserve`` granted."""
+
+    def shutdown(self, timeout: float) -> int:
+        """Stop taking new data, drain for up to ``timeout`` seconds, give up on the rest;
+        return how many items were lost (always 0 for a persistent queue: they stay on disk)."""
+
+    @property
+    def depth(self) -> int:
+        """Requests queued or being exported."""
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of the requests queued or being exported (on disk for a persistent queue)."""
+
+
+class WorkerQueue(ABC):
+    """What both queues share: the bounds, the workers, retries and the exact accounting.
+
+    Subclasses say where an item lives: :meth:`put`, :meth:`_payload`, :meth:`_settled`,
+    :meth:`_give_up` and, optionally, :meth:`_recover`.
     """
 
     def __init__(
         self,
-        exporter_for: Callable[[str], Exporter],
+        exporter_for: ExporterFor,
+        config: QueueConfig | None = None,
         *,
-        max_requests: int = 1000,
-        max_bytes: int = 256 * 1024 * 1024,
-        workers: int = 2,
         backoff: Backoff | None = None,
         name: str = "traces",
-        on_done: Sink | None = None,
-        journal: Journal | None = None,
+        workers: int | None = None,
     ) -> None:
+        cfg = config or QueueConfig()
         self._exporter_for = exporter_for
-        self.max_requests = max_requests
-        self.max_bytes = max_bytes
+        self.name = name
+        self.max_requests = cfg.max_requests
+        self.max_bytes = cfg.max_bytes
         self._backoff = backoff or Backoff()
-        self._journal = journal
         self._items: deque[DeliveryItem] = deque()
         self._inflight: dict[int, DeliveryItem] = {}  # id(item) -> item
         self._bytes = 0  # queued + in flight
         self._reserved = 0  # bytes admitted, not yet put
         self._reserved_requests = 0
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # guards everything above and every stats counter
         self._stopping = threading.Event()
         self._abort = threading.Event()
+        self._closed = False  # shutdown has given up on what was left: later puts are not sent
         self._threads = [
             threading.Thread(target=self._work, name=f"deliver-{name}-{i}", daemon=True)
-            for i in range(workers)
+            for i in range(cfg.workers if workers is None else workers)
         ]
-        self._on_done = on_done
         self._started = False
         self.stats = DeliveryStats()
-        self.name = name
 
-    @property
-    def persistent(self) -> bool:
-        return self._journal is not None
+    # -- where an item lives (the implementations) ------------------------------------------------
+    @abstractmethod
+    def put(self, item: DeliveryItem) -> None: ...
+
+    @abstractmethod
+    def _payload(self, item: DeliveryItem) -> _Bytes | None:
+        """The bytes to export, None when they are gone."""
+
+    def _settled(self, item: DeliveryItem) -> None:
+        """``item`` reached its outcome (worker thread, no lock held)."""
+        return None
+
+    @abstractmethod
+    def _give_up(self, n_items: int) -> None:
+        """Count ``n_items`` not sent at shutdown (lost or kept); called with the lock held."""
+
+    @abstractmethod
+    def _log_given_up(self, why: str, n_items: int, n_requests: int) -> None: ...
+
+    def _recover(self) -> None:
+        """Queue what an earlier run left, before the workers start."""
+        return None
 
     # -- producer side ------------------------------------------------------------------------
     def start(self) -> None:
-        """Load what an earlier run left on disk (it goes first), then start the workers."""
         if self._started:
             return
         self._started = True
-        if self._journal is not None:
-            with self._cond:
-                queued = {i.id for i in self._items}  # put before start: already here, and newer
-                rows = [r for r in self._journal.pending_items(self.name) if r.id not in queued]
-                self._items.extendleft(
-                    DeliveryItem(b"", r.items, r.tenant, id=r.id, size=r.size) for r in reversed(rows)
-                )
-                self._bytes += sum(r.size for r in rows)
-            if rows:
-                n = sum(r.items for r in rows)
-                self.stats.recovered_requests += len(rows)
-                self.stats.recovered_items += n
-                log.warning("%s: re-sending %d requests (%d items) left in the persistent queue "
-                            "by an earlier run", self.name, len(rows), n)
+        self._recover()
         for t in self._threads:
             t.start()
 
     @property
     def depth(self) -> int:
-        """Requests queued or being exported."""
         return len(self._items) + len(self._inflight)
 
     @property
     def bytes(self) -> int:
-        """Bytes of the requests queued or being exported (on disk in persistent mode)."""
         return self._bytes
-
-    def has_room(self, size: int, extra_bytes: int = 0) -> bool:
-        with self._cond:
-            return self._room(size, extra_bytes)
 
     def _room(self, size: int, extra_bytes: int) -> bool:
         return (
@@ -173,10 +222,6 @@ class DeliveryQueue:
         )
 
     def try_reserve(self, size: int, extra_bytes: int = 0) -> bool:
-        """Atomically check the bounds for ``size`` more bytes and hold them until ``unreserve``.
-
-        ``extra_bytes``: what else shares the bound (held spans, the other signal's queue).
-        """
         with self._cond:
             if not self._room(size, extra_bytes):
                 return False
@@ -189,36 +234,15 @@ class DeliveryQueue:
             self._reserved -= size
             self._reserved_requests -= 1
 
-    def offer(self, item: DeliveryItem, extra_bytes: int = 0) -> bool:
-        """``put`` if there is room, else False."""
-        if not self.try_reserve(item.size, extra_bytes):
-            return False
-        try:
-            self.put(item)
-        finally:
-            self.unreserve(item.size)
-        return True
-
-    def put(self, item: DeliveryItem) -> None:
-        """Queue ``item``. Persistent: a row in the caller's transaction, queued at its commit."""
-        if self._journal is None:
-            with self._cond:
-                self._append(item)
-            return
-        journal = self._journal
-        with journal.transaction():
-            item.id = journal.add_item(self.name, item.tenant, item.items, item.payload)
-            item.payload = b""  # on disk now; read back by the worker that sends it
-            journal.after_commit(lambda: self._publish(item))
-
-    def _publish(self, item: DeliveryItem) -> None:
-        with self._cond:
-            self._append(item)
-
     def _append(self, item: DeliveryItem) -> None:
-        self._items.append(item)
-        self._bytes += item.size
-        self._cond.notify()
+        with self._cond:
+            if not self._closed:
+                self._items.append(item)
+                self._bytes += item.size
+                self._cond.notify()
+                return
+            self._give_up(item.items)  # after shutdown: counted, never silently dropped
+        self._log_given_up("put after shutdown", item.items, 1)
 
     # -- workers -------------------------------------------------------------------------------
     def _take(self) -> DeliveryItem | None:
@@ -245,11 +269,6 @@ class DeliveryQueue:
                 log.exception("%s exporter raised", self.name)
                 self._settle(item, "failed", why=f"exporter raised {type(e).__name__}: {e}")
 
-    def _payload(self, item: DeliveryItem) -> _Bytes | None:
-        if item.payload or self._journal is None:
-            return item.payload
-        return self._journal.item_payload(item.id)
-
     def _deliver(self, item: DeliveryItem) -> None:
         payload = self._payload(item)
         if payload is None:
@@ -263,7 +282,9 @@ class DeliveryQueue:
                 return
             t0 = time.monotonic()
             result: ExportResult = exporter.export(payload)
-            self.stats.observe_latency(time.monotonic() - t0)
+            took = time.monotonic() - t0
+            with self._cond:
+                self.stats.observe_latency(took)
             if result.ok:
                 self._settle(item, "exported", result)
                 return
@@ -278,7 +299,8 @@ class DeliveryQueue:
                 self._settle(item, "failed", why=f"export gave up after retrying for {run.elapsed:.1f}s: "
                                                  f"{result.message}")
                 return
-            self.stats.retries += 1
+            with self._cond:
+                self.stats.retries += 1
             log.info("%s export will retry in %.2fs: %s", self.name, delay, result.message)
             if self._abort.wait(delay):
                 self._settle(item, "aborted")
@@ -287,59 +309,43 @@ class DeliveryQueue:
     def _settle(self, item: DeliveryItem, outcome: _Outcome, result: ExportResult | None = None,
                 why: str = "") -> None:
         """Account for ``item`` exactly once: a no-op if shutdown already gave up on it."""
+        rejected = result.rejected if result is not None else 0
         with self._cond:
             if self._inflight.pop(id(item), None) is None:
                 return
             self._bytes -= item.size
             self._cond.notify_all()
-        st = self.stats
+            st = self.stats
+            if outcome == "aborted":
+                self._give_up(item.items)
+            elif outcome == "exported":
+                st.exported_requests += 1
+                st.exported_items += item.items - rejected
+                st.rejected_items += rejected
+            else:
+                st.failed_permanent_items += item.items
+                st.failed_permanent_requests += 1
         if outcome == "aborted":
-            self._not_sent([item], "shutting down before delivery")
+            self._log_given_up("shutting down before delivery", item.items, 1)
             return
         if outcome == "exported":
-            rejected = result.rejected if result is not None else 0
-            st.exported_requests += 1
-            st.exported_items += item.items - rejected
             if result is not None and (result.rejected or result.message):
-                st.rejected_items += rejected
                 log.warning("%s upstream rejected %d of %d items (partial success): %s",
                             self.name, rejected, item.items, result.message)
         else:
-            st.failed_permanent_items += item.items
-            st.failed_permanent_requests += 1
             log.error("%s: %s; %d items not delivered", self.name, why, item.items)
-        if self._journal is not None:
-            try:
-                self._journal.delete_item(item.id)
-            except JournalError as e:  # the row stays: sent again at the next start (at least once)
-                log.warning("%s: could not delete settled row %d: %s", self.name, item.id, e)
-        if self._on_done is not None:
-            self._on_done(item)
-
-    def _not_sent(self, items: list[DeliveryItem], why: str) -> None:
-        if not items:
-            return
-        n = sum(i.items for i in items)
-        if self._journal is not None:
-            self.stats.kept_items += n
-            log.warning("%s: %s: %d items in %d requests kept in the persistent queue for the "
-                        "next start", self.name, why, n, len(items))
-        else:
-            self.stats.lost_items += n
-            log.error("%s: %s: %d items in %d requests lost (in-memory queue)",
-                      self.name, why, n, len(items))
+        self._settled(item)
 
     # -- shutdown ------------------------------------------------------------------------------
     def shutdown(self, timeout: float) -> int:
         """Stop taking new data, drain for up to ``timeout`` seconds, then give up on the rest.
 
         An export already on the wire at the deadline gets :data:`SHUTDOWN_GRACE_SECONDS` more.
-        Returns how many items were lost (memory mode; each one logged and counted). In
-        persistent mode what is left stays on disk and 0 is returned.
+        Returns how many items were lost (each one logged and counted).
         """
         deadline = time.monotonic() + max(0.0, timeout)
-        lost_before = self.stats.lost_items
         with self._cond:
+            lost_before = self.stats.lost_items
             self._stopping.set()
             self._cond.notify_all()
             while (self._items or self._inflight) and time.monotonic() < deadline:
@@ -352,11 +358,18 @@ class DeliveryQueue:
             if t.is_alive():
                 t.join(timeout=max(0.0, grace - time.monotonic()))
         with self._cond:
+            self._closed = True
             rest = list(self._items)
             stuck = list(self._inflight.values())
             self._items.clear()
             self._inflight.clear()
             self._bytes = 0
-        self._not_sent(rest, "not sent by the shutdown deadline")
-        self._not_sent(stuck, "export still in flight at the shutdown deadline, outcome unknown")
-        return self.stats.lost_items - lost_before
+            for i in (*rest, *stuck):
+                self._give_up(i.items)
+            lost = self.stats.lost_items - lost_before
+        if rest:
+            self._log_given_up("not sent by the shutdown deadline", sum(i.items for i in rest), len(rest))
+        if stuck:
+            self._log_given_up("export still in flight at the shutdown deadline, outcome unknown",
+                               sum(i.items for i in stuck), len(stuck))
+        return lost

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import grpc
 
+from ._config import RetryConfig
+
 __all__ = [
     "MIN_DELAY",
     "RETRYABLE_GRPC_CODES",
@@ -66,21 +68,30 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 MIN_DELAY = 0.01
 
 
+_DEFAULT = RetryConfig()
+
+
 @dataclass
 class Backoff:
     """Exponential backoff with jitter, bounded in total elapsed time (the Collector's shape).
 
-    Defaults are the Collector's ``retry_on_failure``: 5 s initial, x1.5, 30 s max interval,
-    +/-50 % jitter, give up after 5 min. ``max_elapsed = 0`` retries for ever.
+    Defaults are :class:`RetryConfig`'s (:meth:`from_config` builds one from a ``retry:``
+    section). ``max_elapsed = 0`` retries for ever.
     """
 
-    initial: float = 5.0
-    maximum: float = 30.0
-    max_elapsed: float = 300.0
-    multiplier: float = 1.5
-    randomization: float = 0.5
+    initial: float = _DEFAULT.initial_interval_seconds
+    maximum: float = _DEFAULT.max_interval_seconds
+    max_elapsed: float = _DEFAULT.max_elapsed_seconds
+    multiplier: float = _DEFAULT.multiplier
+    randomization: float = _DEFAULT.randomization
     rng: random.Random | None = None
     clock: Callable[[], float] = time.monotonic
+
+    @classmethod
+    def from_config(cls, cfg: RetryConfig) -> Backoff:
+        return cls(initial=cfg.initial_interval_seconds, maximum=cfg.max_interval_seconds,
+                   max_elapsed=cfg.max_elapsed_seconds, multiplier=cfg.multiplier,
+                   randomization=cfg.randomization)
 
     def delays(self) -> BackoffRun:
         return BackoffRun(self)

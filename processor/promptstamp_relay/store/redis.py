@@ -1,56 +1,15 @@
 """Fetch-log state shared by several relays through Redis (the ``redis`` extra, ``redis-py``).
 
-Scaling out (docs/scaling.md): the Collector's ``loadbalancing`` exporter keeps each trace, and the
-fetch-log records of that trace, on one relay, so the ``trace`` tier is answered by that relay's
-memory. What crosses traces, the ``instance`` and ``latest`` tiers, is shared through Redis.
-
-:class:`RedisStore` keeps the store protocol's promise (never block on a network) by answering
-every call from a **local view** in memory. Two background threads keep the view and Redis in
-step:
-
-* the **writer** flushes the records this relay received to Redis in pipelined batches (group
-  commit: a batch is whatever arrived while the previous one was in flight), from a bounded
-  outbound buffer; while Redis is unreachable the buffer keeps the newest records and counts
-  what it had to drop;
-* the **reader** loads every tenant's records from Redis when it (re)connects, then follows the
-  other relays' writes on a per-tenant stream with a blocking ``XREAD``: a record received by
-  another relay lands in this relay's view within milliseconds, well inside the hold window.
-
-Redis layout, tenant ``T`` (``{T}`` is literal: a Redis Cluster hash tag, one slot per tenant).
-Key parts are percent-encoded; every key carries a TTL of the store's age bound, refreshed on
-each write:
-
-=========================================  ======  ==============================================
-``promptstamp:{T}:l:<key>:<label>``         ZSET    one member per record, score = fetch time (µs)
-``promptstamp:{T}:i:<inst>:<key>:<label>``  ZSET    the same members, per fetching instance
-``promptstamp:{T}:idx``                     ZSET    every record of ``T``: the per-tenant cap and age
-                                                    bound (trimmed atomically by a script), and what
-                                                    a relay loads when it (re)connects
-``promptstamp:{T}:log``                     STREAM  the batches as written (``MAXLEN ~``): what the
-                                                    other relays follow
-``promptstamp:tenants``                     SET     tenants with data (discovery)
-=========================================  ======  ==============================================
-
-A member is ``<fetch time ns, 20 digits>|key|label|instance|version|source|trace|span|error``
-(text percent-encoded): it is its own id, so writing the same record twice (an app's retry, two
-relays) stores it once, and records with the same score sort by their exact time, then by
-content. The local view sorts the same way (time, then member), so every relay, and a
-``ZREVRANGEBYSCORE … LIMIT 0 1`` on Redis itself, picks the same record for "the latest not
-after the span's start", whatever order concurrent writers wrote in.
-
-The writes of one tenant's batch are one server-side script (a ``ZADD`` per key, ``PEXPIRE`` on
-every key touched, the ``XADD``, the trim), pipelined with the other tenants' in one round trip.
-
-When Redis is unreachable, the view still answers (the trace tier is untouched; the cross-trace
-tiers answer from what the view holds). The store logs the transition, counts errors, exposes
-:attr:`RedisStore.stats` (``degraded``, ``errors``, ``dropped`` …, exported as
-``promptstamp_store_*`` metrics) and reconnects with exponential backoff and jitter. After Redis
-restarts empty (its ``run_id`` changed) each relay writes its own records back.
+Why: with several relays, what crosses traces (the ``instance`` and ``latest`` tiers) must be
+seen by every relay. What: :class:`RedisStore` answers every store call from a local view in
+memory (the shared index of ``_index.py``, so the receive path never waits on Redis); a writer
+thread flushes this relay's records to Redis in pipelined batches, and a reader thread follows
+the other relays' writes on per-tenant streams. The layout, the member format, the degraded
+mode and the measurements are in docs/scaling.md.
 """
 
 from __future__ import annotations
 
-import bisect
 import functools
 import logging
 import random
@@ -60,7 +19,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import redis
@@ -68,10 +27,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..records import FetchRecord
-from .memory import latest_at
-
-if TYPE_CHECKING:
-    from ..config import StoreConfig
+from ._config import StoreBounds, StoreConfig
+from ._index import FetchIndex
 
 __all__ = ["RedisStore", "RedisStoreStats", "decode_member", "encode_member", "tenant_prefix"]
 
@@ -182,23 +139,30 @@ def tenant_prefix(tenant: str) -> str:
 def encode_member(r: FetchRecord) -> str:
     """The sorted-set member for ``r``: deterministic, so it is also the record's id.
 
-    ``<time ns, 20 digits>|key|label|instance|version|source|trace id|span id|error type``, text
-    parts percent-encoded (so never a ``|``), ids in hex, no error type as an empty part.
+    ``<time ns, 20 digits>|key|label|instance|version|source|trace id|span id|error type``, then
+    ``|service`` when the record has a ``service.name`` (so a record without one encodes as it
+    always did); text parts percent-encoded (so never a ``|``), ids in hex, no error type as an
+    empty part.
     """
-    return (f"{r.time_ns:020d}|{_q(r.key)}|{_q(r.label)}|{_q(r.instance)}|{r.version}|{_q(r.source)}|"
-            f"{r.trace_id.hex()}|{r.span_id.hex()}|{_q(r.error_type or '')}")
+    m = (f"{r.time_ns:020d}|{_q(r.key)}|{_q(r.label)}|{_q(r.instance)}|{r.version}|{_q(r.source)}|"
+         f"{r.trace_id.hex()}|{r.span_id.hex()}|{_q(r.error_type or '')}")
+    return f"{m}|{_q(r.service)}" if r.service else m
 
 
 def decode_member(member: str) -> FetchRecord:
-    """The record a member encodes. Raises ``ValueError`` on anything malformed."""
+    """The record a member encodes (with or without its service part). Raises ``ValueError`` on
+    anything malformed or not in the canonical form :func:`encode_member` writes."""
     parts = member.split("|")
-    if len(parts) != 9 or len(parts[0]) != 20 or not parts[0].isdigit() or not parts[4].isdigit():
+    if len(parts) not in (9, 10) or len(parts[0]) != 20 or not parts[0].isdigit() or not parts[4].isdigit():
         raise ValueError("not a promptstamp fetch-log member")
-    t, key, label, instance, version, source, trace, span, error = parts
+    t, key, label, instance, version, source, trace, span, error = parts[:9]
+    service = parts[9] if len(parts) == 10 else ""
+    if len(parts) == 10 and not service:
+        raise ValueError("not a promptstamp fetch-log member: empty service part")
     try:
         r = FetchRecord(key=_unq(key), label=_unq(label), version=int(version), source=_unq(source),
                         time_ns=int(t), trace_id=bytes.fromhex(trace), span_id=bytes.fromhex(span),
-                        instance=_unq(instance), error_type=_unq(error) or None)
+                        instance=_unq(instance), error_type=_unq(error) or None, service=_unq(service))
     except ValueError as e:  # hex or UTF-8 errors
         raise ValueError(f"not a promptstamp fetch-log member: {e}") from None
     if not (r.key and r.label and r.source and r.version):
@@ -213,130 +177,6 @@ def _redacted(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-# -- the local view ------------------------------------------------------------------------------
-_Entry = tuple[int, str, FetchRecord]  # (time_ns, member, record): sorted by (time_ns, member)
-
-
-def _sort_key(e: _Entry) -> tuple[int, str]:
-    return e[0], e[1]
-
-
-class _View:
-    """Every record this relay knows (its own and the other relays'), indexed like MemoryStore.
-
-    Same bounds as :class:`~promptstamp_relay.store.MemoryStore` (age, per tenant, overall; the
-    oldest arrivals go first), but series sort by ``(time, member)``: ties on time resolve the same
-    way on every relay, whichever arrived first here. Deduplicates by member. Not thread-safe.
-    """
-
-    def __init__(self, max_entries: int, max_per_tenant: int) -> None:
-        self.max_entries = max_entries
-        self.max_per_tenant = max_per_tenant
-        self._seq = 0
-        self._known: dict[tuple[str, str], tuple[FetchRecord, bool]] = {}  # -> (record, own)
-        self._fifo: dict[str, deque[tuple[int, str]]] = {}  # tenant -> (arrival seq, member)
-        self._trace: dict[tuple[str, bytes, str, str], list[_Entry]] = {}
-        self._instance: dict[tuple[str, str, str, str], list[_Entry]] = {}
-        self._label: dict[tuple[str, str, str], list[_Entry]] = {}
-
-    def __len__(self) -> int:
-        return len(self._known)
-
-    def add(self, tenant: str, member: str, r: FetchRecord, *, own: bool) -> bool:
-        """Take in one record; False when it is already known."""
-        if (tenant, member) in self._known:
-            return False
-        self._known[(tenant, member)] = (r, own)
-        self._seq += 1
-        fifo = self._fifo.get(tenant)
-        if fifo is None:
-            fifo = self._fifo[tenant] = deque()
-        fifo.append((self._seq, member))
-        e: _Entry = (r.time_ns, member, r)
-        if r.trace_id:
-            _insert(self._trace, (tenant, r.trace_id, r.key, r.label), e)
-        if r.instance:
-            _insert(self._instance, (tenant, r.instance, r.key, r.label), e)
-        _insert(self._label, (tenant, r.key, r.label), e)
-        if len(fifo) > self.max_per_tenant:
-            self._evict_oldest(tenant)
-        while len(self._known) > self.max_entries:
-            self._evict_oldest(min(self._fifo, key=lambda t: self._fifo[t][0][0]))
-        return True
-
-    def prune(self, horizon_ns: int) -> None:
-        for tenant in list(self._fifo):
-            fifo = self._fifo.get(tenant)
-            while fifo and self._known[(tenant, fifo[0][1])][0].time_ns < horizon_ns:
-                self._evict_oldest(tenant)
-
-    def _evict_oldest(self, tenant: str) -> None:
-        fifo = self._fifo[tenant]
-        _, member = fifo.popleft()
-        if not fifo:
-            del self._fifo[tenant]
-        r, _own = self._known.pop((tenant, member))
-        e: _Entry = (r.time_ns, member, r)
-        if r.trace_id:
-            _remove(self._trace, (tenant, r.trace_id, r.key, r.label), e)
-        if r.instance:
-            _remove(self._instance, (tenant, r.instance, r.key, r.label), e)
-        _remove(self._label, (tenant, r.key, r.label), e)
-
-    def own_snapshot(self) -> list[tuple[str, list[tuple[int, str]]]]:
-        """A copy of the arrival queues (cheap: the caller holds the lock for this only)."""
-        return [(t, list(fifo)) for t, fifo in self._fifo.items()]
-
-    def own(self, snapshot: list[tuple[str, list[tuple[int, str]]]]) -> list[tuple[str, str, FetchRecord]]:
-        """The records of ``snapshot`` this relay received itself and still holds, oldest first.
-
-        Runs without the lock: single dict reads only, and a record evicted since is skipped.
-        """
-        out: list[tuple[str, str, FetchRecord]] = []
-        known = self._known
-        for tenant, fifo in snapshot:
-            for _, member in fifo:
-                entry = known.get((tenant, member))
-                if entry is not None and entry[1]:
-                    out.append((tenant, member, entry[0]))
-        return out
-
-    def in_trace(self, tenant: str, trace_id: bytes, key: str, label: str) -> list[FetchRecord]:
-        series = self._trace.get((tenant, trace_id, key, label))
-        return [e[2] for e in series] if series else []
-
-    def latest_for_instance(
-        self, tenant: str, instance: str, key: str, label: str, at_ns: int
-    ) -> FetchRecord | None:
-        return latest_at(self._instance.get((tenant, instance, key, label)), at_ns, None)
-
-    def latest(self, tenant: str, key: str, label: str, at_ns: int, not_before_ns: int) -> FetchRecord | None:
-        return latest_at(self._label.get((tenant, key, label)), at_ns, not_before_ns)
-
-
-def _insert(index: dict[Any, list[_Entry]], key: Any, e: _Entry) -> None:
-    series = index.get(key)
-    if series is None:
-        index[key] = [e]
-        return
-    last = series[-1]
-    if e[0] > last[0] or (e[0] == last[0] and e[1] > last[1]):
-        series.append(e)  # the common case: records arrive in time order
-    else:
-        bisect.insort(series, e, key=_sort_key)
-
-
-def _remove(index: dict[Any, list[_Entry]], key: Any, e: _Entry) -> None:
-    series = index.get(key)
-    if series is None:
-        return
-    i = bisect.bisect_left(series, _sort_key(e), key=_sort_key)
-    if i < len(series) and series[i][1] == e[1]:
-        del series[i]
-    if not series:
-        del index[key]
 
 
 # -- the store -----------------------------------------------------------------------------------
@@ -361,18 +201,20 @@ class RedisStoreStats:
 class RedisStore:
     """:class:`~promptstamp_relay.store.FetchLogStore` shared by several relays through Redis.
 
-    Every protocol call answers from the local view and returns without touching the network;
-    see the module docstring for the threads and the Redis layout. ``start=False`` leaves the
+    Every protocol call answers from the local view and returns without touching the network
+    (docs/scaling.md: the threads, the Redis layout). Bounds come from ``config`` (each keyword
+    overrides its field); the other keywords tune the Redis link. ``start=False`` leaves the
     background threads unstarted (tests of the view; :meth:`start` starts them).
     """
 
     def __init__(
         self,
         url: str,
+        config: StoreConfig | None = None,
         *,
-        max_entries: int = 200_000,
+        max_entries: int | None = None,
         max_entries_per_tenant: int | None = None,
-        max_age_ns: int = 24 * 3600 * 10**9,
+        max_age_ns: int | None = None,
         max_pending: int | None = None,
         max_batch: int = 1000,
         stream_maxlen: int = 1000,
@@ -384,26 +226,27 @@ class RedisStore:
         connect_timeout_seconds: float = 1.0,
         start: bool = True,
     ) -> None:
-        if max_entries <= 0:
-            raise ValueError("max_entries must be positive")
-        if max_age_ns <= 0:
-            raise ValueError("max_age_ns must be positive")
+        bounds = StoreBounds.of(config, max_entries=max_entries,
+                                max_entries_per_tenant=max_entries_per_tenant, max_age_ns=max_age_ns)
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("the redis store needs a redis://, rediss:// or unix:// URL")
+        self.bounds = bounds
         self.url = url
         self.origin = uuid.uuid4().hex[:16]  # this relay's id on the streams
         self.stats = RedisStoreStats()
-        self._max_per_tenant = max_entries_per_tenant or max_entries
-        self._max_age_ns = max_age_ns
-        self._ttl_ms = max(1000, max_age_ns // 10**6)
-        self._max_pending = max_pending or max_entries
+        self._max_per_tenant = bounds.max_per_tenant
+        self._max_age_ns = bounds.max_age_ns
+        self._ttl_ms = max(1000, bounds.max_age_ns // 10**6)
+        self._max_pending = max_pending or bounds.max_entries
         self._max_batch = max_batch
         self._stream_maxlen = stream_maxlen
         self._block_ms = read_block_ms
         self._tenant_refresh = tenant_refresh_seconds
         self._backoff = (backoff_initial_seconds, backoff_max_seconds)
         self._timeouts = (socket_timeout_seconds, connect_timeout_seconds)
-        self._view = _View(max_entries, self._max_per_tenant)
+        # Every record this relay knows (its own and the other relays'); ties on fetch time
+        # break by member, so every relay picks the same record whatever arrived first here.
+        self._view: FetchIndex[str] = FetchIndex(bounds.max_entries, bounds.max_per_tenant, unique=True)
         self._lock = threading.Lock()  # the view: held for in-memory work only
         self._pending: deque[tuple[str, str, FetchRecord]] = deque()
         self._pending_lock = threading.Lock()
@@ -430,12 +273,7 @@ class RedisStore:
 
     @classmethod
     def from_config(cls, cfg: StoreConfig) -> RedisStore:
-        return cls(
-            cfg.url,
-            max_entries=cfg.max_entries,
-            max_entries_per_tenant=cfg.max_entries_per_tenant,
-            max_age_ns=int(cfg.max_age_seconds * 1e9),
-        )
+        return cls(cfg.url, cfg)
 
     def start(self) -> RedisStore:
         if not self._started:
@@ -456,7 +294,7 @@ class RedisStore:
         fresh: list[tuple[str, str, FetchRecord]] = []
         with self._lock:
             for member, r in encoded:
-                if self._view.add(tenant, member, r, own=True):
+                if self._view.add(tenant, r, member, own=True):
                     fresh.append((tenant, member, r))
             self._view.prune(horizon)
         if fresh:
@@ -653,8 +491,7 @@ class RedisStore:
         if previous is None or previous == run_id:
             return
         with self._lock:
-            snapshot = self._view.own_snapshot()
-        own = self._view.own(snapshot)
+            own = self._view.own_entries()
         room = max(0, self._max_pending - len(self._pending))
         own = own[-room:] if room else []
         log.warning("redis store: redis restarted (run_id changed): writing back the %d records "
@@ -773,7 +610,7 @@ class RedisStore:
             added = 0
             with self._lock:
                 for m, r in decoded[i:i + _INGEST_CHUNK]:
-                    added += self._view.add(tenant, m, r, own=False)
+                    added += self._view.add(tenant, r, m, own=False)
             self.stats.remote += added
 
 

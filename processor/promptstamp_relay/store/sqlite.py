@@ -5,7 +5,8 @@ in the same database as the persistent queue (table ``fetch_log``), written in t
 request's transaction, so a fetch log the sender got an OK for is on disk. Reads are answered
 from memory, exactly as :class:`MemoryStore` answers them; at start the table is read back
 (oldest first, within the age bound) into memory. On ``add`` the table is pruned by age and to
-the newest ``max_entries`` rows, at most once a minute (of the caller's clock).
+the store's bounds, tenant-fair like the memory index (the largest tenants are cut first), at
+most once a minute (of the caller's clock).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..records import FetchRecord
+from ._config import StoreConfig
 from .memory import MemoryStore
 
 if TYPE_CHECKING:
-    from ..deliver.persistent import Journal
+    from ..deliver.journal import Journal
 
 __all__ = ["SqliteStore"]
 
@@ -35,12 +37,13 @@ CREATE TABLE IF NOT EXISTS fetch_log (
     trace_id BLOB NOT NULL,
     span_id BLOB NOT NULL,
     instance TEXT NOT NULL,
-    error_type TEXT
+    error_type TEXT,
+    service TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS fetch_log_time ON fetch_log(time_ns);
 """
 
-_COLUMNS = "tenant, key, label, version, source, time_ns, trace_id, span_id, instance, error_type"
+_COLUMNS = "tenant, key, label, version, source, time_ns, trace_id, span_id, instance, error_type, service"
 
 
 class SqliteStore:
@@ -53,22 +56,23 @@ class SqliteStore:
     def __init__(
         self,
         journal: Journal,
+        config: StoreConfig | None = None,
         *,
-        max_entries: int = 200_000,
+        max_entries: int | None = None,
         max_entries_per_tenant: int | None = None,
-        max_age_ns: int = 24 * 3600 * 10**9,
+        max_age_ns: int | None = None,
         now_ns: int,
     ) -> None:
         self._journal = journal
-        self._mem = MemoryStore(
-            max_entries=max_entries, max_entries_per_tenant=max_entries_per_tenant, max_age_ns=max_age_ns
-        )
-        self._max_entries = max_entries
-        self._max_age_ns = max_age_ns
+        self._mem = MemoryStore(config, max_entries=max_entries,
+                                max_entries_per_tenant=max_entries_per_tenant, max_age_ns=max_age_ns)
+        self._max_entries = self._mem.bounds.max_entries
+        self._max_age_ns = self._mem.bounds.max_age_ns
         with journal.transaction():
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    journal.execute(statement)
+            journal.ensure_schema(_SCHEMA)
+            columns = {str(r[1]) for r in journal.query("PRAGMA table_info(fetch_log)")}
+            if "service" not in columns:  # a database written before records carried service.name
+                journal.execute("ALTER TABLE fetch_log ADD COLUMN service TEXT NOT NULL DEFAULT ''")
         self.loaded = self._load(now_ns)
         self._last_prune_ns = now_ns
 
@@ -87,6 +91,7 @@ class SqliteStore:
             batch.append(FetchRecord(
                 key=r[1], label=r[2], version=int(r[3]), source=r[4], time_ns=int(r[5]),
                 trace_id=bytes(r[6]), span_id=bytes(r[7]), instance=r[8], error_type=r[9],
+                service=r[10] or "",
             ))
         if batch:
             self._mem.add(str(tenant), batch, now_ns)
@@ -97,9 +102,9 @@ class SqliteStore:
         keep = [r for r in records if r.version is not None]
         if keep:
             self._journal.executemany(
-                f"INSERT INTO fetch_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO fetch_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(tenant, r.key, r.label, r.version, r.source, r.time_ns, r.trace_id, r.span_id,
-                  r.instance, r.error_type) for r in keep],
+                  r.instance, r.error_type, r.service) for r in keep],
             )
         self._mem.add(tenant, records, now_ns)
         self._prune_disk(now_ns)
@@ -112,12 +117,17 @@ class SqliteStore:
         if not force and now_ns - self._last_prune_ns < _PRUNE_EVERY_NS:
             return
         self._last_prune_ns = now_ns
-        with self._journal.transaction():
-            self._journal.execute("DELETE FROM fetch_log WHERE time_ns < ?", (now_ns - self._max_age_ns,))
-            self._journal.execute(
-                "DELETE FROM fetch_log WHERE id <= (SELECT MAX(id) FROM fetch_log) - ?",
-                (self._max_entries,),
-            )
+        j = self._journal
+        with j.transaction():
+            j.execute("DELETE FROM fetch_log WHERE time_ns < ?", (now_ns - self._max_age_ns,))
+            counts = [int(n) for (n,) in j.query("SELECT COUNT(*) FROM fetch_log GROUP BY tenant")]
+            quota = _fair_quota(counts, self._mem.bounds.max_per_tenant, self._max_entries)
+            if quota is not None:  # each tenant keeps its newest ``quota`` rows
+                j.execute(
+                    "DELETE FROM fetch_log WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() "
+                    "OVER (PARTITION BY tenant ORDER BY id DESC) AS n FROM fetch_log) WHERE n > ?)",
+                    (quota,),
+                )
 
     # -- reads ---------------------------------------------------------------------------------
     def in_trace(self, tenant: str, trace_id: bytes, key: str, label: str) -> Sequence[FetchRecord]:
@@ -139,3 +149,22 @@ class SqliteStore:
     def close(self) -> None:
         """The database belongs to the relay's journal, which closes it."""
         return None
+
+
+def _fair_quota(counts: Sequence[int], per_tenant: int, total: int) -> int | None:
+    """The most rows each tenant may keep so that no tenant keeps more than ``per_tenant`` and
+    all together no more than ``total``, cutting the largest tenants first (what the memory
+    index's eviction converges to); None when nothing needs cutting."""
+    capped = [min(n, per_tenant) for n in counts]
+    if sum(capped) <= total and capped == list(counts):
+        return None
+    if sum(capped) <= total:
+        return per_tenant
+    lo, hi = 0, per_tenant  # the largest q with sum(min(n, q)) <= total
+    while lo < hi:
+        q = (lo + hi + 1) // 2
+        if sum(min(n, q) for n in counts) <= total:
+            lo = q
+        else:
+            hi = q - 1
+    return lo
