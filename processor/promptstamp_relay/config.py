@@ -127,19 +127,40 @@ class ResolutionConfig:
     api: ApiTierConfig = field(default_factory=ApiTierConfig)
 
 
+# A span with an explicit type or a link is left to Langfuse: an extra rule on these never acts.
+_NEVER_MATCHED = frozenset({
+    "langfuse.observation.type", "langfuse.observation.prompt.name", "langfuse.observation.prompt.version",
+    "langfuse.prompt.name", "langfuse.prompt.version", "ai.telemetry.metadata.langfusePrompt",
+})  # fmt: skip
+
+
 @dataclass
 class GenerationConfig:
-    """Generation-detection rules (contract §3): presence of a key, or a key equal to a value."""
+    """Extra generation rules for in-house conventions (contract §3): a key's presence, or a key
+    equal to a string. None by default: Langfuse's own typing (detect.py) decides, and these only
+    add generations Langfuse would type SPAN (``llm.request.type`` alone, for one, is no rule of
+    Langfuse's: add ``present: [llm.request.type]`` to stamp such spans)."""
 
-    present: list[str] = field(
-        default_factory=lambda: ["gen_ai.operation.name", "gen_ai.request.model", "llm.request.type"]
-    )
-    equals: dict[str, str] = field(
-        default_factory=lambda: {
-            "openinference.span.kind": "LLM",
-            "langfuse.observation.type": "generation",
-        }
-    )
+    present: list[str] = field(default_factory=list)
+    equals: dict[str, str] = field(default_factory=dict)
+
+    def validate(self, path: str) -> list[str]:
+        errs: list[str] = []
+        keys = [("present", k) for k in self.present] + [("equals", k) for k in self.equals]
+        for where, key in keys:
+            if not key:
+                errs.append(f"'{path}.{where}' keys must not be empty")
+            elif key.startswith("app.prompt."):
+                errs.append(
+                    f"'{path}.{where}' must not use {key!r}: every span inside prompt() carries it, "
+                    "so every one of them would be stamped as a generation"
+                )
+            elif key in _NEVER_MATCHED:
+                errs.append(
+                    f"'{path}.{where}' must not use {key!r}: a span carrying it is never stamped "
+                    "by an extra rule (Langfuse's own type or link on it decides)"
+                )
+        return errs
 
 
 @dataclass
@@ -254,6 +275,7 @@ class Config:
         if self.auth.enabled and not self.auth.tenants:
             errs.append("'auth.tenants' must list at least one tenant when auth.enabled is true")
         errs.extend(_auth_errors(self))
+        errs.extend(self.generation.validate("generation"))
         if bool(self.tls.cert_file) != bool(self.tls.key_file):
             errs.append("'tls.cert_file' and 'tls.key_file' go together")
         for k in ("cert_file", "key_file", "client_ca_file"):

@@ -24,6 +24,7 @@ SOURCE_UNAVAILABLE = "unavailable"  # span attribute only: nothing was handed ou
 
 SERVICE_NAME = "service.name"
 SERVICE_INSTANCE_ID = "service.instance.id"
+TELEMETRY_SDK_LANGUAGE = "telemetry.sdk.language"  # resource: Langfuse types by it (§3)
 
 # §3 — what the relay writes on a generation span.
 LF_PROMPT_NAME = "langfuse.observation.prompt.name"
@@ -43,13 +44,34 @@ TIER_API = "api"
 TIER_UNRESOLVED = "unresolved"
 TIERS = (TIER_TRACE, TIER_INSTANCE, TIER_LATEST, TIER_API, TIER_UNRESOLVED)
 
-# Default generation-detection rules (§3).
+# §3 — every link form Langfuse reads: a span carrying one is left as it arrived.
+LF_LEGACY_PROMPT_NAME = "langfuse.prompt.name"
+LF_LEGACY_PROMPT_VERSION = "langfuse.prompt.version"
+AI_SDK_LANGFUSE_PROMPT = "ai.telemetry.metadata.langfusePrompt"  # Vercel AI SDK: JSON {name, version}
+
+# §3 — attributes Langfuse types generations by (its ObservationTypeMapper; the whole table is in
+# the relay's detect.py).
 GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
 GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
+GEN_AI_TOOL_NAME = "gen_ai.tool.name"
+GEN_AI_TOOL_CALL_ID = "gen_ai.tool.call.id"
 OPENINFERENCE_SPAN_KIND = "openinference.span.kind"
-LLM_REQUEST_TYPE = "llm.request.type"
+LLM_MODEL_NAME = "llm.model_name"
+LF_OBSERVATION_MODEL = "langfuse.observation.model.name"
+MODEL = "model"
+LLM_REQUEST_TYPE = "llm.request.type"  # OpenLLMetry's older marker: not one of Langfuse's rules
+
+# Token counts the relay reads off a stamped generation (for per-version metrics), first found wins.
+GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_PROMPT_TOKENS = "gen_ai.usage.prompt_tokens"
+LLM_TOKEN_COUNT_PROMPT = "llm.token_count.prompt"
+GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_USAGE_COMPLETION_TOKENS = "gen_ai.usage.completion_tokens"
+LLM_TOKEN_COUNT_COMPLETION = "llm.token_count.completion"
 
 __all__ = [
+    "AI_SDK_LANGFUSE_PROMPT",
     "CACHE_FALLBACK_EVENT",
     "EVENT_NAME_ATTRIBUTE",
     "FETCH_ERROR_TYPE",
@@ -57,14 +79,28 @@ __all__ = [
     "FETCH_SOURCE",
     "GEN_AI_OPERATION_NAME",
     "GEN_AI_REQUEST_MODEL",
+    "GEN_AI_RESPONSE_MODEL",
+    "GEN_AI_TOOL_CALL_ID",
+    "GEN_AI_TOOL_NAME",
+    "GEN_AI_USAGE_COMPLETION_TOKENS",
+    "GEN_AI_USAGE_INPUT_TOKENS",
+    "GEN_AI_USAGE_OUTPUT_TOKENS",
+    "GEN_AI_USAGE_PROMPT_TOKENS",
+    "LF_LEGACY_PROMPT_NAME",
+    "LF_LEGACY_PROMPT_VERSION",
     "LF_META_PROMPT_LABEL",
     "LF_META_PROMPT_NAME",
     "LF_META_RESOLUTION",
     "LF_META_SOURCE",
+    "LF_OBSERVATION_MODEL",
     "LF_OBSERVATION_TYPE",
     "LF_PROMPT_NAME",
     "LF_PROMPT_VERSION",
+    "LLM_MODEL_NAME",
     "LLM_REQUEST_TYPE",
+    "LLM_TOKEN_COUNT_COMPLETION",
+    "LLM_TOKEN_COUNT_PROMPT",
+    "MODEL",
     "OBSERVATION_TYPE_GENERATION",
     "OPENINFERENCE_SPAN_KIND",
     "PROMPT_KEY",
@@ -76,6 +112,7 @@ __all__ = [
     "SOURCE_FALLBACK",
     "SOURCE_LANGFUSE",
     "SOURCE_UNAVAILABLE",
+    "TELEMETRY_SDK_LANGUAGE",
     "TIERS",
     "TIER_API",
     "TIER_INSTANCE",
