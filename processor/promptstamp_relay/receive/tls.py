@@ -1,4 +1,4 @@
-"""TLS and mutual TLS for the OTLP/gRPC listener, from ``tls.*`` in the config.
+"""TLS and mutual TLS for the OTLP listeners (gRPC and HTTP), from ``tls.*`` in the config.
 
 - ``tls.cert_file`` + ``tls.key_file`` (PEM): the listener speaks TLS only.
 - ``tls.client_ca_file`` as well: mutual TLS; a client must present a certificate signed by
@@ -10,13 +10,14 @@ on loopback, the default bind; see SECURITY.md for anything else).
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import grpc
 
 from ..config import TlsConfig
 
-__all__ = ["server_credentials"]
+__all__ = ["server_credentials", "server_ssl_context"]
 
 
 def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials | None:
@@ -31,3 +32,18 @@ def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials | None:
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
+
+
+def server_ssl_context(tls: TlsConfig) -> ssl.SSLContext | None:
+    """The same certificate (and client CA) for the OTLP/HTTP listener, or None for plaintext.
+    TLS 1.2 at least; with ``client_ca_file`` a client certificate is required."""
+    if not tls.cert_file:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.client_ca_file:
+        ctx.load_verify_locations(cafile=tls.client_ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx

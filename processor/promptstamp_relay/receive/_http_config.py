@@ -1,0 +1,44 @@
+"""The ``receivers.http:`` section: the OTLP/HTTP listener (``receive/http.py``).
+
+Standard library only (``config.py`` imports it). TLS is the relay's ``tls.*`` section, the
+same certificate as the gRPC listener; body and decode bounds are ``limits.*``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["HttpReceiverConfig"]
+
+
+@dataclass
+class HttpReceiverConfig:
+    """OTLP/HTTP on ``listen`` (``host:port``; "" = no HTTP listener)."""
+
+    listen: str = "127.0.0.1:4318"
+    # Open connections at once; one more is answered 503 and closed. Each costs a thread that
+    # mostly sleeps in recv (keep-alive).
+    max_connections: int = 256
+    # Requests admitted at once (decompress, decode, stamp), like the gRPC receiver's 4
+    # handler threads: more only queue on the processing lock and the GIL.
+    threads: int = 4
+    # A connection with no complete request for this long is closed (idle keep-alive, or a
+    # sender too slow to finish its headers or body).
+    idle_timeout_seconds: float = 60.0
+
+    def validate(self, path: str = "receivers.http") -> list[str]:
+        """Every problem in this section, as ``'<path>.key' must …`` lines."""
+        errs: list[str] = []
+        if self.listen:
+            host, sep, port = self.listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or int(port) > 65535:
+                errs.append(f"'{path}.listen' must be host:port (port 0..65535), or \"\" to turn "
+                            f"the HTTP listener off, got {self.listen!r}")
+        if self.max_connections <= 0:
+            errs.append(f"'{path}.max_connections' must be > 0")
+        if not 0 < self.threads <= 64:
+            errs.append(f"'{path}.threads' must be 1..64")
+        if not (math.isfinite(self.idle_timeout_seconds) and 0 < self.idle_timeout_seconds <= 3600):
+            errs.append(f"'{path}.idle_timeout_seconds' must be > 0 and <= 3600")
+        return errs
