@@ -162,10 +162,12 @@ def install(
 
 
 def _reset_for_tests() -> None:
-    """Forget the client, cache and settings (not the processors already added)."""
+    """Forget the client, cache, settings, what was warned, and which providers were set up
+    (their processors stay: a provider set up again gets a second, harmless one)."""
     with RUNTIME.lock:
         RUNTIME.fetcher = Fetcher(settings=FetchSettings())
         RUNTIME.fetch_log = FetchLog()
         RUNTIME.checked_at_hand_out = False
+        RUNTIME.providers = weakref.WeakSet()
         _set_inbound_trust(True)
     _setup.reset()
