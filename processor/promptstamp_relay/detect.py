@@ -48,6 +48,7 @@ __all__ = [
     "already_linked",
     "classify",
     "is_generation",
+    "js_string",
     "js_value",
     "langfuse_type",
 ]
@@ -144,8 +145,8 @@ def _meaningful(value: object) -> bool:
     return True
 
 
-def _js_string(value: object) -> str:
-    """JavaScript's ``String(value)`` (how a value is used as a property key)."""
+def js_string(value: object) -> str:
+    """JavaScript's ``String(value)`` of a :func:`js_value` (how it is used as a property key)."""
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
@@ -161,7 +162,7 @@ def _js_string(value: object) -> str:
             return str(int(value))
         return repr(value)
     if isinstance(value, list):
-        return ",".join("" if v is None else _js_string(v) for v in value)
+        return ",".join("" if v is None else js_string(v) for v in value)
     if value is None:
         return "null"
     return str(value)
@@ -230,7 +231,7 @@ def _lookup(name: str, priority: int, key: str, mapping: Mapping[str, str]) -> R
         return _meaningful(s.get(key))
 
     def maps(s: _Span) -> str | None:
-        prop = _js_string(s.get(key))
+        prop = js_string(s.get(key))
         if prop in _OBJECT_PROTOTYPE:
             raise _MapperThrows(f"{key}={prop!r} names an Object.prototype member")
         return mapping.get(prop)

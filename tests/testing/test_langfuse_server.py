@@ -456,6 +456,18 @@ LINK = {"langfuse.observation.prompt.name": "p", "langfuse.observation.prompt.ve
         ({"langfuse.observation.type": "agent"}, "AGENT", False),
         ({"openinference.span.kind": "CHAIN", "gen_ai.request.model": "m"}, "CHAIN", False),
         ({"llm.request.type": "chat"}, "SPAN", False),  # not one of Langfuse's rules
+        ({"langfuse.observation.type": "GENERATION", "gen_ai.request.model": "m"}, "GENERATION", True),
+        ({"langfuse.observation.type": "GENERATION"}, "SPAN", False),  # unknown: falls through
+        ({"gen_ai.operation.name": "execute_tool", "gen_ai.request.model": "m"}, "TOOL", False),
+        ({"gen_ai.tool.name": "lookup", "gen_ai.request.model": "m"}, "TOOL", False),
+        ({"gen_ai.operation.name": "invoke_agent", "gen_ai.request.model": "m"}, "AGENT", False),
+        ({"openinference.span.kind": "AGENT", "llm.model_name": "m"}, "AGENT", False),
+        ({"openinference.span.kind": "RETRIEVER", "llm.model_name": "m"}, "RETRIEVER", False),
+        ({"langfuse.observation.model.name": "m"}, "GENERATION", True),
+        ({"genkit:metadata:subtype": "model"}, "GENERATION", True),
+        ({"operation.name": "ai.streamText.doStream", "ai.model.id": "m"}, "GENERATION", True),
+        ({"ai.operationId": "ai.toolCall"}, "TOOL", False),
+        ({"flue.task.id": "t"}, "AGENT", False),
         ({}, "SPAN", False),
     ],
 )
@@ -472,25 +484,106 @@ def test_observation_types_and_links(
     assert server.rejected() == []
 
 
+PN, PV = "langfuse.observation.prompt.name", "langfuse.observation.prompt.version"
+LEGACY_PN, LEGACY_PV = "langfuse.prompt.name", "langfuse.prompt.version"
+AI_SDK = "ai.telemetry.metadata.langfusePrompt"
+
+
+# What Langfuse's ingestion makes of a GENERATION's link (OtelIngestionProcessor's reads, the v3
+# write path's CreateGenerationBody schema): ("linked", name, version), ("kept",) = arrives
+# unlinked, ("dropped", reason) = the observation is lost.
 @pytest.mark.parametrize(
-    ("version_attrs", "reason"),
+    ("link_attrs", "outcome"),
     [
-        ({"langfuse.observation.prompt.version": "3"}, "not an integer"),
-        ({"langfuse.observation.prompt.version": 3.0}, "not an integer"),
-        ({}, "without a prompt version"),
-        ({"langfuse.observation.prompt.version": 0}, "not a positive integer"),
+        ({PN: "p", PV: 3}, ("linked", "p", 3)),
+        ({PN: "p", PV: 3.0}, ("linked", "p", 3)),  # a JavaScript number: 3.0 is the integer 3
+        ({PN: "p", PV: 3.5}, ("dropped", "not an integer")),
+        ({PN: "p", PV: "3"}, ("dropped", "not an integer")),
+        ({PN: "p", PV: True}, ("dropped", "not an integer")),
+        ({PN: "p"}, ("dropped", "without a prompt version")),
+        ({PN: "p", PV: 0}, ("dropped", "with prompt version 0")),
+        ({PN: "p", PV: -2}, ("kept",)),  # passes the schema; no prompt has a version below 1
+        ({PV: 3}, ("dropped", "without a prompt name")),
+        ({PN: "", PV: 3}, ("dropped", "with an empty prompt name")),
+        ({PN: ""}, ("kept",)),
+        ({PN: "", PV: 0}, ("kept",)),
+        ({PN: 5, PV: 3}, ("dropped", "is not a string")),
+        ({LEGACY_PN: "p", LEGACY_PV: 2}, ("linked", "p", 2)),
+        ({PN: "p", LEGACY_PV: 2}, ("linked", "p", 2)),  # name and version are read one by one
+        ({PN: "p", PV: 5, LEGACY_PN: "q", LEGACY_PV: 2}, ("linked", "p", 5)),
+        ({AI_SDK: '{"name": "p", "version": 4}'}, ("linked", "p", 4)),
+        ({AI_SDK: '{"name": "p", "version": "4"}'}, ("dropped", "not an integer")),
+        ({AI_SDK: "not json"}, ("kept",)),
+        ({AI_SDK: '["p", 4]'}, ("kept",)),
+        ({PN: "p", AI_SDK: '{"name": "q", "version": 2}'}, ("linked", "p", 2)),
     ],
 )
-def test_generation_with_bad_prompt_version_is_rejected(
-    server: LangfuseServer, version_attrs: dict[str, Any], reason: str
+def test_prompt_links_are_judged_as_langfuse_judges_them(
+    server: LangfuseServer, link_attrs: dict[str, Any], outcome: tuple[Any, ...]
 ) -> None:
-    attrs = {"gen_ai.operation.name": "chat", "langfuse.observation.prompt.name": "p", **version_attrs}
+    attrs = {"gen_ai.operation.name": "chat", **link_attrs}
     good = json_span("good", {"gen_ai.operation.name": "chat"}, span_id="00000000000000aa")
-    assert post_json(server, otlp_json(json_span("bad", attrs), good)).status_code == 200
-    assert [o.name for o in server.observations()] == ["good"]
-    [rejected] = server.rejected()
-    assert rejected.observation.name == "bad"
-    assert reason in rejected.reason
+    assert post_json(server, otlp_json(json_span("gen", attrs), good)).status_code == 200
+    observations = {o.name: o for o in server.observations()}
+    assert observations["good"].prompt_name is None
+    if outcome[0] == "dropped":
+        assert set(observations) == {"good"}
+        [rejected] = server.rejected()
+        assert rejected.observation.name == "gen"
+        assert outcome[1] in rejected.reason
+        return
+    assert server.rejected() == []
+    generation = observations["gen"]
+    assert generation.type == "GENERATION"
+    want = (outcome[1], outcome[2]) if outcome[0] == "linked" else (None, None)
+    assert (generation.prompt_name, generation.prompt_version) == want
+
+
+@pytest.mark.parametrize("kind", ["tool", "agent", "span"])
+def test_only_generations_link_and_only_generations_are_judged(server: LangfuseServer, kind: str) -> None:
+    attrs = {"langfuse.observation.type": kind, PN: "p", PV: "3"}  # a string version: no matter here
+    assert post_json(server, otlp_json(json_span("s", attrs))).status_code == 200
+    [observation] = server.observations()
+    assert observation.type == kind.upper()
+    assert (observation.prompt_name, observation.prompt_version) == (None, None)
+
+
+@pytest.mark.parametrize("poison", ["constructor", "toString", "__proto__"])
+def test_a_value_that_makes_langfuses_mapper_throw_loses_the_whole_request(
+    server: LangfuseServer, poison: str
+) -> None:
+    bad = json_span("bad", {"gen_ai.operation.name": poison}, span_id="00000000000000bb")
+    good = json_span("good", {"gen_ai.operation.name": "chat", **LINK}, span_id="00000000000000aa")
+    assert post_json(server, otlp_json(good, bad)).status_code == 200  # Langfuse answers 200: queued
+    assert server.observations() == []
+    rejected = server.rejected()
+    assert sorted(r.observation.name for r in rejected) == ["bad", "good"]
+    assert all("whole export request is lost" in r.reason and poison in r.reason for r in rejected)
+    # Another request is not affected.
+    assert post_json(server, otlp_json(json_span("later", {"model": "m"}, span_id="00000000000000cc"))).status_code == 200
+    assert [o.name for o in server.observations()] == ["later"]
+
+
+def test_types_come_from_the_relays_table_with_scope_and_span_name(server: LangfuseServer) -> None:
+    from promptstamp_relay.detect import langfuse_type
+
+    provider = provider_for(server)
+    livekit = provider.get_tracer("livekit-agents")
+    with livekit.start_as_current_span("agent_turn"):
+        with livekit.start_as_current_span("function_tool"):
+            pass
+    app = provider.get_tracer("app")
+    with app.start_as_current_span("agent_turn") as s:  # the same name in another scope: a span
+        s.set_attribute("gen_ai.response.model", "gpt-4o")
+    provider.shutdown()
+    got = {(o.scope_name, o.name): o.type for o in server.wait_for_observations(3)}
+    assert got == {
+        ("livekit-agents", "agent_turn"): "AGENT",
+        ("livekit-agents", "function_tool"): "TOOL",
+        ("app", "agent_turn"): "GENERATION",
+    }
+    for o in server.observations():
+        assert o.type == langfuse_type(o.attributes, scope_name=o.scope_name or "", span_name=o.name)
 
 
 def test_metadata_attributes_land_unchanged(server: LangfuseServer) -> None:

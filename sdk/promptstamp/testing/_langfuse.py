@@ -3,6 +3,13 @@
 Covered: the prompts API (get / create a version / move labels) and the OTLP trace ingest
 endpoint, plus a view of what Langfuse would show for the ingested spans (observation types,
 prompt links, metadata, and the observations Langfuse's ingestion would drop).
+
+Observation types come from the relay's own mirror of Langfuse's ``ObservationTypeMapper``
+(``promptstamp_relay.detect``), so this stand-in and the relay cannot disagree; a value that makes
+Langfuse's mapper throw loses the whole export request here as there. Prompt links are judged as
+Langfuse's v3 write path judges them (see ``_prompt_link``). One difference is left, on purpose: a
+link to a positive version is shown as linked whether or not this server holds that prompt
+(Langfuse resolves it against the project's prompts, so tests need not create every prompt).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import binascii
 import copy
 import gzip
 import json
+import math
 import re
 import threading
 import time
@@ -22,7 +30,9 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import promptstamp_contract as c
 from promptstamp.testing._http import LoopbackServer, Request, Response
+from promptstamp_relay import detect
 
 PROMPTS_PATH = "/api/public/v2/prompts"
 OTEL_TRACES_PATH = "/api/public/otel/v1/traces"
@@ -34,58 +44,8 @@ LATEST_LABEL = "latest"
 MAX_INGESTION_VERSION = 4
 
 # Langfuse's OTel attribute names (packages/shared/src/server/otel/attributes.ts).
-_OBSERVATION_TYPE = "langfuse.observation.type"
-_PROMPT_NAME = "langfuse.observation.prompt.name"
-_PROMPT_VERSION = "langfuse.observation.prompt.version"
-_LEGACY_PROMPT_NAME = "langfuse.prompt.name"
-_LEGACY_PROMPT_VERSION = "langfuse.prompt.version"
-_OBSERVATION_MODEL = "langfuse.observation.model.name"
 _METADATA = "langfuse.observation.metadata"
 _METADATA_PREFIX = _METADATA + "."
-
-_DIRECT_TYPES = {
-    t: t.upper()
-    for t in (
-        "span",
-        "generation",
-        "event",
-        "embedding",
-        "agent",
-        "tool",
-        "chain",
-        "retriever",
-        "guardrail",
-        "evaluator",
-    )
-}
-_OPENINFERENCE_TYPES = {
-    "CHAIN": "CHAIN",
-    "RETRIEVER": "RETRIEVER",
-    "LLM": "GENERATION",
-    "EMBEDDING": "EMBEDDING",
-    "AGENT": "AGENT",
-    "TOOL": "TOOL",
-    "GUARDRAIL": "GUARDRAIL",
-    "EVALUATOR": "EVALUATOR",
-}
-_GEN_AI_OPERATION_TYPES = {
-    "chat": "GENERATION",
-    "completion": "GENERATION",
-    "text_completion": "GENERATION",
-    "generate_content": "GENERATION",
-    "generate": "GENERATION",
-    "embeddings": "EMBEDDING",
-    "invoke_agent": "AGENT",
-    "create_agent": "AGENT",
-    "execute_tool": "TOOL",
-}
-_MODEL_KEYS = (
-    _OBSERVATION_MODEL,
-    "gen_ai.request.model",
-    "gen_ai.response.model",
-    "llm.model_name",
-    "model",
-)
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,10 +118,6 @@ def _error(status: int, message: str, error: str) -> Response:
     return Response.json(status, {"message": message, "error": error})
 
 
-def _is_otlp_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def any_value_to_python(value: Any) -> Any:
     """An OTLP ``AnyValue`` as a plain Python value (int stays int, double stays float)."""
     kind = value.WhichOneof("value")
@@ -178,98 +134,91 @@ def _attributes(key_values: Iterable[Any]) -> dict[str, Any]:
     return {kv.key: any_value_to_python(kv.value) for kv in key_values}
 
 
-def _meaningful(value: Any) -> bool:
-    if value is None or value == "":
-        return False
-    if isinstance(value, (list, dict)):
-        return len(value) > 0
-    return True
-
-
 def observation_type(
     attributes: Mapping[str, Any],
     resource_attributes: Mapping[str, Any] | None = None,
     scope_name: str | None = None,
     scope_version: str | None = None,
+    span_name: str = "",
 ) -> str:
     """The observation type Langfuse's ``ObservationTypeMapperRegistry`` assigns.
 
-    Mappers in priority order; the first that applies *and* yields a known type wins, else SPAN.
+    The relay's own table (``promptstamp_relay.detect``), so the relay and this stand-in cannot
+    disagree. ``attributes`` values: OTLP ``AnyValue``s or plain Python values.
     """
-    resource_attributes = resource_attributes or {}
-    # 0: Langfuse Python SDK <= 3.3 wrote type "span" on generations.
-    if (
-        attributes.get(_OBSERVATION_TYPE) == "span"
-        and scope_name == "langfuse-sdk"
-        and resource_attributes.get("telemetry.sdk.language") == "python"
-    ):
-        old = True
-        if scope_version:
-            parts = scope_version.split(".")
-            try:
-                major, minor = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
-                old = not (major > 3 or (major == 3 and minor > 3))
-            except ValueError:
-                old = True
-        generation_keys = {
-            _OBSERVATION_MODEL,
-            "langfuse.observation.cost_details",
-            "langfuse.observation.usage_details",
-            "langfuse.observation.completion_start_time",
-            "langfuse.observation.model.parameters",
-            _PROMPT_NAME,
-            _PROMPT_VERSION,
-        }
-        if old and any(key in generation_keys for key in attributes):
-            return "GENERATION"
-    # 1: explicit langfuse.observation.type
-    explicit = attributes.get(_OBSERVATION_TYPE)
-    if _meaningful(explicit) and isinstance(explicit, str) and explicit in _DIRECT_TYPES:
-        return _DIRECT_TYPES[explicit]
-    # 2: OpenInference span kind
-    kind = attributes.get("openinference.span.kind")
-    if _meaningful(kind) and isinstance(kind, str) and kind in _OPENINFERENCE_TYPES:
-        return _OPENINFERENCE_TYPES[kind]
-    # 3: OTel GenAI operation name
-    operation = attributes.get("gen_ai.operation.name")
-    if _meaningful(operation) and isinstance(operation, str) and operation in _GEN_AI_OPERATION_TYPES:
-        return _GEN_AI_OPERATION_TYPES[operation]
-    # 4/5: Vercel AI SDK operations
-    op_name = attributes.get("operation.name")
-    op_id = attributes.get("ai.operationId")
+    language = (resource_attributes or {}).get("telemetry.sdk.language")
+    return detect.langfuse_type(
+        attributes,
+        scope_name=scope_name or "",
+        scope_version=scope_version or "",
+        span_name=span_name,
+        sdk_language=language if isinstance(language, str) else "",
+    )
 
-    def vercel(prefixes: Sequence[str]) -> bool:
-        if isinstance(op_name, str) and op_name and any(op_name.startswith(p) for p in prefixes):
-            return True
-        return isinstance(op_id, str) and op_id in prefixes
 
-    generation_ops = (
-        "ai.generateText.doGenerate",
-        "ai.streamText.doStream",
-        "ai.generateObject.doGenerate",
-        "ai.streamObject.doStream",
-    )
-    embedding_ops = ("ai.embedMany.doEmbed", "ai.embed.doEmbed")
-    has_model = any(
-        _meaningful(attributes.get(k))
-        for k in (_OBSERVATION_MODEL, "ai.model.id", "gen_ai.request.model", "gen_ai.response.model")
-    )
-    if has_model and vercel(generation_ops):
-        return "GENERATION"
-    if has_model and vercel(embedding_ops):
-        return "EMBEDDING"
-    is_ai_op = (isinstance(op_name, str) and op_name.startswith("ai.")) or (
-        isinstance(op_id, str) and op_id.startswith("ai.")
-    )
-    if is_ai_op and not vercel(generation_ops + embedding_ops) and vercel(("ai.toolCall",)):
-        return "TOOL"
-    # 6: GenAI tool calls
-    if _meaningful(attributes.get("gen_ai.tool.name")) or _meaningful(attributes.get("gen_ai.tool.call.id")):
-        return "TOOL"
-    # 7: any model attribute
-    if any(_meaningful(attributes.get(k)) for k in _MODEL_KEYS):
-        return "GENERATION"
-    return "SPAN"
+def _ai_sdk_prompt(value: Any) -> Any:
+    """``parseLangfusePromptFromAISDK``: the parsed ``ai.telemetry.metadata.langfusePrompt``
+    (an object, an array or null), else None."""
+    plain = detect.js_value(value)
+    if not plain or (isinstance(plain, float) and math.isnan(plain)):  # `if (!aiSDKPrompt) return`
+        return None
+    try:  # JSON.parse(String(value)); JavaScript's JSON has no NaN / Infinity
+        parsed = json.loads(detect.js_string(plain), parse_constant=_no_constant)
+    except ValueError:
+        return None
+    return parsed if parsed is None or isinstance(parsed, (dict, list)) else None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _js_number_int(value: Any) -> bool:
+    """``z.number().int()``: a JavaScript number that is an integer (3.0 is one: JS has one
+    number type). Booleans and strings are not numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or (math.isfinite(value) and value.is_integer())
+
+
+def _prompt_link(attributes: Mapping[str, Any]) -> tuple[str | None, int | None, str | None]:
+    """``(name, version, drop_reason)`` as Langfuse's ingestion makes of a GENERATION's link.
+
+    Read as ``OtelIngestionProcessor`` reads it, each of name and version on its own:
+    ``langfuse.observation.prompt.*`` ?? legacy ``langfuse.prompt.*`` ?? the AI SDK's
+    ``langfusePrompt`` JSON. Judged as the v3 write path's schema judges it
+    (``CreateGenerationBody``: name a string, version an integer, both or neither); a version
+    no prompt can have (below 1) then resolves to no prompt: kept, not linked.
+    """
+
+    def first(*keys: str, json_key: str) -> Any:
+        for key in keys:
+            if key in attributes:
+                value = detect.js_value(attributes[key])
+                if value is not None:
+                    return value
+        ai_sdk = attributes.get(c.AI_SDK_LANGFUSE_PROMPT)
+        parsed = _ai_sdk_prompt(ai_sdk) if ai_sdk is not None else None
+        return parsed.get(json_key) if isinstance(parsed, dict) else None
+
+    name = first(c.LF_PROMPT_NAME, c.LF_LEGACY_PROMPT_NAME, json_key="name")
+    version = first(c.LF_PROMPT_VERSION, c.LF_LEGACY_PROMPT_VERSION, json_key="version")
+    if name is not None and not isinstance(name, str):
+        return None, None, f"prompt name {name!r} ({type(name).__name__}) is not a string"
+    if version is not None and not _js_number_int(version):
+        return None, None, f"prompt version {version!r} ({type(version).__name__}) is not an integer"
+    has_name, has_version = bool(name), version is not None and version != 0
+    if has_name and has_version:
+        assert isinstance(name, str) and version is not None
+        number = int(version)
+        return (name, number, None) if number >= 1 else (None, None, None)
+    if not has_name and not has_version:
+        return None, None, None
+    if has_name:
+        shown = "without a prompt version" if version is None else "with prompt version 0"
+        return None, None, f"prompt name {name!r} {shown} (Langfuse needs both or neither)"
+    shown = "without a prompt name" if name is None else "with an empty prompt name"
+    return None, None, f"prompt version {version!r} {shown} (Langfuse needs both or neither)"
 
 
 def _observation_metadata(attributes: Mapping[str, Any]) -> dict[str, Any]:
@@ -939,6 +888,7 @@ def _decode_traces(body: bytes, is_proto: bool) -> Any:
 
 def _map_request(request: Any) -> list[Observation | RejectedObservation]:
     out: list[Observation | RejectedObservation] = []
+    thrown: str | None = None
     for resource_spans in request.resource_spans:
         resource_attributes = _attributes(resource_spans.resource.attributes)
         service_name = resource_attributes.get("service.name")
@@ -946,15 +896,21 @@ def _map_request(request: Any) -> list[Observation | RejectedObservation]:
             scope_name = scope_spans.scope.name or None
             scope_version = scope_spans.scope.version or None
             for span in scope_spans.spans:
-                out.append(
-                    _map_span(
-                        span,
-                        resource_attributes,
-                        service_name if isinstance(service_name, str) else None,
-                        scope_name,
-                        scope_version,
-                    )
+                item, error = _map_span(
+                    span,
+                    resource_attributes,
+                    service_name if isinstance(service_name, str) else None,
+                    scope_name,
+                    scope_version,
                 )
+                out.append(item)
+                if error is not None and thrown is None:
+                    thrown = f"span {span.name!r}: {error}"
+    if thrown is not None:
+        # Langfuse's type mapper throws, and processToIngestionEvents returns nothing for the
+        # whole request: every span in it is lost, not just the one that made it throw.
+        reason = f"Langfuse's observation type mapper throws on {thrown}: the whole export request is lost"
+        return [RejectedObservation(o if isinstance(o, Observation) else o.observation, reason) for o in out]
     return out
 
 
@@ -964,31 +920,28 @@ def _map_span(
     service_name: str | None,
     scope_name: str | None,
     scope_version: str | None,
-) -> Observation | RejectedObservation:
-    attributes = _attributes(span.attributes)
-    obs_type = observation_type(attributes, resource_attributes, scope_name, scope_version)
-    prompt_name = attributes.get(_PROMPT_NAME, attributes.get(_LEGACY_PROMPT_NAME))
-    prompt_version = attributes.get(_PROMPT_VERSION, attributes.get(_LEGACY_PROMPT_VERSION))
-    reason: str | None = None
+) -> tuple[Observation | RejectedObservation, str | None]:
+    raw = {kv.key: kv.value for kv in span.attributes}  # AnyValues, as Langfuse reads them (last wins)
+    attributes = {k: any_value_to_python(v) for k, v in raw.items()}
+    language = resource_attributes.get("telemetry.sdk.language")
+    typing = detect.classify(
+        raw,
+        scope_name=scope_name or "",
+        scope_version=scope_version or "",
+        span_name=span.name,
+        sdk_language=language if isinstance(language, str) else "",
+    )
     linked_name: str | None = None
     linked_version: int | None = None
-    if obs_type == "GENERATION":
-        if prompt_version is not None and not _is_otlp_int(prompt_version):
-            reason = f"prompt version {prompt_version!r} ({type(prompt_version).__name__}) is not an integer"
-        elif prompt_name is not None and prompt_version is None:
-            reason = f"prompt name {prompt_name!r} without a prompt version"
-        elif prompt_name is not None and isinstance(prompt_version, int) and prompt_version <= 0:
-            reason = f"prompt version {prompt_version} is not a positive integer"
-        elif prompt_name is not None and not isinstance(prompt_name, str):
-            reason = f"prompt name {prompt_name!r} is not a string"
-        elif isinstance(prompt_name, str) and isinstance(prompt_version, int):
-            linked_name, linked_version = prompt_name, prompt_version
+    reason: str | None = None
+    if typing.type == "GENERATION":  # only generations link a prompt (langfuse#14962)
+        linked_name, linked_version, reason = _prompt_link(raw)
     observation = Observation(
         trace_id=span.trace_id.hex(),
         span_id=span.span_id.hex(),
         parent_span_id=span.parent_span_id.hex() or None,
         name=span.name,
-        type=obs_type,
+        type=typing.type,
         prompt_name=linked_name,
         prompt_version=linked_version,
         metadata=_observation_metadata(attributes),
@@ -1000,8 +953,8 @@ def _map_span(
         end_time_unix_nano=int(span.end_time_unix_nano),
     )
     if reason is not None:
-        return RejectedObservation(observation=observation, reason=reason)
-    return observation
+        return RejectedObservation(observation=observation, reason=reason), typing.error
+    return observation, typing.error
 
 
 def reset_langfuse_clients() -> None:
