@@ -113,13 +113,15 @@ def test_shipped_example_recording_replays(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("not json\n", "line 1: not JSON"),
-        ('{"resourceSpans": []}\n{"foo": 1}\n', "line 2: expected a JSON object with resourceSpans or resourceLogs"),
+        ("not json\n", "line 1, column 1: not JSON: Expecting value"),
+        ('{"resourceSpans": []}\n\n{"resourceSpans": [1,]}\n', "line 3, column 22: not JSON: Expecting value"),
+        ('{"resourceSpans": []}\n{"foo": 1}\n',
+         "line 2: expected a JSON object with resourceSpans, resourceLogs or resourceMetrics"),
         ('{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz","spanId":"0102030405060708"}]}]}]}\n',
          "line 1: traceId is not hex"),
         ('{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"0102","spanId":"0102030405060708"}]}]}]}\n',
          "line 1: traceId must be 16 bytes, got 2"),
-        ('{"resourceSpans":[{"scopeSpans":[{"spans":[{"name": 5, "kind": "x"}]}]}]}\n', "line 1: not OTLP/JSON"),
+        ('{"resourceSpans":[{"scopeSpans":[{"spans":[{"name": 5, "kind": "x"}]}]}]}\n', "line 1: not OTLP/JSON: resourceSpans.scopeSpans.spans.name"),
     ],
 )
 def test_bad_input_exits_non_zero_with_file_and_line(

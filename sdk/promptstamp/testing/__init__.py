@@ -1,5 +1,6 @@
-"""Test utilities shipped with promptstamp: loopback fakes of Langfuse and OpenAI, and capture
-helpers. Standard-library HTTP only; every server binds 127.0.0.1 on a free port.
+"""Test utilities shipped with promptstamp: loopback fakes of Langfuse and OpenAI, capture
+helpers, replay of recordings, a live relay for an app under test, and a pytest plugin.
+Standard-library HTTP only; every server binds 127.0.0.1 on a free port.
 
     from promptstamp.testing import LangfuseServer, FakeOpenAI
 
@@ -8,34 +9,95 @@ helpers. Standard-library HTTP only; every server binds 127.0.0.1 on a free port
                                labels=["production"])
         ...
 
-``LangfuseServer``'s OTLP ingest path needs ``opentelemetry-proto`` (the ``relay`` extra).
+Checking that every generation is linked (docs/testing.md):
+
+    def test_recording_links(promptstamp_replay):          # fixtures of the pytest plugin
+        assert_all_linked(promptstamp_replay("recording.jsonl"), tier="trace")
+
+The fixtures ``promptstamp_replay`` and ``promptstamp_relay`` come with the pytest plugin
+(registered when promptstamp is installed); without it, import them into a ``conftest.py``.
+``replay``, ``LiveRelay``, ``LangfuseServer``'s OTLP ingest path need the ``relay`` extra.
+
+Names are imported when first used: ``import promptstamp.testing`` (and so the pytest plugin)
+loads neither the relay nor the fakes until a test asks for them.
 
 The real ``langfuse`` client keeps one state (base URL, prompt cache) per public key for the
 whole process: call ``reset_langfuse_clients()`` between tests that start new servers with the
-same keys, or give each server its own ``public_key``.
+same keys, or give each server its own ``public_key`` (``LiveRelay`` does).
 """
 
 from __future__ import annotations
 
-from promptstamp.testing._capture import CaptureLogExporter
-from promptstamp.testing._langfuse import (
-    IngestRequest,
-    LangfuseServer,
-    Observation,
-    PromptRequest,
-    RejectedObservation,
-    reset_langfuse_clients,
-)
-from promptstamp.testing._openai import FakeOpenAI, OpenAIRequest
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from promptstamp.testing._assert import REASONS, assert_all_linked
+    from promptstamp.testing._capture import CaptureLogExporter
+    from promptstamp.testing._langfuse import (
+        IngestRequest,
+        LangfuseServer,
+        Observation,
+        PromptRequest,
+        RejectedObservation,
+        reset_langfuse_clients,
+    )
+    from promptstamp.testing._openai import FakeOpenAI, OpenAIRequest
+    from promptstamp.testing._plugin import promptstamp_relay, promptstamp_relay_config, promptstamp_replay
+    from promptstamp.testing._relay import LiveRelay
+    from promptstamp.testing._replay import Generation, ReplayResult, replay
 
 __all__ = [
+    "REASONS",
     "CaptureLogExporter",
     "FakeOpenAI",
+    "Generation",
     "IngestRequest",
     "LangfuseServer",
+    "LiveRelay",
     "Observation",
     "OpenAIRequest",
     "PromptRequest",
     "RejectedObservation",
+    "ReplayResult",
+    "assert_all_linked",
+    "promptstamp_relay",
+    "promptstamp_relay_config",
+    "promptstamp_replay",
+    "replay",
     "reset_langfuse_clients",
 ]
+
+_WHERE = {
+    "REASONS": "_assert",
+    "assert_all_linked": "_assert",
+    "CaptureLogExporter": "_capture",
+    "IngestRequest": "_langfuse",
+    "LangfuseServer": "_langfuse",
+    "Observation": "_langfuse",
+    "PromptRequest": "_langfuse",
+    "RejectedObservation": "_langfuse",
+    "reset_langfuse_clients": "_langfuse",
+    "FakeOpenAI": "_openai",
+    "OpenAIRequest": "_openai",
+    "promptstamp_relay": "_plugin",  # imports pytest
+    "promptstamp_relay_config": "_plugin",
+    "promptstamp_replay": "_plugin",
+    "LiveRelay": "_relay",
+    "Generation": "_replay",
+    "ReplayResult": "_replay",
+    "replay": "_replay",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'promptstamp.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"promptstamp.testing.{module}"), name)
+    globals()[name] = value  # once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
