@@ -12,8 +12,9 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from promptstamp.testing import LangfuseServer
 from promptstamp_relay.server import RelayServer
+from tests.waiting import wait_until
 
-from .conftest import Sender, config, ids, wait_until
+from .conftest import Sender, config, ids
 
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 

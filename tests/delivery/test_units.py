@@ -245,3 +245,50 @@ def test_sqlite_store_prunes_the_table_as_records_arrive(tmp_path: Path) -> None
     rows = j.query("SELECT version FROM fetch_log ORDER BY id")
     assert len(st) == 3 and len(rows) <= 4  # pruned to the newest max_entries once a minute
     j.close()
+
+
+def test_sqlite_store_a_flooding_tenant_never_evicts_another_tenants_records_even_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    now = 1_000_000 * S
+    quiet = FetchRecord("k", "production", 3, "langfuse", now, b"Q" * 16, b"\x01" * 8, "agent-q",
+                        service="quiet-svc")
+    j = Journal(tmp_path)
+    st = SqliteStore(j, max_entries=50, max_age_ns=3600 * S, now_ns=now)
+    st.add("quiet", [quiet], now)
+    for i in range(500):  # past the bound, with the table pruned along the way (once a minute)
+        st.add("flood", [FetchRecord("k", "production", i + 1, "langfuse", now + i, b"F" * 16, b"", "a")],
+               now + i * S)
+    st.prune(now + 500 * S)
+    assert list(st.in_trace("quiet", b"Q" * 16, "k", "production")) == [quiet]
+    tenants = dict(j.query("SELECT tenant, COUNT(*) FROM fetch_log GROUP BY tenant"))
+    assert tenants == {"quiet": 1, "flood": 49}  # the table is cut like the memory index
+    j.close()
+    j = Journal(tmp_path)
+    st = SqliteStore(j, max_entries=50, max_age_ns=3600 * S, now_ns=now + 501 * S)
+    assert list(st.in_trace("quiet", b"Q" * 16, "k", "production")) == [quiet]  # service.name too
+    assert len(st) == 50
+    j.close()
+
+
+def test_sqlite_store_reads_a_table_written_before_records_had_a_service(tmp_path: Path) -> None:
+    now = 1_000_000 * S
+    j = Journal(tmp_path)
+    j.ensure_schema("""CREATE TABLE fetch_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, key TEXT NOT NULL,
+        label TEXT NOT NULL, version INTEGER NOT NULL, source TEXT NOT NULL, time_ns INTEGER NOT NULL,
+        trace_id BLOB NOT NULL, span_id BLOB NOT NULL, instance TEXT NOT NULL, error_type TEXT)""")
+    j.execute("INSERT INTO fetch_log (tenant, key, label, version, source, time_ns, trace_id, span_id, "
+              "instance, error_type) VALUES ('default', 'k', 'production', 4, 'cache', ?, X'', X'', 'a', NULL)",
+              (now,))
+    st = SqliteStore(j, max_age_ns=3600 * S, now_ns=now)
+    old = st.latest("default", "k", "production", now, 0)
+    assert old is not None and (old.version, old.service) == (4, "")
+    st.add("default", [FetchRecord("k", "production", 5, "langfuse", now + 1, b"", b"", "a", service="svc")],
+           now + 1)
+    j.close()
+    j = Journal(tmp_path)
+    st = SqliteStore(j, max_age_ns=3600 * S, now_ns=now + 2)
+    new = st.latest("default", "k", "production", now + 1, 0)
+    assert new is not None and (new.version, new.service) == (5, "svc")
+    j.close()

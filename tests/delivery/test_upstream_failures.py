@@ -7,15 +7,15 @@ of taking the data, so every span must arrive exactly once, and that is asserted
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from promptstamp.testing import LangfuseServer
 from promptstamp_relay.server import RelayServer
+from tests.waiting import wait_until
 
-from .conftest import Sender, config, ids, wait_until
+from .conftest import Sender, config, ids
 from .upstream import Upstream
 
 
@@ -93,7 +93,8 @@ def test_400_is_permanent_counted_and_logged_other_requests_unaffected(
             good |= ids(batch)
         wait_until(lambda: set(accepted_ids(langfuse)) >= good, 10, "the other requests")
         wait_until(lambda: relay.trace_queue.stats.exported_items == 20, 5, "the exports to settle")
-        time.sleep(0.3)  # a retry of the bad request would have shown up by now
+        # Nothing queued or in flight: the bad request was settled as failed, never queued again.
+        wait_until(lambda: relay.trace_queue.depth == 0, 5, "an idle queue")
         requests = langfuse.ingest_requests
         assert [r.status for r in requests].count(400) == 1  # never retried
         assert not ids(bad) & set(accepted_ids(langfuse))
@@ -130,10 +131,10 @@ def test_partial_success_is_logged_and_counted_never_retried(caplog: pytest.LogC
         def shutdown(self) -> None:
             pass
 
-    from promptstamp_relay.deliver.queue import DeliveryItem, DeliveryQueue
+    from promptstamp_relay.deliver import DeliveryItem, MemoryQueue
 
     caplog.set_level(logging.WARNING, logger="promptstamp_relay")
-    q = DeliveryQueue(lambda tenant: PartialExporter(), workers=1)  # type: ignore[arg-type,return-value]
+    q = MemoryQueue(lambda tenant: PartialExporter(), workers=1)  # type: ignore[arg-type,return-value]
     q.start()
     q.put(DeliveryItem(b"x", 5))
     wait_until(lambda: q.stats.exported_requests == 1, 5, "the export")

@@ -18,6 +18,7 @@ import pytest
 from promptstamp_relay.records import FetchRecord
 from promptstamp_relay.store.redis import RedisStore, decode_member, encode_member, tenant_prefix
 from tests.redis.conftest import RedisServer, _free_port
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -30,16 +31,6 @@ def rec(version: int, time_ns: int, *, instance: str = "agent-1", trace: int | N
     return FetchRecord(key=key, label=label, version=version, source=source, time_ns=time_ns,
                        trace_id=trace.to_bytes(16, "big") if trace else b"",
                        span_id=b"\x00" * 7 + b"\x01" if trace else b"", instance=instance)
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 @pytest.fixture
@@ -160,12 +151,16 @@ def test_every_key_is_namespaced_per_tenant_and_expires(
             ("promptstamp:{acme}:", "promptstamp:{odd%3A%7Btenant%7D}:")), k
         assert 0 < redis.pttl(k) <= 1000, (k, redis.pttl(k))
     wait_until(lambda: redis.dbsize() == 0, 5, "every key expired")
-    # A relay started now finds nothing; the old view forgets by age too.
+    # A relay started now finds nothing (once it has seen a record written after it connected,
+    # it has loaded what Redis held); the old view forgets by age too.
     b = make_store(redis_server.url, max_age_ns=1 * S)
     wait_until(lambda: b.stats.connected, 5, "b connected")
-    time.sleep(0.3)
-    assert len(b) == 0
-    later = now + 2 * S
+    later_now = time.time_ns()
+    marker = rec(9, later_now, instance="agent-9")
+    a.add("marker", [marker], later_now)
+    wait_until(lambda: b.latest("marker", KEY, LABEL, later_now, 0), 5, "b following a's writes")
+    assert len(b) == 1
+    later = later_now + 2 * S
     a.prune(later)
     assert len(a) == 0
     assert a.latest("acme", KEY, LABEL, later, 0) is None
@@ -191,6 +186,26 @@ def test_a_cap_per_tenant_trims_redis_and_every_series(
     assert inst == 50
     assert redis.zcard(tenant_prefix("beta") + "idx") == 1  # another tenant's cap is its own
     assert len(a) == 51  # the view: 50 for acme (its own bound), 1 for beta
+
+
+def test_a_flooding_tenant_never_evicts_another_tenants_records_from_another_relays_view(
+    redis_server: RedisServer, make_store: Callable[..., RedisStore]
+) -> None:
+    a = make_store(redis_server.url)
+    b = make_store(redis_server.url, max_entries=100)  # b's view holds 100 records, all tenants
+    wait_until(lambda: a.stats.connected and b.stats.connected, 5, "both stores connected")
+    now = time.time_ns()
+    quiet = FetchRecord(key=KEY, label=LABEL, version=3, source="langfuse", time_ns=now - 600 * S,
+                        trace_id=(7).to_bytes(16, "big"), span_id=b"\x01" * 8, instance="agent-q",
+                        service="quiet-svc")
+    a.add("quiet", [quiet], now)
+    wait_until(lambda: b.in_trace("quiet", quiet.trace_id, KEY, LABEL), 5, "quiet's record on b")
+    for i in range(0, 1000, 50):
+        a.add("flood", [rec(k + 1, now - (500 - k // 2) * S, trace=k + 100) for k in range(i, i + 50)], now)
+    wait_until(lambda: b.stats.remote >= 1001, 10, "b took in the flood")
+    assert len(b) == 100
+    assert list(b.in_trace("quiet", quiet.trace_id, KEY, LABEL)) == [quiet]  # service.name included
+    assert b.latest_for_instance("quiet", "agent-q", KEY, LABEL, now) == quiet
 
 
 def test_tenants_never_resolve_each_other(

@@ -45,6 +45,31 @@ def test_member_round_trip_and_order() -> None:
             decode_member(bad)
 
 
+def test_member_carries_the_service_and_reads_members_written_without_it() -> None:
+    r = FetchRecord(key="k", label="production", version=3, source="langfuse", time_ns=NOW,
+                    trace_id=b"", span_id=b"", instance="agent-1", service="order status|svc")
+    m = encode_member(r)
+    assert m.endswith("|order%20status%7Csvc") and decode_member(m) == r
+    old = f"{NOW:020d}|k|production|agent-1|3|langfuse|||"  # written before records had a service
+    assert decode_member(old) == rec(3, NOW) and decode_member(old).service == ""
+    assert encode_member(rec(3, NOW)) == old  # no service: the member (the record's id) is unchanged
+
+
+def test_a_flooding_tenant_never_evicts_another_tenants_records_from_the_view() -> None:
+    red = RedisStore("redis://127.0.0.1:9/0", max_entries=50, start=False)
+    try:
+        quiet = rec(7, NOW, trace=b"\x07" * 16)
+        red.add("quiet", [quiet], NOW)
+        for v in range(1, 501):
+            red.add("flood", [rec(v, NOW + v, instance="agent-9", trace=b"\x09" * 16)], NOW + 600 * S)
+        assert len(red) == 50
+        assert list(red.in_trace("quiet", b"\x07" * 16, "k", "production")) == [quiet]
+        assert red.latest_for_instance("quiet", "agent-1", "k", "production", NOW) == quiet
+        assert red.latest("flood", "k", "production", NOW + 1000, 0).version == 500  # type: ignore[union-attr]
+    finally:
+        red.close()
+
+
 def test_tenant_prefix_is_a_hash_tag_and_escapes() -> None:
     assert tenant_prefix("acme") == "promptstamp:{acme}:"
     assert tenant_prefix("a:b{c}") == "promptstamp:{a%3Ab%7Bc%7D}:"

@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import random
 
+from promptstamp_relay.config import StoreConfig as ConfigStoreConfig
+from promptstamp_relay.deliver import RetryConfig
 from promptstamp_relay.deliver.retry import Backoff, parse_retry_after
 from promptstamp_relay.otlpjson import decode_line, encode_line
 from promptstamp_relay.records import FetchRecord
 from promptstamp_relay.store import MemoryStore
+from promptstamp_relay.store._config import StoreConfig
 from tests.otlp_builders import T0, S, fetch_record, gen_attrs, logs, span, traces
 
 
@@ -43,6 +46,38 @@ def test_memory_store_per_tenant_cap_leaves_other_tenants_alone() -> None:
     st.add("b", [rec(v, T0 + v) for v in range(1, 6)], T0)
     assert st.latest("a", "k", "l", T0, 0).version == 1  # type: ignore[union-attr]
     assert len(st) == 3
+
+
+def test_a_flooding_tenant_evicts_its_own_records_never_another_tenants() -> None:
+    st = MemoryStore(max_entries=50)
+    quiet = FetchRecord("k", "l", 7, "langfuse", T0, b"\x07" * 16, b"\x01" * 8, "i1")
+    st.add("quiet", [quiet], T0)
+    for v in range(1, 1001):  # the store holds 50: the flood evicts 951 records, all its own
+        st.add("flood", [rec(v, T0 + v, trace=b"\x09" * 16)], T0)
+    assert len(st) == 50
+    assert list(st.in_trace("quiet", b"\x07" * 16, "k", "l")) == [quiet]  # the trace tier still answers
+    assert st.latest("flood", "k", "l", T0 + 2000, 0).version == 1000  # type: ignore[union-attr]
+    assert st.latest("flood", "k", "l", T0 + 951, 0) is None  # its oldest went
+
+
+def test_store_bounds_come_from_store_config_once() -> None:
+    assert ConfigStoreConfig is StoreConfig  # config.py uses the stores' own section
+    st = MemoryStore()
+    assert (st.bounds.max_entries, st.bounds.max_per_tenant, st.bounds.max_age_ns) == (
+        StoreConfig.max_entries, StoreConfig.max_entries_per_tenant, round(StoreConfig.max_age_seconds * 1e9))
+    assert MemoryStore(StoreConfig(max_entries=10, max_entries_per_tenant=3)).bounds.max_per_tenant == 3
+    assert MemoryStore(max_entries=2).bounds.max_per_tenant == 2  # never more than the whole store
+    assert StoreConfig(max_entries=0, max_age_seconds=0, backend="x").validate("store") == [
+        "'store.backend' must be memory or redis, got 'x'", "'store.max_entries' must be > 0",
+        "'store.max_age_seconds' must be > 0"]
+
+
+def test_backoff_defaults_are_the_retry_section_defaults() -> None:
+    b, r = Backoff(), RetryConfig()
+    assert (b.initial, b.maximum, b.max_elapsed, b.multiplier, b.randomization) == (
+        r.initial_interval_seconds, r.max_interval_seconds, r.max_elapsed_seconds, r.multiplier, r.randomization)
+    custom = Backoff.from_config(RetryConfig(initial_interval_seconds=0.5, max_elapsed_seconds=0))
+    assert (custom.initial, custom.max_elapsed, custom.maximum) == (0.5, 0, r.max_interval_seconds)
 
 
 def test_backoff_is_bounded_and_honours_the_hint() -> None:
