@@ -13,15 +13,20 @@ clients on a fixed schedule).
 The loadgen itself samples the server processes' CPU (``/proc/<pid>/stat``) at the exact
 window edges, so the orchestrator never has to guess when the window began.
 
+``transport`` "http" sends the same bytes as OTLP/HTTP protobuf (``POST /v1/traces`` and
+``/v1/logs`` with ``http.client``, one keep-alive connection per client) to the relay's HTTP
+receiver instead: ``bench/http_vs_grpc.py`` compares the two on one relay.
+
 Commands (one JSON object per line in, one per line out):
   {"cmd": "build", "key": K, "kind": "mixed", "batch": 512, "n_batches": 8, "late_share": 0.05}
   {"cmd": "run", "target": "127.0.0.1:P", "workload": K, "clients": 4, "warmup": 1, "duration": 3,
-   "rate": null, "pids": [..], "max_requests": null, "stop_after_refusals": null}
+   "rate": null, "pids": [..], "max_requests": null, "stop_after_refusals": null, "transport": "grpc"}
   {"cmd": "quit"}
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import resource
@@ -53,6 +58,45 @@ def cpu_seconds(pid: int) -> float:
 def _self_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+class _HttpCallError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+class _HttpCalls:
+    """One client's keep-alive connection: ``traces(body)`` / ``logs(body)`` like the gRPC
+    callables (raise on a non-2xx answer)."""
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=30)
+
+    def _post(self, path: str, body: bytes) -> None:
+        try:
+            self.conn.request("POST", path, body, {"Content-Type": "application/x-protobuf"})
+            r = self.conn.getresponse()
+            r.read()
+        except (OSError, http.client.HTTPException):
+            self.conn.close()  # reconnects on the next request
+            raise _HttpCallError(0) from None
+        if not 200 <= r.status < 300:
+            raise _HttpCallError(r.status)
+
+    def traces(self, body: bytes, timeout: float = 30) -> None:
+        self._post("/v1/traces", body)
+
+    def logs(self, body: bytes, timeout: float = 30) -> None:
+        self._post("/v1/logs", body)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _error_name(e: Exception) -> str:
+    return e.code().name if isinstance(e, grpc.RpcError) else f"HTTP_{getattr(e, 'status', 0)}"
 
 
 @dataclass
@@ -90,11 +134,15 @@ class _Shared:
 
 
 def _client(
-    idx: int, channel: grpc.Channel, wl: Workload, clients: int, t_start: float, t_end: float,
+    idx: int, channel: grpc.Channel | _HttpCalls, wl: Workload, clients: int, t_start: float, t_end: float,
     rate: float | None, shared: _Shared, log: _ClientLog,
 ) -> None:
-    traces = channel.unary_unary(TRACES_METHOD)
-    logs = channel.unary_unary(LOGS_METHOD)
+    if isinstance(channel, _HttpCalls):
+        traces: Any = channel.traces
+        logs: Any = channel.logs
+    else:
+        traces = channel.unary_unary(TRACES_METHOD)
+        logs = channel.unary_unary(LOGS_METHOD)
     n = len(wl.batches)
     interval = clients / rate if rate else 0.0
     seq = 0
@@ -118,9 +166,9 @@ def _client(
         ok = True
         try:
             traces(body, timeout=30)
-        except grpc.RpcError as e:
+        except (grpc.RpcError, _HttpCallError) as e:
             ok = False
-            log.errors[f"traces:{e.code().name}"] += 1
+            log.errors[f"traces:{_error_name(e)}"] += 1
         t1 = time.monotonic()
         log.traces.append((t_sched, t0, t1, b.spans, ok, first))
         shared.result(ok)
@@ -135,9 +183,9 @@ def _send_logs(call: Any, body: bytes, log: _ClientLog) -> None:
     try:
         call(body, timeout=30)
         log.logs.append((t0, time.monotonic(), True))
-    except grpc.RpcError as e:
+    except (grpc.RpcError, _HttpCallError) as e:
         log.logs.append((t0, time.monotonic(), False))
-        log.errors[f"logs:{e.code().name}"] += 1
+        log.errors[f"logs:{_error_name(e)}"] += 1
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -160,10 +208,15 @@ def run(cmd: dict[str, Any], workloads: dict[str, Workload]) -> dict[str, Any]:
     options = [("grpc.max_send_message_length", 256 * 1024 * 1024),
                ("grpc.max_receive_message_length", 256 * 1024 * 1024),
                ("grpc.use_local_subchannel_pool", 1)]
-    channels = [grpc.insecure_channel(cmd["target"], options=options) for _ in range(clients)]
+    channels: list[Any]
+    if cmd.get("transport", "grpc") == "http":
+        channels = [_HttpCalls(cmd["target"]) for _ in range(clients)]
+    else:
+        channels = [grpc.insecure_channel(cmd["target"], options=options) for _ in range(clients)]
     try:
         for ch in channels:
-            grpc.channel_ready_future(ch).result(timeout=10)
+            if isinstance(ch, grpc.Channel):
+                grpc.channel_ready_future(ch).result(timeout=10)
         logs = [_ClientLog() for _ in range(clients)]
         t_start = time.monotonic() + 0.05
         t0 = t_start + warmup

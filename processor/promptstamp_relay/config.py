@@ -37,6 +37,7 @@ import yaml
 
 from .deliver._config import QueueConfig, RetryConfig
 from .endpoints import LANGFUSE_OTLP_PATH, grpc_target, langfuse_base_url
+from .receive._http_config import HttpReceiverConfig
 from .store._config import StoreConfig
 
 __all__ = [
@@ -47,8 +48,10 @@ __all__ = [
     "ExporterConfig",
     "GenerationConfig",
     "HoldConfig",
+    "HttpReceiverConfig",
     "LangfuseConfig",
     "LoadedConfig",
+    "MetricsExporterConfig",
     "QueueConfig",
     "RetryConfig",
     "StoreConfig",
@@ -103,6 +106,22 @@ class LogsExporterConfig:
     type: str = "none"
     otlp_grpc: OtlpGrpcConfig = field(default_factory=OtlpGrpcConfig)
     file: str = ""
+
+
+@dataclass
+class MetricsExporterConfig:
+    """Where OTLP metrics go, unchanged: ``none`` (counted and dropped), ``otlp_grpc`` or ``file``."""
+
+    type: str = "none"
+    otlp_grpc: OtlpGrpcConfig = field(default_factory=OtlpGrpcConfig)
+    file: str = ""
+
+
+@dataclass
+class ReceiversConfig:
+    """Listeners besides the OTLP/gRPC one (``listen``)."""
+
+    http: HttpReceiverConfig = field(default_factory=HttpReceiverConfig)
 
 
 @dataclass
@@ -214,6 +233,8 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     logs_exporter: LogsExporterConfig = field(default_factory=LogsExporterConfig)
+    metrics_exporter: MetricsExporterConfig = field(default_factory=MetricsExporterConfig)
+    receivers: ReceiversConfig = field(default_factory=ReceiversConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -270,6 +291,18 @@ class Config:
                 errs.append(f"'logs_exporter.otlp_grpc.endpoint' {why}")
         if lx.type == "file" and not lx.file:
             errs.append("'logs_exporter.file' must name a file when logs_exporter.type is file")
+        mx = self.metrics_exporter
+        if mx.type not in ("none", "otlp_grpc", "file"):
+            errs.append(f"'metrics_exporter.type' must be none, otlp_grpc or file, got {mx.type!r}")
+        if mx.type == "otlp_grpc":
+            why = _check_grpc_endpoint(mx.otlp_grpc.endpoint, mx.otlp_grpc.insecure)
+            if why:
+                errs.append(f"'metrics_exporter.otlp_grpc.endpoint' {why}")
+        if mx.type == "file" and not mx.file:
+            errs.append("'metrics_exporter.file' must name a file when metrics_exporter.type is file")
+        errs.extend(self.receivers.http.validate("receivers.http"))
+        if self.receivers.http.listen and self.receivers.http.listen == self.listen:
+            errs.append("'receivers.http.listen' must differ from 'listen' (the OTLP/gRPC listener)")
         errs.extend(self.queue.validate("queue"))
         errs.extend(self.retry.validate("retry"))
         if self.auth.enabled and not self.auth.tenants:
@@ -661,7 +694,7 @@ def _normalise(cfg: Config, sources: Mapping[str, str], notes: list[str], errs: 
                          f"OTLP path; using {t_base!r}")
         tenants[name] = replace(t, langfuse_base_url=t_base)
     cfg = replace(cfg, auth=replace(cfg.auth, tenants=tenants))
-    for section in ("exporter", "logs_exporter"):
+    for section in ("exporter", "logs_exporter", "metrics_exporter"):
         g = getattr(cfg, section).otlp_grpc
         scheme = g.endpoint.strip().partition("://")[0] if "://" in g.endpoint else ""
         explicit = f"{section}.otlp_grpc.insecure" in sources

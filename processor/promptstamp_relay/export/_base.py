@@ -36,7 +36,7 @@ class Exporter(Protocol):
     network up to its own timeout. Never raises for upstream failures: it classifies them.
     """
 
-    signal: str  # "traces" or "logs"
+    signal: str  # "traces", "logs" or "metrics"
 
     def export(self, payload: bytes) -> ExportResult: ...
 

@@ -22,6 +22,7 @@ __all__ = ["OtlpGrpcExporter", "partial_success", "retry_info_seconds"]
 _METHODS = {
     "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
     "logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+    "metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
 }
 
 
@@ -101,12 +102,16 @@ def partial_success(signal: str, body: bytes | None) -> ExportResult:
     if not body:
         return OK
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
     try:
         if signal == "logs":
             lps = ExportLogsServiceResponse.FromString(body).partial_success
             rejected, message = int(lps.rejected_log_records), lps.error_message
+        elif signal == "metrics":
+            mps = ExportMetricsServiceResponse.FromString(body).partial_success
+            rejected, message = int(mps.rejected_data_points), mps.error_message
         else:
             tps = ExportTraceServiceResponse.FromString(body).partial_success
             rejected, message = int(tps.rejected_spans), tps.error_message
