@@ -15,10 +15,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from .counters import Counters
 from .export.langfuse import basic_auth
 
-__all__ = ["MAX_KEYS", "LabelPointers"]
+__all__ = ["MAX_KEYS", "ApiStats", "LabelPointers"]
 
 #: (tenant, prompt name, label) triples kept fresh at most; lookups beyond answer None.
 MAX_KEYS = 10_000
@@ -29,28 +31,42 @@ log = logging.getLogger("promptstamp_relay.api")
 Credentials = Callable[[str], "tuple[str, str, str] | None"]
 
 
+@dataclass
+class ApiStats(Counters):
+    """The api tier's counters (exported as ``promptstamp_api_*_total``)."""
+
+    fetches: int = 0  # prompts API calls made
+    errors: int = 0  # of those: failed (not a 404), the last answer kept
+    overflow: int = 0  # lookups not registered because MAX_KEYS were already wanted
+
+
 class LabelPointers:
+    """Threads: stamping calls :meth:`lookup` (a dict read under a lock); one background
+    thread fetches."""
+
     def __init__(
         self,
         credentials: Credentials,
         *,
         refresh_seconds: float = 30.0,
         timeout: float = 5.0,
-        max_keys: int = MAX_KEYS,
+        max_keys: int | None = None,
     ) -> None:
         self._credentials = credentials
         self._refresh = refresh_seconds
         self._timeout = timeout
         self._known: dict[tuple[str, str, str], int | None] = {}
         self._wanted: set[tuple[str, str, str]] = set()
-        self._max_keys = max_keys
-        self.overflow = 0  # lookups not registered because max_keys were already wanted
+        self._max_keys = MAX_KEYS if max_keys is None else max_keys
+        self.stats = ApiStats()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="api-tier", daemon=True)
-        self.fetches = 0
-        self.errors = 0
+
+    @property
+    def overflow(self) -> int:
+        return self.stats.overflow
 
     def lookup(self, tenant: str, name: str, label: str) -> int | None:
         """Never blocks. None until the first answer for (tenant, name, label) has arrived."""
@@ -63,16 +79,18 @@ class LabelPointers:
                     # Prompt keys and labels come from span attributes, which any caller can
                     # set: without a bound, invented names would grow this set and the
                     # requests made to Langfuse every refresh.
-                    self.overflow += 1
+                    self.stats.add(overflow=1)
                     return None
                 self._wanted.add(k)
                 self._wake.set()
         return None
 
     def start(self) -> None:
-        self._thread.start()
+        if not self._thread.is_alive() and not self._stop.is_set():
+            self._thread.start()
 
     def stop(self) -> None:
+        """Idempotent; fine before :meth:`start`."""
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive():
@@ -103,18 +121,18 @@ class LabelPointers:
         url = (f"{base_url.rstrip('/')}/api/public/v2/prompts/{urllib.parse.quote(name, safe='')}"
                f"?label={urllib.parse.quote(label, safe='')}")
         req = urllib.request.Request(url, headers={"Authorization": basic_auth(pk, sk)})
-        self.fetches += 1
+        self.stats.add(fetches=1)
         try:
             with urllib.request.urlopen(req, timeout=self._timeout) as resp:
                 body = json.loads(resp.read())
         except urllib.error.HTTPError as e:
             if e.code == 404:
                 return None  # the label points nowhere: nothing to link
-            self.errors += 1
+            self.stats.add(errors=1)
             log.warning("prompts API answered %s for %r label %r", e.code, name, label)
             return _ERROR
         except (OSError, ValueError) as e:
-            self.errors += 1
+            self.stats.add(errors=1)
             log.warning("prompts API unreachable for %r label %r: %s", name, label, e)
             return _ERROR
         version = body.get("version") if isinstance(body, dict) else None

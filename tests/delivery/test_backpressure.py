@@ -99,6 +99,6 @@ def test_grpcio_concurrency_limit_is_never_used() -> None:
     """grpcio's ``maximum_concurrent_rpcs`` answers a bare RESOURCE_EXHAUSTED (senders drop)."""
     import inspect
 
-    from promptstamp_relay.receive import grpc_server
+    from promptstamp_relay.receive import grpc as grpc_receiver
 
-    assert "maximum_concurrent_rpcs=" not in inspect.getsource(grpc_server).replace(" ", "")
+    assert "maximum_concurrent_rpcs=" not in inspect.getsource(grpc_receiver).replace(" ", "")

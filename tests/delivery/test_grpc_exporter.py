@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from promptstamp_relay.export.otlp_grpc import OtlpGrpcExporter
-from promptstamp_relay.receive import CallInfo, OtlpGrpcReceiver, Refusal
+
+from .collector import Abort, Answer, FakeCollector
 
 
 def _partial() -> bytes:
@@ -19,9 +18,9 @@ def _partial() -> bytes:
     return r.SerializeToString()
 
 
-def _answer(code: grpc.StatusCode, retry_after: float | None = None) -> Callable[[bytes, CallInfo], bytes]:
-    def handler(data: bytes, info: CallInfo) -> bytes:
-        raise Refusal(code, f"told to answer {code.name}", retry_after)
+def _answer(code: grpc.StatusCode, retry_after: float | None = None) -> Answer:
+    def handler(data: bytes) -> bytes:
+        raise Abort(code, f"told to answer {code.name}", retry_after)
     return handler
 
 
@@ -33,12 +32,10 @@ def _answer(code: grpc.StatusCode, retry_after: float | None = None) -> Callable
     (_answer(grpc.StatusCode.DEADLINE_EXCEEDED), "retry", None, 0),
     (_answer(grpc.StatusCode.INVALID_ARGUMENT), "permanent", None, 0),
     (_answer(grpc.StatusCode.UNAUTHENTICATED), "permanent", None, 0),
-    (lambda data, info: _partial(), "ok", None, 3),
+    (lambda data: _partial(), "ok", None, 3),
 ])
-def test_classification(handler: Callable[[bytes, CallInfo], bytes], outcome: str, hint: float | None,
-                        rejected: int) -> None:
-    collector = OtlpGrpcReceiver("127.0.0.1:0", handler, handler)
-    collector.start()
+def test_classification(handler: Answer, outcome: str, hint: float | None, rejected: int) -> None:
+    collector = FakeCollector(handler)
     exporter = OtlpGrpcExporter(collector.address, timeout=5)
     try:
         result = exporter.export(b"")
@@ -47,7 +44,7 @@ def test_classification(handler: Callable[[bytes, CallInfo], bytes], outcome: st
             assert collector.address in result.message and "told to answer" in result.message
     finally:
         exporter.shutdown()
-        collector.stop(grace=0)
+        collector.stop()
 
 
 def test_collector_down_is_retryable() -> None:

@@ -36,8 +36,8 @@ METRICS = [
     "promptstamp_queue_limit_bytes",
     "promptstamp_persistent_queue_disk_bytes",
     "promptstamp_persistent_queue_commits_total",
-    'promptstamp_export_seconds_bucket{le="+Inf"}',
-    "promptstamp_export_seconds_sum",
+    'promptstamp_export_seconds_bucket{le="+Inf",signal="traces"}',
+    'promptstamp_export_seconds_sum{signal="traces"}',
     "process_resident_memory_bytes",
 ]
 

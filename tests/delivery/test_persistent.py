@@ -155,21 +155,19 @@ def test_logs_queue_is_persistent_too(upstream: Upstream, tmp_path: Path) -> Non
     import grpc
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-    from promptstamp_relay.receive import CallInfo, OtlpGrpcReceiver, Refusal
-
     from ..otlp_builders import logs
+    from .collector import Abort, FakeCollector
 
     got: list[ExportLogsServiceRequest] = []
     down = True
 
-    def collect(data: bytes, info: CallInfo) -> bytes:
+    def collect(data: bytes) -> bytes:
         if down:
-            raise Refusal(grpc.StatusCode.UNAVAILABLE, "collector restarting")
+            raise Abort(grpc.StatusCode.UNAVAILABLE, "collector restarting")
         got.append(ExportLogsServiceRequest.FromString(data))
         return b""
 
-    collector = OtlpGrpcReceiver("127.0.0.1:0", collect, collect)
-    collector.start()
+    collector = FakeCollector(collect)
     settings = {"queue.directory": str(tmp_path / "q"), "logs_exporter.type": "otlp_grpc",
                 "logs_exporter.otlp_grpc.endpoint": collector.address}
     try:
@@ -190,4 +188,4 @@ def test_logs_queue_is_persistent_too(upstream: Upstream, tmp_path: Path) -> Non
         assert got[0].resource_logs[0].scope_logs[0].log_records[0].body.string_value == "an app log line"
         assert relay.stop(timeout=5) == 0
     finally:
-        collector.stop(grace=0)
+        collector.stop()

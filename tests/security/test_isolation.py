@@ -10,9 +10,9 @@ import time
 from typing import Any
 
 import grpc
-import promptstamp_contract as c
 import pytest
 
+import promptstamp_contract as c
 from promptstamp.testing import LangfuseServer
 from promptstamp_relay.pipeline import Processor
 from promptstamp_relay.stamp import StampSettings
@@ -191,7 +191,7 @@ def test_live_api_tier_asks_each_tenants_own_langfuse_project(langfuse: Langfuse
 
 
 def test_the_per_tenant_hold_share_applies_only_when_there_are_tenants() -> None:
-    from promptstamp_relay.server import build_processor
+    from promptstamp_relay.wiring import build_processor
 
     single = build_processor(relay_config())
     assert single.max_held_spans_per_tenant == single.hold.max_spans == 100_000

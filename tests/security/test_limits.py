@@ -351,7 +351,7 @@ def test_gzip_bomb_is_refused_after_decompression(langfuse: LangfuseServer) -> N
 
 def test_a_full_decode_budget_refuses_with_a_retryable_status(langfuse: LangfuseServer) -> None:
     with running(relay_config(langfuse)) as relay:
-        budget = relay._decode_budget
+        budget = relay.admission.decode_budget
         budget.wait_seconds = 0.2
         assert budget.acquire(budget.max_bytes)  # as if a huge request were being decoded
         try:

@@ -1,5 +1,5 @@
-"""OTLP/gRPC receivers: raw bytes in, precise gRPC statuses out."""
+"""Receivers: OTLP bytes in, precise statuses out (``grpc.py``); who sent them (``auth.py``),
+the decode budget (``budget.py``), TLS (``tls.py``). Admission itself is ``admit.py``.
 
-from .grpc_server import CallInfo, LogsHandler, OtlpGrpcReceiver, Refusal, TracesHandler
-
-__all__ = ["CallInfo", "LogsHandler", "OtlpGrpcReceiver", "Refusal", "TracesHandler"]
+Empty on purpose: importing ``receive.auth`` must not import the gRPC receiver.
+"""

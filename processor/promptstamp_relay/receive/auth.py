@@ -1,4 +1,4 @@
-"""Receiver authentication: which tenant a request belongs to, from its gRPC metadata.
+"""Receiver authentication: which tenant a request belongs to, from its metadata / headers.
 
 A tenant is identified by the credentials a request arrives with, in the ``authorization``
 metadata entry (``OTEL_EXPORTER_OTLP_HEADERS=authorization=...`` on the app side):
@@ -37,13 +37,10 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import grpc
-
 from ..config import AuthConfig
 from ..records import DEFAULT_TENANT
-from .grpc_server import Refusal
 
-__all__ = ["PASSTHROUGH_SEPARATOR", "Authenticator", "Identity", "passthrough_tenant"]
+__all__ = ["PASSTHROUGH_SEPARATOR", "Authenticator", "Identity", "Unauthenticated", "passthrough_tenant"]
 
 AUTHORIZATION = "authorization"
 #: Separates the public key from the digest in a passthrough tenant's name; configured tenant
@@ -51,6 +48,16 @@ AUTHORIZATION = "authorization"
 PASSTHROUGH_SEPARATOR = "#"
 UNAUTHENTICATED_MESSAGE = "missing or invalid credentials"
 _MAX_HEADER = 8192  # longer than any real credential; refused before decoding or hashing
+
+
+class Unauthenticated(Exception):
+    """Missing or wrong credentials. ``hint`` says which kind, for the operator's log line; it
+    never contains a secret (at most a Langfuse public key, which is not one)."""
+
+    def __init__(self, hint: str) -> None:
+        super().__init__(UNAUTHENTICATED_MESSAGE)
+        self.message = UNAUTHENTICATED_MESSAGE
+        self.hint = hint
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +88,16 @@ def passthrough_tenant(public_key: str, secret_key: str) -> str:
     return f"{public_key}{PASSTHROUGH_SEPARATOR}{digest[:16]}"
 
 
-def _refuse() -> Refusal:
-    return Refusal(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+def _refuse(hint: str) -> Unauthenticated:
+    return Unauthenticated(hint)
+
+
+def _public_key_hint(public_key: str) -> str:
+    """A public key as a log hint: shown only when it looks like one (``pk-...``), shortened; a
+    secret pasted into the wrong slot is never echoed."""
+    if public_key.startswith("pk-") and public_key.isprintable():
+        return f"public key {public_key[:24]!r}"
+    return f"a user name of {len(public_key)} characters that is not a public key"
 
 
 def _match(presented: bytes, table: list[tuple[bytes, str]]) -> str | None:
@@ -120,39 +135,42 @@ class Authenticator:
         return self.enabled or self.passthrough
 
     def tenant_for(self, metadata: Mapping[str, str]) -> str:
-        """The tenant of a request, or :class:`Refusal` (UNAUTHENTICATED)."""
+        """The tenant of a request; raise :class:`Unauthenticated`."""
         return self.identify(metadata).tenant
 
     def identify(self, metadata: Mapping[str, str]) -> Identity:
-        """Who sent a request with ``metadata``; raise :class:`Refusal` (UNAUTHENTICATED)."""
+        """Who sent a request with ``metadata``; raise :class:`Unauthenticated`."""
         if not self.reads_metadata:
             return Identity(DEFAULT_TENANT)
         header = metadata.get(AUTHORIZATION)
         if header is None:
             if not self.enabled and self._default_has_keys:
                 return Identity(DEFAULT_TENANT)
-            raise _refuse()
+            raise _refuse("no authorization header")
         if len(header) > _MAX_HEADER:
-            raise _refuse()
+            raise _refuse(f"an authorization header of {len(header)} characters (too long)")
         scheme, _, value = header.strip().partition(" ")
         scheme = scheme.lower()
         value = value.strip()
         if scheme == "bearer" and value:
             tenant = _match(_digest(value), self._bearer)
             if tenant is None:
-                raise _refuse()
+                raise _refuse(f"an unknown bearer token ({len(value)} characters)")
             return Identity(tenant)
         if scheme == "basic" and value:
             pair = _decode_basic(value)
             if pair is None:
-                raise _refuse()
+                raise _refuse("a Basic credential that is not base64(user:password)")
             public_key, secret_key = pair
             tenant = _match(_digest(f"{public_key}:{secret_key}"), self._basic)
             if tenant is not None:
                 return Identity(tenant)
             if self.passthrough and public_key and secret_key:
                 return Identity(passthrough_tenant(public_key, secret_key), (public_key, secret_key))
-        raise _refuse()
+            raise _refuse(f"Basic credentials of {_public_key_hint(public_key)} that match no tenant")
+        if scheme in ("bearer", "basic"):
+            raise _refuse(f"an empty {scheme} credential")
+        raise _refuse("an authorization scheme other than Bearer or Basic")
 
 
 def _decode_basic(value: str) -> tuple[str, str] | None:

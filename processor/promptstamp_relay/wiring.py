@@ -1,0 +1,250 @@
+"""Builds the live relay's components from a validated :class:`~.config.Config`, once.
+
+Every collaborator is passed in at construction; nothing is patched afterwards. Building binds
+no port and opens no file that only running needs beyond the persistent queue's database
+(``RelayServer.start`` calls :func:`build`; :meth:`Components.close` releases what it opened).
+A receiver for another transport is one more entry in :func:`build_receivers`, reusing the
+same :class:`~.admit.Admission`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .admit import Admission, AdmissionStats, Intake
+from .apitier import LabelPointers
+from .config import Config
+from .deliver import DeliveryQueue, build_queue
+from .deliver.journal import Journal
+from .detect import GenerationRules
+from .export import (
+    DebugExporter,
+    Exporter,
+    FileExporter,
+    JsonLinesWriter,
+    LangfuseExporter,
+    OtlpGrpcExporter,
+)
+from .hold import HoldWindow
+from .hold_persistent import PersistentHold
+from .listener import MetricsListener
+from .pipeline import Processor
+from .receive.auth import Authenticator
+from .receive.budget import ByteBudget
+from .receive.grpc import OtlpGrpcReceiver
+from .receive.tls import server_credentials
+from .stamp import StampSettings
+from .store import FetchLogStore, MemoryStore
+from .store.sqlite import SqliteStore
+from .telemetry import Sources, build_info, make_registry
+from .tenants import TenantRouter
+
+__all__ = [
+    "Components",
+    "Receiver",
+    "build",
+    "build_logs_exporter",
+    "build_processor",
+    "build_receivers",
+    "build_store",
+    "build_trace_exporter",
+]
+
+
+class Receiver(Protocol):
+    """A transport's listener, driven by the lifecycle (``server.py``)."""
+
+    @property
+    def address(self) -> str: ...  # host:port actually bound, after start()
+    def start(self) -> None: ...  # bind and serve; OSError when it cannot bind
+    def set_serving(self, serving: bool) -> None: ...  # health: False while draining
+    def stop(self, grace: float | None = None) -> None: ...  # idempotent, fine before start
+
+
+def build_processor(cfg: Config, store: FetchLogStore | None = None, *,
+                    api: Callable[[str, str, str], int | None] | None = None,
+                    early_release: bool = True, hold: HoldWindow | None = None,
+                    observers: Sequence[Any] = ()) -> Processor:
+    """The pure processor (also what ``replay`` runs, with ``early_release=False``).
+    ``observers``: :class:`~.pipeline.PipelineObserver` objects."""
+    extra: dict[str, Any] = {"observers": tuple(observers)} if observers else {}
+    settings = StampSettings(
+        rules=GenerationRules(present=frozenset(cfg.generation.present), equals=dict(cfg.generation.equals)),
+        prompt_names=dict(cfg.prompt_names),
+        staleness_ns=int(cfg.resolution.latest_staleness_seconds * 1e9),
+        hold_ns=int(cfg.hold.seconds * 1e9),
+    )
+    # One tenant's share of the hold window matters only when there can be several tenants.
+    tenants = cfg.auth.enabled or cfg.auth.passthrough_langfuse_credentials
+    # Without a store given (replay, tools): in memory, whatever store.backend says.
+    return Processor(settings, store if store is not None else _memory_store(cfg),
+                     max_held_spans=cfg.hold.max_spans,
+                     max_held_spans_per_tenant=cfg.hold.max_spans_per_tenant if tenants else None,
+                     api=api, early_release=early_release, hold=hold, **extra)
+
+
+def build_store(cfg: Config, journal: Journal | None = None, now_ns: int = 0) -> FetchLogStore:
+    if cfg.store.backend == "redis":
+        redis_store = importlib.import_module("promptstamp_relay.store.redis")  # the redis extra
+        store: FetchLogStore = redis_store.RedisStore.from_config(cfg.store)
+        return store
+    if journal is not None:  # persistent mode: the fetch-log state survives a restart too
+        return SqliteStore(journal, cfg.store, now_ns=now_ns)
+    return _memory_store(cfg)
+
+
+def _memory_store(cfg: Config) -> MemoryStore:
+    return MemoryStore(cfg.store)
+
+
+def build_trace_exporter(cfg: Config) -> Exporter:
+    kind = cfg.exporter_type()
+    if kind == "langfuse":
+        lf = cfg.exporter.langfuse
+        return LangfuseExporter(lf.base_url, lf.public_key, lf.secret_key,
+                                ingestion_version=lf.ingestion_version, gzip_level=lf.gzip_level,
+                                timeout=lf.timeout_seconds)
+    if kind == "otlp_grpc":
+        g = cfg.exporter.otlp_grpc
+        return OtlpGrpcExporter(g.endpoint, insecure=g.insecure, headers=g.headers,
+                                timeout=g.timeout_seconds, compression=g.compression)
+    if kind == "file":
+        return FileExporter(cfg.exporter.file)
+    return DebugExporter()
+
+
+def build_logs_exporter(cfg: Config) -> Exporter | None:
+    lx = cfg.logs_exporter
+    if lx.type == "otlp_grpc":
+        g = lx.otlp_grpc
+        return OtlpGrpcExporter(g.endpoint, signal="logs", insecure=g.insecure, headers=g.headers,
+                                timeout=g.timeout_seconds, compression=g.compression)
+    if lx.type == "file":
+        return FileExporter(lx.file, signal="logs")
+    return None
+
+
+def _queue(cfg: Config, exporter_for: Callable[[str], Exporter], *, name: str, workers: int,
+           journal: Journal | None) -> DeliveryQueue:
+    return build_queue(exporter_for, cfg.queue, cfg.retry, name=name, journal=journal, workers=workers)
+
+
+def build_receivers(cfg: Config, admission: Admission) -> list[Receiver]:
+    """Every transport the relay listens on; each calls the same admission."""
+    receivers: list[Receiver] = [
+        OtlpGrpcReceiver(cfg.listen, admission, max_message_bytes=cfg.limits.max_request_bytes,
+                         credentials=server_credentials(cfg.tls)),
+    ]
+    return receivers
+
+
+@dataclass
+class Components:
+    """The live relay, built. Attributes are the components themselves, read-only by use."""
+
+    cfg: Config
+    journal: Journal | None
+    processor: Processor
+    api: LabelPointers | None
+    tenants: TenantRouter
+    trace_exporter: Exporter
+    logs_exporter: Exporter | None
+    trace_queue: DeliveryQueue
+    logs_queue: DeliveryQueue | None
+    recorder: JsonLinesWriter | None
+    intake: Intake
+    admission: Admission
+    receivers: list[Receiver]
+    telemetry: Sources
+    listener: MetricsListener | None = None
+    _closed: bool = field(default=False, repr=False)
+
+    def queues(self) -> list[DeliveryQueue]:
+        return self.intake.queues()  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Release what building and running hold: exporters, files, the store, the journal.
+        Idempotent. The lifecycle stops threads and drains queues before calling it."""
+        if self._closed:
+            return
+        self._closed = True
+        for closer in (self.trace_exporter.shutdown, self.tenants.shutdown,
+                       *((self.logs_exporter.shutdown,) if self.logs_exporter is not None else ()),
+                       *((self.recorder.close,) if self.recorder is not None else ()),
+                       self.processor.store.close,
+                       *((self.journal.close,) if self.journal is not None else ())):
+            closer()
+
+
+def build(cfg: Config, *, clock: Callable[[], int] = time.time_ns, protobuf_backend: str = "",
+          native: bool = False, trace_exporter: Exporter | None = None,
+          logs_exporter: Exporter | None = None, store: FetchLogStore | None = None,
+          observers: Sequence[Any] = ()) -> Components:
+    """Every component of the live relay, from ``cfg`` (validated). Opens the persistent queue's
+    database (taking its directory's lock) when ``queue.directory`` is set, and closes it
+    again if building fails."""
+    # Persistent mode: one SQLite database for the queue, held spans and (memory backend) the
+    # fetch log. Lock order everywhere: the journal's transaction, then the processing lock.
+    journal = Journal(cfg.queue.directory, synchronous=cfg.queue.synchronous) if cfg.queue.directory else None
+    try:
+        return _build(cfg, journal, clock=clock, protobuf_backend=protobuf_backend, native=native,
+                      trace_exporter=trace_exporter, logs_exporter=logs_exporter, store=store,
+                      observers=observers)
+    except BaseException:
+        if journal is not None:
+            with contextlib.suppress(Exception):
+                journal.close()
+        raise
+
+
+def _build(cfg: Config, journal: Journal | None, *, clock: Callable[[], int], protobuf_backend: str,
+           native: bool, trace_exporter: Exporter | None, logs_exporter: Exporter | None,
+           store: FetchLogStore | None, observers: Sequence[Any] = ()) -> Components:
+    trace_exporter = trace_exporter or build_trace_exporter(cfg)
+    # Tenants: who sent a request (auth) and where its spans go (their own Langfuse keys).
+    tenants = TenantRouter(cfg, trace_exporter)
+    api = None
+    if cfg.resolution.api.enabled:
+        api = LabelPointers(tenants.api_credentials, refresh_seconds=cfg.resolution.api.refresh_seconds,
+                            timeout=cfg.resolution.api.timeout_seconds)
+    if store is None:
+        store = build_store(cfg, journal if cfg.store.backend == "memory" else None, clock())
+    hold = None
+    if journal is not None:  # held spans are rows too: a crash inside the hold window loses nothing
+        hold = PersistentHold(journal, int(cfg.hold.seconds * 1e9), cfg.hold.max_spans)
+    processor = build_processor(cfg, store, api=api.lookup if api else None, hold=hold,
+                                observers=observers)
+    if logs_exporter is None:
+        logs_exporter = build_logs_exporter(cfg)
+    trace_queue = _queue(cfg, tenants.exporter_for, name="traces", workers=cfg.queue.workers, journal=journal)
+    logs_queue = None
+    if logs_exporter is not None:
+        logs_out = logs_exporter
+        logs_queue = _queue(cfg, lambda tenant: logs_out, name="logs", workers=1, journal=journal)
+    recorder = JsonLinesWriter(cfg.record) if cfg.record else None
+    stats = AdmissionStats()
+    intake = Intake(processor, trace_queue, logs_queue, stats=stats, journal=journal, recorder=recorder,
+                    clock=clock, retry_after=cfg.queue.retry_after_seconds)
+    admission = Admission(
+        intake, Authenticator(cfg.auth, default_has_keys=tenants.default_has_keys), cfg.limits,
+        remember_keys=tenants.remember, retry_after=cfg.queue.retry_after_seconds,
+        decode_budget=ByteBudget(cfg.limits.max_inflight_request_bytes),
+    )
+    telemetry = Sources(
+        admission=stats, processor=processor.stats, hold=processor.hold, store=processor.store,
+        queues=intake.queues(), queue_limit_bytes=cfg.queue.max_bytes,
+        build=build_info(protobuf_backend, native), journal=journal,
+        api=api.stats if api is not None else None,
+    )
+    listener = MetricsListener(cfg.metrics_listen, make_registry(telemetry)) if cfg.metrics_listen else None
+    return Components(
+        cfg=cfg, journal=journal, processor=processor, api=api, tenants=tenants,
+        trace_exporter=trace_exporter, logs_exporter=logs_exporter, trace_queue=trace_queue,
+        logs_queue=logs_queue, recorder=recorder, intake=intake, admission=admission,
+        receivers=build_receivers(cfg, admission), telemetry=telemetry, listener=listener,
+    )
