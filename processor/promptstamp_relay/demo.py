@@ -6,10 +6,10 @@ What runs (all on 127.0.0.1, free ports, no Docker, no network):
   ingest + "what Langfuse would show");
 * a fake OpenAI API (``promptstamp.testing.FakeOpenAI``);
 * the relay (``RelayServer``), exporting to that server;
-* the example app ``examples/order_status`` as a **subprocess**, with its own OpenTelemetry
-  SDK, a real OpenAI instrumentation and promptstamp, exporting OTLP/gRPC to the relay. It
-  seeds the prompt (v1: ``production`` + ``prod-a``, v2: ``prod-b``) and runs the chapter's
-  three scenarios.
+* the example app ``promptstamp_relay._demo`` (shipped in the wheel) as a **subprocess**
+  (``python -m``), with its own OpenTelemetry SDK, a real OpenAI instrumentation and
+  promptstamp, exporting OTLP/gRPC to the relay. It seeds the prompt (v1: ``production`` +
+  ``prod-a``, v2: ``prod-b``) and runs the chapter's three scenarios.
 
 The app talks to this driver over its stdout/stdin (``--control-stdio``): ``::scenario NAME``
 lines become headers, and ``::outage-begin`` / ``::outage-end`` make the server stall every
@@ -22,8 +22,11 @@ if every generation is linked to the version the app was handed, with the right 
 source, and no span was lost or would be dropped by Langfuse's ingestion.
 
 Environment: ``PROMPTSTAMP_DEMO_INSTRUMENTATION`` (``openllmetry`` by default, ``openinference``
-or ``openai-v2``) picks the app's OpenAI instrumentation; ``PROMPTSTAMP_DEMO_APP_DIR`` says where
-``order_status`` is when not running from a checkout.
+or ``openai-v2``) picks the app's OpenAI instrumentation.
+
+Works from a plain ``pip install 'promptstamp[relay,demo]'`` and in the Docker images: nothing
+is looked up by path. Only ``promptstamp-relay demo`` imports this module (lazily): it imports
+the SDK and its test fakes, which ``serve`` and ``replay`` never load.
 """
 
 from __future__ import annotations
@@ -49,11 +52,10 @@ from promptstamp.testing import FakeOpenAI, LangfuseServer, Observation, Rejecte
 from .config import Config, load_config
 from .server import RelayServer
 
-__all__ = ["DemoResult", "GenerationRow", "find_app_dir", "run", "run_demo"]
+__all__ = ["DemoResult", "GenerationRow", "run", "run_demo"]
 
 PROMPT_NAME = "order-status-answer"
-APP_MODULE = "order_status"
-APP_DIR_ENV = "PROMPTSTAMP_DEMO_APP_DIR"
+APP_MODULE = "promptstamp_relay._demo"
 INSTRUMENTATION_ENV = "PROMPTSTAMP_DEMO_INSTRUMENTATION"
 MODEL_ANSWER = "Your order ORDER-924 has shipped and is on its way."
 
@@ -112,27 +114,6 @@ class DemoResult:
         return [s for s in self.sent_spans if (s["trace_id"], s["span_id"]) not in arrived]
 
 
-def find_app_dir() -> Path:
-    """The directory holding the ``order_status`` package.
-
-    ``$PROMPTSTAMP_DEMO_APP_DIR``, else ``examples/`` of the source tree this module comes from
-    (an editable install or a checkout), else ``./examples``.
-    """
-    candidates: list[Path] = []
-    if os.environ.get(APP_DIR_ENV):
-        candidates.append(Path(os.environ[APP_DIR_ENV]))
-    candidates.append(Path(__file__).resolve().parents[2] / "examples")
-    candidates.append(Path.cwd() / "examples")
-    for candidate in candidates:
-        if (candidate / APP_MODULE / "__main__.py").is_file():
-            return candidate
-    raise FileNotFoundError(
-        "the example app examples/order_status was not found (looked in "
-        + ", ".join(str(p) for p in candidates)
-        + f"); run from a promptstamp checkout or set {APP_DIR_ENV}"
-    )
-
-
 def _missing_requirements(instrumentation: str) -> list[str]:
     needed = dict(_APP_REQUIREMENTS)
     module, package = _INSTRUMENTATIONS[instrumentation]
@@ -148,14 +129,11 @@ def _missing_requirements(instrumentation: str) -> list[str]:
     return sorted(missing)
 
 
-def _app_env(
-    app_dir: Path, relay_address: str, langfuse: LangfuseServer, model: FakeOpenAI
-) -> dict[str, str]:
+def _app_env(relay_address: str, langfuse: LangfuseServer, model: FakeOpenAI) -> dict[str, str]:
     """The app's environment: the parent's, minus any OTel/Langfuse/OpenAI settings, plus ours."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("OTEL_", "LANGFUSE_", "OPENAI_", "TRACELOOP_"))}
     env.update({
-        "PYTHONPATH": os.pathsep.join([str(app_dir), *filter(None, [os.environ.get("PYTHONPATH")])]),
         "PYTHONUNBUFFERED": "1",
         "OTEL_SERVICE_NAME": "order-status-agent",
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{relay_address}",
@@ -334,7 +312,7 @@ def _drive_app(proc: subprocess.Popen[str], langfuse: LangfuseServer, out: IO[st
     return printed
 
 
-def _run_app(app_dir: Path, env: dict[str, str], instrumentation: str, langfuse: LangfuseServer,
+def _run_app(env: dict[str, str], instrumentation: str, langfuse: LangfuseServer,
              out: IO[str], timeout: float) -> _AppRun:
     """Run the example app once, driving it; kill it after ``timeout`` seconds."""
     result = _AppRun()
@@ -350,7 +328,7 @@ def _run_app(app_dir: Path, env: dict[str, str], instrumentation: str, langfuse:
                "--instrumentation", instrumentation, "--fetch-timeout", str(FETCH_TIMEOUT_SECONDS),
                "--report", str(report_path)]
         with open(stderr_path, "w", encoding="utf-8") as stderr_file, subprocess.Popen(
-            cmd, cwd=app_dir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            cmd, cwd=tmp, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=stderr_file, text=True,
         ) as proc:
 
@@ -404,7 +382,6 @@ def run(
     app_timeout: float = 120.0,
     arrival_timeout: float = 15.0,
     out: IO[str] | None = None,
-    app_dir: Path | None = None,
     relay_overrides: Mapping[str, Any] | None = None,
 ) -> DemoResult:
     """Run the whole demo once; print as it goes to ``out``; return what happened.
@@ -418,9 +395,8 @@ def run(
                          f"got {instrumentation!r}")
     missing = _missing_requirements(instrumentation)
     if missing:
-        raise RuntimeError("the demo app needs " + ", ".join(missing) + ": pip install -e '.[dev]' "
-                           "(or pip install -r examples/order_status/requirements.txt)")
-    app_dir = app_dir or find_app_dir()
+        raise RuntimeError("the demo app needs " + ", ".join(missing)
+                           + ": pip install 'promptstamp[relay,demo]'")
 
     # A key of its own: the real langfuse client keeps one state per public key per process.
     langfuse = LangfuseServer(public_key=f"pk-lf-demo-{uuid.uuid4().hex[:12]}", secret_key="sk-lf-demo")
@@ -442,8 +418,8 @@ def run(
                 "OTLP/gRPC to the relay)\n"
             )
             out.flush()
-            app = _run_app(app_dir, _app_env(app_dir, relay.address, langfuse, model), instrumentation,
-                           langfuse, out, app_timeout)
+            app = _run_app(_app_env(relay.address, langfuse, model), instrumentation, langfuse, out,
+                           app_timeout)
             _wait_for_spans(langfuse, app.report.get("spans", []), arrival_timeout)
             relay_lost = relay.stop()  # releases anything still held, drains the queue
         finally:

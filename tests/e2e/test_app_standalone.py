@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from promptstamp.testing import LangfuseServer
+from promptstamp_relay._demo.prompts import PROMPT_NAME, LangfuseApi, seed_prompts
 from promptstamp_relay.config import load_config
-from promptstamp_relay.demo import find_app_dir
 from promptstamp_relay.server import RelayServer
 
-APP_DIR = find_app_dir()
+APP_MODULE = "promptstamp_relay._demo"  # what the demo-app image's ENTRYPOINT runs
 
 
 @pytest.fixture
@@ -52,7 +52,6 @@ def relay(langfuse: LangfuseServer) -> Iterator[RelayServer]:
 def _app_env(langfuse: LangfuseServer, relay: RelayServer) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "LANGFUSE_", "OPENAI_"))}
     env.update({
-        "PYTHONPATH": str(APP_DIR),
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{relay.address}",
         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
         "LANGFUSE_BASE_URL": langfuse.base_url,
@@ -66,9 +65,9 @@ def test_compose_command_runs_all_scenarios_linked(langfuse: LangfuseServer, rel
                                                    tmp_path: Path) -> None:
     report_path = tmp_path / "report.json"
     # docker-compose.yml's command for order-status-app, plus the report.
-    cmd = [sys.executable, "-m", "order_status", "--seed-prompts", "--wait-for-langfuse", "30",
+    cmd = [sys.executable, "-m", APP_MODULE, "--seed-prompts", "--wait-for-langfuse", "30",
            "--fake-openai", "all", "--report", str(report_path)]
-    proc = subprocess.run(cmd, cwd=APP_DIR, env=_app_env(langfuse, relay), capture_output=True,
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_app_env(langfuse, relay), capture_output=True,
                           text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
@@ -99,11 +98,6 @@ def test_compose_command_runs_all_scenarios_linked(langfuse: LangfuseServer, rel
 
 
 def test_seeding_is_idempotent(langfuse: LangfuseServer) -> None:
-    sys.path.insert(0, str(APP_DIR))
-    try:
-        from order_status.prompts import PROMPT_NAME, LangfuseApi, seed_prompts
-    finally:
-        sys.path.remove(str(APP_DIR))
     api = LangfuseApi(langfuse.base_url, langfuse.public_key, langfuse.secret_key)
     api.wait_until_up(5)
     assert len(seed_prompts(api)) == 2
@@ -120,11 +114,6 @@ def test_seeding_is_idempotent(langfuse: LangfuseServer) -> None:
 
 
 def test_wait_for_langfuse_gives_up_with_the_reason(langfuse: LangfuseServer) -> None:
-    sys.path.insert(0, str(APP_DIR))
-    try:
-        from order_status.prompts import LangfuseApi
-    finally:
-        sys.path.remove(str(APP_DIR))
     api = LangfuseApi(langfuse.base_url, langfuse.public_key, "sk-lf-wrong")
     with pytest.raises(RuntimeError, match="HTTP 401"):
         api.wait_until_up(1.5)

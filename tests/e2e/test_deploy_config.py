@@ -211,7 +211,7 @@ def test_ports_agree(services: dict[str, Any]) -> None:
 
     # collector -> relay
     agent = collector_config("agent.yaml")
-    relay_exporters = {k: v for k, v in agent["exporters"].items() if k.split("/")[0] == "otlp"}
+    relay_exporters = {k: v for k, v in agent["exporters"].items() if k.split("/")[0] == "otlp_grpc"}
     (endpoint,) = [v["endpoint"] for v in relay_exporters.values()]
     assert hostport(endpoint) == ("relay", relay_port)
 
@@ -276,15 +276,8 @@ def test_relay_healthcheck_is_valid_python(services: dict[str, Any]) -> None:
 
 
 def test_app_command_is_one_the_app_accepts(services: dict[str, Any]) -> None:
-    import sys
+    from promptstamp_relay._demo.__main__ import _parser
 
-    from promptstamp_relay.demo import find_app_dir
-
-    sys.path.insert(0, str(find_app_dir()))
-    try:
-        from order_status.__main__ import _parser
-    finally:
-        sys.path.pop(0)
     args = _parser().parse_args(services["order-status-app"]["command"])
     assert args.seed_prompts and args.fake_openai and args.wait_for_langfuse > 0
     assert args.scenarios == ["all"]
@@ -306,16 +299,31 @@ def _stages() -> dict[str, str]:
     return stages
 
 
-def test_dockerfile_relay_image() -> None:
+def test_dockerfile_relay_image(services: dict[str, Any]) -> None:
     stages = _stages()
-    assert re.match(r"FROM python:3\.11-slim\b", stages["base"])
+    for stage in ("build", "base"):
+        assert re.match(r"FROM python:3\.11-slim\b", stages[stage]), stage
     relay = list(stages)[-1]
     assert relay == "relay", "the relay must be the default (last) stage"
+    # The builder has a compiler and setup.py (the C extension), builds a wheel and fails if the
+    # extension is not in it; the runtime stages install that wheel, not the sources.
+    build = stages["build"]
+    assert re.search(r"apt-get install[^\n]*\bgcc\b", build)
+    assert re.search(r"^COPY\s[^\n]*\bsetup\.py\b", build, re.M)
+    assert "pip wheel --no-deps --wheel-dir /wheels ." in build and "_wirec" in build
+    for stage in ("base", "relay", "demo-app"):
+        assert not re.search(r"^COPY\s+(?!--from=build)", stages[stage].replace(
+            "COPY examples/order_status/requirements.txt", ""), re.M), f"{stage} copies sources"
+        assert "gcc" not in stages[stage], stage
+    assert "COPY --from=build /wheels /wheels" in stages["base"]
     body = stages["relay"]
-    assert re.search(r"""pip install\s+["']?\.\[relay\]""", body)
-    assert 'ENTRYPOINT ["promptstamp-relay", "serve"]' in body
+    assert re.search(r"""pip install\s+["']\$\(echo /wheels/promptstamp-\*\.whl\)\[relay[],]""", body)
+    assert 'ENTRYPOINT ["promptstamp-relay"]' in body and 'CMD ["serve"]' in body
+    assert services["relay"]["command"][0] == "serve"
     assert "ENV PROMPTSTAMP_LISTEN=0.0.0.0:4317" in body
     assert "USER " in body  # not root
+    app = stages["demo-app"]
+    assert 'ENTRYPOINT ["python", "-m", "promptstamp_relay._demo"]' in app
 
 
 def test_dockerfile_copies_only_existing_sources() -> None:
@@ -368,12 +376,12 @@ def test_collector_pipelines_reference_defined_components(name: str) -> None:
 def test_agent_sends_traces_and_logs_to_the_relay() -> None:
     cfg = collector_config("agent.yaml")
     pipelines = cfg["service"]["pipelines"]
-    assert pipelines["traces"]["exporters"] == pipelines["logs"]["exporters"] == ["otlp/relay"]
-    exporter = cfg["exporters"]["otlp/relay"]
+    assert pipelines["traces"]["exporters"] == pipelines["logs"]["exporters"] == ["otlp_grpc/relay"]
+    exporter = cfg["exporters"]["otlp_grpc/relay"]
     assert exporter["retry_on_failure"]["enabled"] and exporter["sending_queue"]["enabled"]
-    # the batch timeout stays below the relay's hold window, so a fetch-log record batched just
-    # after its span still resolves exactly
-    timeout = float(cfg["processors"]["batch"]["timeout"].rstrip("s"))
+    # the exporter's batch flush timeout stays below the relay's hold window, so a fetch-log
+    # record batched just after its span still resolves exactly
+    timeout = float(exporter["sending_queue"]["batch"]["flush_timeout"].rstrip("s"))
     assert timeout < load_config(RELAY_YAML, env={"LANGFUSE_BASE_URL": "http://x", "LANGFUSE_PUBLIC_KEY": "p",
                                                   "LANGFUSE_SECRET_KEY": "s"}).hold.seconds
 
@@ -383,7 +391,7 @@ def test_relay_upstream_exports_to_langfuse_with_its_headers() -> None:
     pipelines = cfg["service"]["pipelines"]
     assert set(pipelines) == {"traces"}  # Langfuse ingests no logs
     (exporter_name,) = pipelines["traces"]["exporters"]
-    assert exporter_name.split("/")[0] == "otlphttp"
+    assert exporter_name.split("/")[0] == "otlp_http"
     exporter = cfg["exporters"][exporter_name]
     assert exporter["endpoint"] == "${env:LANGFUSE_OTLP_ENDPOINT}"
     text = (COLLECTOR_DIR / "relay-upstream.yaml").read_text()
@@ -405,7 +413,7 @@ def test_loadbalancing_routes_traces_and_logs_by_trace_id() -> None:
         exporters = pipelines[signal]["exporters"]
         assert exporters, signal
         for name in exporters:
-            assert name.split("/")[0] in ("loadbalancing", "load_balancing"), (signal, name)
+            assert name.split("/")[0] == "load_balancing", (signal, name)
             exporter = cfg["exporters"][name]
             assert exporter["routing_key"] == "traceID", (signal, name)
             resolver = exporter["resolver"]
@@ -419,10 +427,11 @@ def test_loadbalancing_routes_traces_and_logs_by_trace_id() -> None:
 
 
 NON_OBVIOUS_KEYS = {
-    "agent.yaml": ["memory_limiter", "timeout", "endpoint", "insecure", "sending_queue", "send_batch_max_size"],
+    "agent.yaml": ["memory_limiter", "flush_timeout", "endpoint", "insecure", "sending_queue", "max_size", "batch"],
     "relay-upstream.yaml": ["memory_limiter", "endpoint", "Authorization", "x-langfuse-ingestion-version",
                             "encoding", "retry_on_failure"],
-    "loadbalancing.yaml": ["memory_limiter", "routing_key", "insecure", "static", "retry_on_failure", "otlp"],
+    "loadbalancing.yaml": ["memory_limiter", "routing_key", "insecure", "static", "retry_on_failure", "otlp",
+                           "batch"],
 }
 
 
@@ -436,3 +445,36 @@ def test_collector_configs_comment_their_non_obvious_keys(name: str) -> None:
         for i in indexes:
             window = lines[max(0, i - 4) : i + 1]
             assert any("#" in line for line in window), f"{name}:{i + 1}: {key} has no comment near it"
+
+
+# Collector releases: component name -> the first release that knows it. The old names
+# (otlp, otlphttp, loadbalancing) still work as deprecated aliases, with a warning at start-up.
+COMPONENT_SINCE = {"otlp_grpc": (0, 144), "otlp_http": (0, 144), "load_balancing": (0, 153)}
+DEPRECATED_EXPORTERS = {"otlp", "otlphttp", "loadbalancing"}
+
+
+def _collector_version(services: Mapping[str, Any]) -> tuple[int, int]:
+    tag = services["otel-collector"]["image"].rpartition(":")[2]
+    m = re.fullmatch(r"(\d+)\.(\d+)\.\d+", tag)
+    assert m, tag
+    return int(m[1]), int(m[2])
+
+
+@pytest.mark.parametrize("name", COLLECTOR_FILES)
+def test_collector_configs_use_current_names_and_exporter_batching(name: str, services: dict[str, Any]) -> None:
+    cfg = collector_config(name)
+    text = (COLLECTOR_DIR / name).read_text()
+    # the batch processor is deprecated: the exporters batch (sending_queue.batch), and say why
+    assert not any(p.split("/")[0] == "batch" for p in cfg.get("processors") or {}), name
+    assert re.search(r"#.*batch processor.*deprecated", text), name
+    version = _collector_version(services)
+    assert version >= (0, 144)
+    for exporter_name, exporter in cfg["exporters"].items():
+        kind = exporter_name.split("/")[0]
+        assert kind not in DEPRECATED_EXPORTERS, f"{name}: {exporter_name} is a deprecated alias"
+        assert version >= COMPONENT_SINCE.get(kind, (0, 0)), f"{name}: {kind} is newer than the image"
+        queue = (exporter.get("protocol", {}).get("otlp", exporter)).get("sending_queue")
+        assert queue and queue["enabled"] and "batch" in queue, f"{name}: {exporter_name} does not batch"
+        assert queue["sizer"] == "items" and queue["batch"]["max_size"] <= queue["queue_size"]
+    # the header names the same image version as docker-compose.yml
+    assert f"{version[0]}.{version[1]}.0" in text, name

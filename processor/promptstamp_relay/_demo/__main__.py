@@ -1,4 +1,4 @@
-"""``python -m order_status [SCENARIO ...]``: run the chapter's prompt scenarios.
+"""``python -m promptstamp_relay._demo [SCENARIO ...]``: run the chapter's prompt scenarios.
 
 Configuration is the usual environment, nothing promptstamp-specific:
 
@@ -26,7 +26,7 @@ from .telemetry import INSTRUMENTATIONS, SpanLedger, flush_and_shutdown, setup, 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m order_status", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m promptstamp_relay._demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenarios", nargs="*", metavar="SCENARIO", default=["all"],
                    choices=[*SCENARIOS, "all"], help=f"{', '.join(SCENARIOS)} or all (default)")
@@ -56,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.seed_prompts or args.wait_for_langfuse:
         api = LangfuseApi(os.environ.get("LANGFUSE_BASE_URL") or os.environ.get("LANGFUSE_HOST", ""),
-                          os.environ.get("LANGFUSE_PUBLIC_KEY", ""), os.environ.get("LANGFUSE_SECRET_KEY", ""))
+                          os.environ.get("LANGFUSE_PUBLIC_KEY", ""),
+                          os.environ.get("LANGFUSE_SECRET_KEY", ""))
         if args.wait_for_langfuse:
             api.wait_until_up(args.wait_for_langfuse)
         if args.seed_prompts:

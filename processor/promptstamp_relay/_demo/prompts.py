@@ -74,7 +74,8 @@ class LangfuseApi:
 
     def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base_url + path, data=data, method=method, headers=self._headers)
+        request = urllib.request.Request(self.base_url + path, data=data, method=method,
+                                         headers=self._headers)
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:
                 return response.status, json.loads(response.read() or b"null")
