@@ -33,6 +33,49 @@ static int read_varint(const unsigned char *d, Py_ssize_t end, Py_ssize_t *pos, 
     return -1;
 }
 
+/* Skip a group (wire type 3) whose start tag for `field` was just read: up to its matching end
+ * tag, nested groups included. Protobuf's decoder accepts groups as unknown fields, so the walk
+ * must too (else a valid request could not be walked). 0 ok, -1 malformed. */
+#define MAX_GROUP_DEPTH 128
+static int skip_group(const unsigned char *d, Py_ssize_t end, Py_ssize_t *pos, uint32_t field) {
+    uint32_t open[MAX_GROUP_DEPTH];
+    int depth = 0;
+    open[depth++] = field;
+    while (depth > 0) {
+        uint64_t tag, v;
+        if (read_varint(d, end, pos, &tag)) return -1;
+        uint32_t f = (uint32_t)(tag >> 3);
+        switch ((int)(tag & 7)) {
+        case 0:
+            if (read_varint(d, end, pos, &v)) return -1;
+            break;
+        case 1:
+            if (end - *pos < 8) return -1;
+            *pos += 8;
+            break;
+        case 5:
+            if (end - *pos < 4) return -1;
+            *pos += 4;
+            break;
+        case 2:
+            if (read_varint(d, end, pos, &v)) return -1;
+            if (v > (uint64_t)(end - *pos)) return -1;
+            *pos += (Py_ssize_t)v;
+            break;
+        case 3:
+            if (depth == MAX_GROUP_DEPTH) return -1;
+            open[depth++] = f;
+            break;
+        case 4:
+            if (open[--depth] != f) return -1;
+            break;
+        default:
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* 1: a field was read into f; 0: end reached exactly; -1: malformed. */
 static int next_field(const unsigned char *d, Py_ssize_t *pos, Py_ssize_t end, Field *f) {
     uint64_t tag, v;
@@ -52,6 +95,9 @@ static int next_field(const unsigned char *d, Py_ssize_t *pos, Py_ssize_t end, F
     case 5:
         if (end - *pos < 4) return -1;
         *pos += 4;
+        break;
+    case 3:
+        if (skip_group(d, end, pos, f->field)) return -1;
         break;
     case 2:
         if (read_varint(d, end, pos, &v)) return -1;
@@ -452,7 +498,7 @@ static PyObject *wire_spans_ok(PyObject *self, PyObject *args) {
     return PyBool_FromLong(ok);
 }
 
-/* scan_span(data, start, end, keys_bytes, keys_str) -> (found, trace_id, start_ns).
+/* scan_span(data, start, end, keys_bytes, keys_str) -> (found, trace_id, start_ns, name).
  * found maps each attribute key in keys (the last occurrence wins, as when decoding) to its
  * string value, or True when the value is not a string. */
 static PyObject *wire_scan_span(PyObject *self, PyObject *args) {
@@ -462,8 +508,8 @@ static PyObject *wire_scan_span(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*nnO!O!", &buf, &start, &end, &PyTuple_Type, &kb, &PyTuple_Type, &ks))
         return NULL;
     const unsigned char *d = buf.buf;
-    PyObject *found = NULL, *result = NULL, *tid = NULL;
-    Py_ssize_t nk = PyTuple_GET_SIZE(kb), pos = start, tid_at = 0, tid_len = 0;
+    PyObject *found = NULL, *result = NULL, *tid = NULL, *name = NULL;
+    Py_ssize_t nk = PyTuple_GET_SIZE(kb), pos = start, tid_at = 0, tid_len = 0, name_at = 0, name_len = 0;
     uint64_t start_ns = 0;
     Field f;
     int r;
@@ -477,6 +523,9 @@ static PyObject *wire_scan_span(PyObject *self, PyObject *args) {
         if (f.field == 1 && f.wt == 2) {
             tid_at = f.start;
             tid_len = f.end - f.start;
+        } else if (f.field == 5 && f.wt == 2) {
+            name_at = f.start;
+            name_len = f.end - f.start;
         } else if (f.field == 7 && f.wt == 1) {
             const unsigned char *q = d + f.start - 8; /* fixed64: little-endian on the wire */
             start_ns = 0;
@@ -525,16 +574,19 @@ static PyObject *wire_scan_span(PyObject *self, PyObject *args) {
     if (r < 0) { malformed(); goto done; }
     tid = PyBytes_FromStringAndSize((const char *)d + tid_at, tid_len);
     if (!tid) goto done;
-    result = Py_BuildValue("(OOK)", found, tid, (unsigned long long)start_ns);
+    name = PyUnicode_DecodeUTF8((const char *)d + name_at, name_len, "replace");
+    if (!name) goto done;
+    result = Py_BuildValue("(OOKO)", found, tid, (unsigned long long)start_ns, name);
 done:
     Py_XDECREF(found);
     Py_XDECREF(tid);
+    Py_XDECREF(name);
     PyBuffer_Release(&buf);
     return result;
 }
 
 static PyMethodDef methods[] = {
-    {"scan_span", wire_scan_span, METH_VARARGS, "scan_span(data, start, end, keys_bytes, keys_str)"},
+    {"scan_span", wire_scan_span, METH_VARARGS, "scan_span(data, start, end, keys_bytes, keys_str) -> (found, trace_id, start_ns, name)"},
     {"walk", wire_walk, METH_VARARGS, "walk(data) -> (starts, ends, scope_counts)"},
     {"marked", wire_marked, METH_VARARGS, "marked(data, starts, ends, markers, among) -> list"},
     {"splice", wire_splice, METH_VARARGS, "splice(data, edits, delete) -> bytes"},

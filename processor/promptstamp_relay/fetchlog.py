@@ -1,47 +1,76 @@
-"""Reading the fetch log (contract §2) out of OTLP log requests. Pure."""
+"""Reading the fetch record (contract §2) out of OTLP requests: log records and span events. Pure.
+
+A fetch reaches the relay as an ``app.prompt.fetch`` log record, as an ``app.prompt.fetch``
+event on the span active at fetch time, or both; :func:`parse_fetch` validates either the same
+way. The processor deduplicates the two forms of one fetch.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import promptstamp_contract as c
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from .records import FetchRecord
-from .stamp import resource_instance
+import promptstamp_contract as c
 
-__all__ = ["MARKER", "FetchLogBatch", "split_fetch_log"]
+from . import wire
+from .records import FetchRecord, resource_instance, resource_service
 
-#: Bytes every encoded fetch-log record contains; a request without them needs no parsing.
+__all__ = [
+    "EVENT_MARKER",
+    "MARKER",
+    "FetchLogBatch",
+    "Invalid",
+    "parse_fetch",
+    "span_fetch_events",
+    "split_fetch_log",
+]
+
+#: Bytes every encoded fetch record contains; a request without them needs no parsing.
 MARKER = c.FETCH_EVENT_NAME.encode()
+#: The encoded ``name`` field (Span.Event field 2) of an ``app.prompt.fetch`` span event: only
+#: spans whose bytes contain it are decoded. (``app.prompt.fetch.source`` keys do not match it.)
+EVENT_MARKER = b"\x12" + bytes([len(MARKER)]) + MARKER
 
 _KNOWN_SOURCES = frozenset({c.SOURCE_LANGFUSE, c.SOURCE_CACHE, c.SOURCE_FALLBACK})
 
 
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A rejected fetch record: ``code`` is short and stable (a metric label), ``message`` says
+    what was wrong (logged; it quotes at most a short prefix of what the sender wrote)."""
+
+    code: str
+    message: str
+
+
 @dataclass
 class FetchLogBatch:
-    records: list[FetchRecord] = field(default_factory=list)
-    fallbacks: int = 0  # valid records that carry no version (source ``fallback``)
-    invalid: list[str] = field(default_factory=list)  # why each rejected record was rejected
-    other_logs: int = 0  # log records that are not the fetch log, left in the request
+    records: list[FetchRecord] = field(default_factory=list)  # valid; ``fallback`` ones have no version
+    invalid: list[Invalid] = field(default_factory=list)
+    other_logs: int = 0  # log records that are not fetch records, left in the request
 
 
-def _is_fetch(rec: LogRecord) -> bool:
-    if rec.event_name == c.FETCH_EVENT_NAME:
-        return True
-    for kv in rec.attributes:
-        if kv.key == c.EVENT_NAME_ATTRIBUTE:
-            return bool(kv.value.string_value == c.FETCH_EVENT_NAME)
-    return False
-
-
-def _parse(rec: LogRecord, instance: str) -> FetchRecord | str:
+def parse_fetch(
+    attributes: Iterable[KeyValue],
+    *,
+    time_ns: int,
+    trace_id: bytes,
+    span_id: bytes,
+    instance: str,
+    service: str,
+) -> FetchRecord | Invalid:
+    """One fetch record from its attributes, or why it is rejected."""
     key = label = source = ""
     error_type: str | None = None
     version: int | None = None
     version_seen = False
-    for kv in rec.attributes:
+    for kv in attributes:
         k, v = kv.key, kv.value
         if k == c.PROMPT_KEY:
             key = v.string_value
@@ -54,36 +83,51 @@ def _parse(rec: LogRecord, instance: str) -> FetchRecord | str:
         elif k == c.PROMPT_VERSION:
             version_seen = True
             if v.WhichOneof("value") != "int_value":
-                return f"{c.PROMPT_VERSION} must be an int, got {v.WhichOneof('value')}"
+                got = v.WhichOneof("value")
+                return Invalid("version_not_int", f"{c.PROMPT_VERSION} must be an int, got {got}")
             version = v.int_value
     if not key:
-        return f"missing {c.PROMPT_KEY}"
+        return Invalid("missing_key", f"missing {c.PROMPT_KEY}")
     if not label:
-        return f"missing {c.PROMPT_LABEL}"
+        return Invalid("missing_label", f"missing {c.PROMPT_LABEL}")
     if source not in _KNOWN_SOURCES:
-        # This reason is logged: quote at most a short prefix of what the caller sent.
-        return f"{c.FETCH_SOURCE} must be one of {sorted(_KNOWN_SOURCES)}, got {source[:40]!r}"
+        return Invalid("unknown_source",
+                       f"{c.FETCH_SOURCE} must be one of {sorted(_KNOWN_SOURCES)}, got {source[:40]!r}")
     if source == c.SOURCE_FALLBACK:
         version = None  # a code-embedded prompt has no version, whatever it says
     elif not version_seen:
-        return f"missing {c.PROMPT_VERSION}"
+        return Invalid("missing_version", f"missing {c.PROMPT_VERSION}")
     elif version is None or version <= 0:
-        return f"{c.PROMPT_VERSION} must be a positive int, got {version}"
-    if len(rec.trace_id) not in (0, 16) or len(rec.span_id) not in (0, 8):
-        return "trace_id/span_id of wrong length"
+        return Invalid("version_not_positive", f"{c.PROMPT_VERSION} must be a positive int, got {version}")
+    if len(trace_id) not in (0, 16) or len(span_id) not in (0, 8):
+        return Invalid("bad_ids", "trace_id/span_id of wrong length")
     return FetchRecord(
-        key=key, label=label, version=version, source=source,
-        time_ns=rec.time_unix_nano or rec.observed_time_unix_nano,
-        trace_id=bytes(rec.trace_id), span_id=bytes(rec.span_id), instance=instance,
-        error_type=error_type,
+        key=key, label=label, version=version, source=source, time_ns=time_ns, trace_id=bytes(trace_id),
+        span_id=bytes(span_id), instance=instance, error_type=error_type, service=service,
     )
 
 
+def _is_fetch(rec: LogRecord) -> bool:
+    if rec.event_name == c.FETCH_EVENT_NAME:
+        return True
+    for kv in rec.attributes:
+        if kv.key == c.EVENT_NAME_ATTRIBUTE:
+            return bool(kv.value.string_value == c.FETCH_EVENT_NAME)
+    return False
+
+
+def _add(out: FetchLogBatch, parsed: FetchRecord | Invalid) -> None:
+    if isinstance(parsed, Invalid):
+        out.invalid.append(parsed)
+    else:
+        out.records.append(parsed)
+
+
 def split_fetch_log(request: ExportLogsServiceRequest) -> FetchLogBatch:
-    """Take the fetch-log records out of ``request`` (in place); the other logs stay in it."""
+    """Take the fetch records out of ``request`` (in place); the other logs stay in it."""
     out = FetchLogBatch()
     for rl in request.resource_logs:
-        instance: str | None = None
+        who: tuple[str, str] | None = None
         for sl in rl.scope_logs:
             take: list[int] = []
             for i, rec in enumerate(sl.log_records):
@@ -91,18 +135,15 @@ def split_fetch_log(request: ExportLogsServiceRequest) -> FetchLogBatch:
                     out.other_logs += 1
                     continue
                 take.append(i)
-                if instance is None:
-                    instance = resource_instance(rl.resource)
-                parsed = _parse(rec, instance)
-                if isinstance(parsed, str):
-                    out.invalid.append(parsed)
-                elif parsed.version is None:
-                    out.fallbacks += 1
-                else:
-                    out.records.append(parsed)
+                if who is None:
+                    who = resource_instance(rl.resource), resource_service(rl.resource)
+                _add(out, parse_fetch(
+                    rec.attributes, time_ns=rec.time_unix_nano or rec.observed_time_unix_nano,
+                    trace_id=rec.trace_id, span_id=rec.span_id, instance=who[0], service=who[1],
+                ))
             for i in reversed(take):
                 del sl.log_records[i]
-    if out.records or out.invalid or out.fallbacks:
+    if out.records or out.invalid:
         for r in range(len(request.resource_logs) - 1, -1, -1):
             rl = request.resource_logs[r]
             for s in range(len(rl.scope_logs) - 1, -1, -1):
@@ -110,4 +151,30 @@ def split_fetch_log(request: ExportLogsServiceRequest) -> FetchLogBatch:
                     del rl.scope_logs[s]
             if not rl.scope_logs:
                 del request.resource_logs[r]
+    return out
+
+
+def span_fetch_events(
+    data: bytes, index: wire.RequestIndex, request: ExportTraceServiceRequest
+) -> FetchLogBatch:
+    """The ``app.prompt.fetch`` span events of a trace request (``data`` is ``request`` encoded,
+    ``index`` its walk). Only spans whose bytes carry the event's name are decoded; the request
+    is left as it is (events are never removed from a span)."""
+    out = FetchLogBatch()
+    if EVENT_MARKER not in data:
+        return out
+    who: dict[int, tuple[str, str]] = {}
+    for i in sorted(index.marked(data, (EVENT_MARKER,))):
+        span = Span.FromString(data[index.span_starts[i]:index.span_ends[i]])
+        for ev in span.events:
+            if ev.name != c.FETCH_EVENT_NAME:
+                continue
+            r = index.locate(i)[0]
+            if r not in who:
+                resource = request.resource_spans[r].resource
+                who[r] = resource_instance(resource), resource_service(resource)
+            _add(out, parse_fetch(
+                ev.attributes, time_ns=ev.time_unix_nano or span.start_time_unix_nano, trace_id=span.trace_id,
+                span_id=span.span_id, instance=who[r][0], service=who[r][1],
+            ))
     return out

@@ -1,26 +1,33 @@
-"""The relay's processing core: fetch log in, traces in, stamped traces out. No I/O, no clock.
+"""The relay's processing core: fetch records in, traces in, stamped traces out. No I/O, no clock.
 
 :class:`Processor` is the one stateful piece between receivers and exporters. The live server
 calls it under a lock with the wall clock; replay calls it with a virtual clock. Both get the
-same requests out for the same inputs and times.
+same requests out for the same inputs and times. Fetch records come from log requests and
+from ``app.prompt.fetch`` span events in trace requests (contract §2); the two forms of one
+fetch count once. Observers (:class:`PipelineObserver`) hear of every new fetch record and
+every stamped generation, synchronously.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from .fetchlog import split_fetch_log
+from . import wire
+from ._recent import RecentKeys
+from .fetchlog import FetchLogBatch, span_fetch_events, split_fetch_log
 from .hold import HoldWindow
-from .records import DEFAULT_TENANT
-from .resolve import ApiLookup
-from .stamp import HeldSpan, StampSettings, release_spans, stamp_request
+from .records import DEFAULT_TENANT, FetchRecord, GenerationRecord
+from .resolve import ApiLookup, Resolver
+from .stamp import HeldSpan, Stamped, StampSettings, generation_record, release_spans, stamp_request
 from .store import FetchLogStore, MemoryStore
 
-__all__ = ["LogsResult", "Outgoing", "Processor", "ProcessorStats"]
+__all__ = ["LogsResult", "Outgoing", "PipelineObserver", "Processor", "ProcessorStats", "TracesResult"]
 
 
 class Outgoing:
@@ -42,35 +49,57 @@ class Outgoing:
         return self._request
 
 
+class PipelineObserver(Protocol):
+    """Called synchronously by Processor under the relay's processing lock: must not block or do I/O."""
+
+    def on_fetch_records(self, tenant: str, records: Sequence[FetchRecord], now_ns: int) -> None: ...
+
+    def on_generations(self, records: Sequence[GenerationRecord], now_ns: int) -> None: ...
+
+
 @dataclass
 class ProcessorStats:
     """Counters the telemetry layer exports; only ever incremented."""
 
     spans_received: int = 0
     spans_held: int = 0
-    stamped: Counter[str] = field(default_factory=Counter)  # by resolution tier
-    fetch_records: int = 0
-    fetch_fallbacks: int = 0
+    stamped: Counter[str] = field(default_factory=Counter)  # by resolution tier (unresolved included)
+    unresolved: Counter[str] = field(default_factory=Counter)  # by UnresolvedReason
+    hold_overflow: int = 0  # generations stamped at once because the hold window was full
+    fetch_records: int = 0  # new versioned fetch records (log records and span events)
+    fetch_fallbacks: int = 0  # new ``fallback`` fetch records (no version: they resolve nothing)
+    fetch_duplicates: int = 0  # the second form (log record / span event) of a fetch already taken in
     fetch_invalid: int = 0
-    other_logs: int = 0
-    hold_overflow: int = 0  # generations stamped at once because the window was full
+    fetch_invalid_reasons: Counter[str] = field(default_factory=Counter)  # by Invalid.code
+    other_logs: int = 0  # log records that are not fetch records (passed on)
 
 
 @dataclass
 class LogsResult:
-    """What one logs request gave: the logs to pass on (None: nothing left), spans released."""
+    """What one logs request gave: the logs to pass on (None: nothing left), spans released,
+    and why each rejected fetch record was rejected."""
 
     passthrough: ExportLogsServiceRequest | None
     released: list[Outgoing]
     invalid: list[str]
 
 
+class TracesResult(list[Outgoing]):
+    """What one trace request gave: the requests to send (this list: spans released by its fetch
+    events or by the clock first, then the request itself), and why each rejected fetch
+    event was rejected (``invalid``)."""
+
+    invalid: list[str]
+
+
 class Processor:
-    """Resolution state plus the hold window, behind three calls that take ``now_ns``.
+    """Resolution state plus the hold window, behind calls that take ``now_ns``.
 
     Not thread-safe; one caller at a time (the server holds a lock around each call).
     ``early_release``: release held spans as soon as their trace's fetch record arrives (the
-    live server does; replay follows contract §5 to the letter and does not).
+    live server does; replay follows contract §5 to the letter and does not). ``hold``: the
+    hold window to use (default: an in-memory one sized from ``settings.hold_ns`` and
+    ``max_held_spans``).
     """
 
     def __init__(
@@ -82,62 +111,92 @@ class Processor:
         max_held_spans_per_tenant: int | None = None,
         api: ApiLookup | None = None,
         early_release: bool = True,
+        observers: Sequence[PipelineObserver] = (),
         hold: HoldWindow | None = None,
     ) -> None:
         self.settings = settings or StampSettings()
         self.store: FetchLogStore = store if store is not None else MemoryStore()
-        # ``hold``: a window built by the caller (a persistent one); its bound is then its own.
         self.hold = hold if hold is not None else HoldWindow(self.settings.hold_ns, max_held_spans)
         self.max_held_spans_per_tenant = (
-            max_held_spans if max_held_spans_per_tenant is None else max_held_spans_per_tenant
+            self.hold.max_spans if max_held_spans_per_tenant is None else max_held_spans_per_tenant
         )
-        self.api = api
+        self.resolver = Resolver(self.store, staleness_ns=self.settings.staleness_ns, api=api)
         self.early_release = early_release
+        self.observers = tuple(observers)
         self.stats = ProcessorStats()
+        self._taken: RecentKeys[tuple[bytes, bytes, str, str, int | None, str, int]] = RecentKeys(8192)
+        self._now_ns = 0
 
+    # -- fetch records --------------------------------------------------------------------------
     def consume_logs(
         self, request: ExportLogsServiceRequest, now_ns: int, tenant: str = DEFAULT_TENANT
     ) -> LogsResult:
+        """Take the fetch records out of ``request``; the other logs are passed on."""
+        self._now_ns = now_ns
         batch = split_fetch_log(request)
-        self.stats.fetch_records += len(batch.records)
-        self.stats.fetch_fallbacks += batch.fallbacks
-        self.stats.fetch_invalid += len(batch.invalid)
         self.stats.other_logs += batch.other_logs
-        released: list[Outgoing] = []
-        if batch.records:
-            self.store.add(tenant, batch.records, now_ns)
-            if self.early_release:
-                arrived = {(tenant, r.trace_id, r.key, r.label) for r in batch.records if r.trace_id}
-                released = self._release(self.hold.pop_matching(arrived))
-        keep = request if batch.other_logs else None
-        return LogsResult(keep, released, batch.invalid)
+        released = self._take_in(tenant, batch, now_ns)
+        return LogsResult(request if batch.other_logs else None, released, [v.message for v in batch.invalid])
 
+    def _take_in(self, tenant: str, batch: FetchLogBatch, now_ns: int) -> list[Outgoing]:
+        """New fetch records into the store (once per fetch); held spans they release (live)."""
+        st = self.stats
+        st.fetch_invalid += len(batch.invalid)
+        st.fetch_invalid_reasons.update(v.code for v in batch.invalid)
+        new = [r for r in batch.records if self._first_time(tenant, r)]
+        st.fetch_duplicates += len(batch.records) - len(new)
+        if not new:
+            return []
+        versioned = [r for r in new if r.version is not None]
+        st.fetch_records += len(versioned)
+        st.fetch_fallbacks += len(new) - len(versioned)
+        self.store.add(tenant, versioned, now_ns)
+        self.resolver.fallbacks.add(tenant, new)
+        for o in self.observers:
+            o.on_fetch_records(tenant, new, now_ns)
+        if not (self.early_release and versioned):
+            return []
+        arrived = {(tenant, r.trace_id, r.key, r.label) for r in versioned if r.trace_id}
+        return self._release(self.hold.pop_matching(arrived), now_ns)
+
+    def _first_time(self, tenant: str, r: FetchRecord) -> bool:
+        """False for the second form of one fetch (its log record and its span event)."""
+        if not r.trace_id:
+            return True  # no span was active: a log record only, never twice
+        identity = (r.trace_id, r.span_id, r.key, r.label, r.version, r.source, r.time_ns)
+        return self._taken.add(tenant, identity)
+
+    # -- traces -----------------------------------------------------------------------------------
     def consume_traces(
         self,
         request: ExportTraceServiceRequest,
         now_ns: int,
         tenant: str = DEFAULT_TENANT,
         encoded: bytes | None = None,
-    ) -> list[Outgoing]:
-        """Stamp ``request``; return what is ready to send (it first, then any due held spans).
+    ) -> TracesResult:
+        """Take in the request's fetch events, release what is due, then stamp the request.
 
-        ``encoded``: the bytes ``request`` was decoded from, if at hand (a faster scan).
+        ``encoded``: the bytes ``request`` was decoded from, if at hand (spliced, not re-encoded).
         """
-        if encoded is None:
-            encoded = request.SerializeToString()
+        self._now_ns = now_ns
+        data, index = wire.walk(encoded, request)
+        out = TracesResult()
+        events = span_fetch_events(data, index, request)
+        out.invalid = [v.message for v in events.invalid]
+        out += self._take_in(tenant, events, now_ns)
+        out += self.release_due(now_ns)
         outcome = stamp_request(
-            encoded, request, tenant=tenant, store=self.store, settings=self.settings,
-            now_ns=now_ns, hold_capacity=self.hold_capacity(tenant), api=self.api,
+            data, index, request, tenant=tenant, resolver=self.resolver, settings=self.settings,
+            now_ns=now_ns, hold_capacity=self.hold_capacity(tenant),
         )
         st = self.stats
         st.spans_received += outcome.spans
-        st.stamped.update(outcome.stamped)
         st.spans_held += len(outcome.held)
+        st.hold_overflow += outcome.overflow
         self.hold.add(outcome.held)
-        out = []
+        self._stamped(outcome.stamped, now_ns)
         if outcome.payload is not None:
             out.append(Outgoing(tenant, outcome.payload, outcome.spans - len(outcome.held)))
-        out.extend(self.release_due(now_ns))
         return out
 
     def hold_capacity(self, tenant: str) -> int:
@@ -147,24 +206,35 @@ class Processor:
 
     def release_due(self, now_ns: int) -> list[Outgoing]:
         """Held spans whose window has passed, stamped with what is known now."""
-        return self._release(self.hold.pop_due(now_ns))
+        self._now_ns = now_ns
+        return self._release(self.hold.pop_due(now_ns), now_ns)
 
-    def release_all(self) -> list[Outgoing]:
-        """Everything still held (shutdown, end of a replay)."""
-        return self._release(self.hold.pop_all())
+    def release_all(self, now_ns: int | None = None) -> list[Outgoing]:
+        """Everything still held (shutdown, end of a replay). ``now_ns`` (for observers):
+        default, the latest time the processor was given."""
+        return self._release(self.hold.pop_all(), self._now_ns if now_ns is None else now_ns)
 
     def next_due_ns(self) -> int | None:
         return self.hold.next_due_ns()
 
-    def _release(self, held: list[HeldSpan]) -> list[Outgoing]:
+    def _release(self, held: list[HeldSpan], now_ns: int) -> list[Outgoing]:
         """One request per tenant, tenants in order of their first held span."""
         by_tenant: dict[str, list[HeldSpan]] = {}
         for h in held:
             by_tenant.setdefault(h.key.tenant, []).append(h)
         out = []
         for tenant, spans in by_tenant.items():
-            request = release_spans(
-                spans, store=self.store, settings=self.settings, api=self.api, stamped=self.stats.stamped
-            )
+            request, stamped = release_spans(spans, resolver=self.resolver)
+            self._stamped(stamped, now_ns)
             out.append(Outgoing(tenant, request.SerializeToString(), len(spans)))
         return out
+
+    def _stamped(self, stamped: list[Stamped], now_ns: int) -> None:
+        if not stamped:
+            return
+        self.stats.stamped.update(g.resolution.tier for g in stamped)
+        self.stats.unresolved.update(g.resolution.reason for g in stamped if g.resolution.reason is not None)
+        if self.observers:
+            records = [generation_record(g) for g in stamped]
+            for o in self.observers:
+                o.on_generations(records, now_ns)

@@ -5,9 +5,40 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["DEFAULT_TENANT", "FetchRecord", "GenerationRecord", "UnresolvedReason"]
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+import promptstamp_contract as c
+
+__all__ = [
+    "DEFAULT_TENANT",
+    "FetchRecord",
+    "GenerationRecord",
+    "UnresolvedReason",
+    "resource_instance",
+    "resource_service",
+]
 
 DEFAULT_TENANT = "default"
+
+
+def resource_instance(resource: Resource) -> str:
+    """``service.instance.id``, else ``service.name``, else ``""`` (contract §4)."""
+    name = ""
+    for kv in resource.attributes:
+        if kv.key == c.SERVICE_INSTANCE_ID and kv.value.string_value:
+            return str(kv.value.string_value)
+        if kv.key == c.SERVICE_NAME:
+            name = kv.value.string_value
+    return name
+
+
+def resource_service(resource: Resource) -> str:
+    """``service.name``, else ``""``."""
+    name = ""
+    for kv in resource.attributes:
+        if kv.key == c.SERVICE_NAME:
+            name = kv.value.string_value
+    return str(name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,16 +1,33 @@
-"""Which prompt version produced a generation (contract §4). Pure: reads the store, no clock."""
+"""Which prompt version produced a generation (contract §4): an ordered list of tiers.
+
+Each tier is one small function ``(sources, span, prompt name) -> Resolution | None`` (None:
+ask the next tier); :data:`TIERS` is their contract order, so a new tier is one new entry.
+When none answers, :class:`Resolver` says why (``UnresolvedReason``). Pure: the store is read
+through :class:`~promptstamp_relay.store.FetchLogStore` only, no clock; called by the
+processor with the relay's processing lock held.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import promptstamp_contract as c
 
-from .records import FetchRecord
+from ._recent import RecentKeys
+from .records import FetchRecord, UnresolvedReason
 from .store import FetchLogStore
 
-__all__ = ["ApiLookup", "Resolution", "SpanKey", "has_trace_record", "resolve_version"]
+__all__ = [
+    "TIERS",
+    "ApiLookup",
+    "FallbackMemory",
+    "Resolution",
+    "Resolver",
+    "Sources",
+    "SpanKey",
+    "Tier",
+]
 
 #: ``(tenant, prompt name, label) -> version`` from a local view of the Langfuse prompts API, or None.
 ApiLookup = Callable[[str, str, str], "int | None"]
@@ -33,13 +50,27 @@ class Resolution:
     tier: str
     version: int | None = None
     source: str | None = None  # the fetch record's app.prompt.fetch.source, when one answered
+    reason: UnresolvedReason | None = None  # why unresolved (None when resolved)
 
     @property
     def resolved(self) -> bool:
         return self.version is not None
 
 
-UNRESOLVED = Resolution(c.TIER_UNRESOLVED)
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """What the tiers may read."""
+
+    store: FetchLogStore
+    staleness_ns: int
+    api: ApiLookup | None = None
+
+
+Tier = Callable[[Sources, SpanKey, str], "Resolution | None"]
+
+
+def _answer(tier: str, record: FetchRecord | None) -> Resolution | None:
+    return None if record is None else Resolution(tier, record.version, record.source)
 
 
 def pick_in_trace(records: Sequence[FetchRecord], start_ns: int) -> FetchRecord | None:
@@ -56,32 +87,95 @@ def pick_in_trace(records: Sequence[FetchRecord], start_ns: int) -> FetchRecord 
     return before or after
 
 
-def has_trace_record(store: FetchLogStore, span: SpanKey) -> bool:
-    return pick_in_trace(store.in_trace(span.tenant, span.trace_id, span.key, span.label), 0) is not None
+def trace_tier(src: Sources, span: SpanKey, prompt_name: str) -> Resolution | None:
+    """A record of the span's own trace (from any service of it)."""
+    if not span.trace_id:
+        return None
+    records = src.store.in_trace(span.tenant, span.trace_id, span.key, span.label)
+    return _answer(c.TIER_TRACE, pick_in_trace(records, span.start_ns))
 
 
-def resolve_version(
-    store: FetchLogStore,
-    span: SpanKey,
-    *,
-    prompt_name: str,
-    staleness_ns: int,
-    api: ApiLookup | None = None,
-) -> Resolution:
-    """Try the tiers in contract order; the first that answers wins."""
-    if span.trace_id:
-        r = pick_in_trace(store.in_trace(span.tenant, span.trace_id, span.key, span.label), span.start_ns)
-        if r is not None:
-            return Resolution(c.TIER_TRACE, r.version, r.source)
-    if span.instance:
-        r = store.latest_for_instance(span.tenant, span.instance, span.key, span.label, span.start_ns)
-        if r is not None:
-            return Resolution(c.TIER_INSTANCE, r.version, r.source)
-    r = store.latest(span.tenant, span.key, span.label, span.start_ns, span.start_ns - staleness_ns)
-    if r is not None:
-        return Resolution(c.TIER_LATEST, r.version, r.source)
-    if api is not None:
-        version = api(span.tenant, prompt_name, span.label)
-        if version is not None and version > 0:
-            return Resolution(c.TIER_API, version, None)
-    return UNRESOLVED
+def instance_tier(src: Sources, span: SpanKey, prompt_name: str) -> Resolution | None:
+    """The latest record of the span's own instance, not after its start."""
+    if not span.instance:
+        return None
+    record = src.store.latest_for_instance(span.tenant, span.instance, span.key, span.label, span.start_ns)
+    return _answer(c.TIER_INSTANCE, record)
+
+
+def latest_tier(src: Sources, span: SpanKey, prompt_name: str) -> Resolution | None:
+    """The latest record of any instance of the tenant, not after the start, not stale."""
+    not_before = span.start_ns - src.staleness_ns
+    record = src.store.latest(span.tenant, span.key, span.label, span.start_ns, not_before)
+    return _answer(c.TIER_LATEST, record)
+
+
+def api_tier(src: Sources, span: SpanKey, prompt_name: str) -> Resolution | None:
+    """What the label points to now, per the prompts API (off unless configured)."""
+    if src.api is None:
+        return None
+    version = src.api(span.tenant, prompt_name, span.label)
+    return Resolution(c.TIER_API, version) if version is not None and version > 0 else None
+
+
+#: The tiers in contract §4 order; the first that answers wins.
+TIERS: tuple[Tier, ...] = (trace_tier, instance_tier, latest_tier, api_tier)
+
+
+class FallbackMemory:
+    """Recent ``fallback`` fetches per tenant: they resolve nothing, but explain why a span is
+    unresolved (``fallback_only``). Bounded (see :class:`RecentKeys`)."""
+
+    def __init__(self, per_tenant: int = 4096, tenants: int = 1024) -> None:
+        self._seen: RecentKeys[tuple[bytes, str, str]] = RecentKeys(per_tenant, tenants)
+
+    def add(self, tenant: str, records: Iterable[FetchRecord]) -> None:
+        for r in records:
+            if r.version is None:
+                if r.trace_id:
+                    self._seen.add(tenant, (r.trace_id, r.key, r.label))
+                self._seen.add(tenant, (b"", r.key, r.label))
+
+    def seen(self, span: SpanKey) -> bool:
+        """A fallback fetch for the span's (key, label) in its trace or anywhere in its tenant."""
+        return (span.tenant, (b"", span.key, span.label)) in self._seen or (
+            bool(span.trace_id) and (span.tenant, (span.trace_id, span.key, span.label)) in self._seen
+        )
+
+
+_UNRESOLVED: dict[UnresolvedReason, Resolution] = {
+    reason: Resolution(c.TIER_UNRESOLVED, reason=reason)
+    for reason in ("no_fetch_record", "fallback_only", "hold_expired")
+}
+
+
+class Resolver:
+    """The tiers over one store, and the reason when none answers."""
+
+    def __init__(
+        self,
+        store: FetchLogStore,
+        *,
+        staleness_ns: int,
+        api: ApiLookup | None = None,
+        fallbacks: FallbackMemory | None = None,
+        tiers: Sequence[Tier] = TIERS,
+    ) -> None:
+        self.sources = Sources(store, staleness_ns, api)
+        self.fallbacks = fallbacks if fallbacks is not None else FallbackMemory()
+        self.tiers = tuple(tiers)
+
+    def has_trace_record(self, span: SpanKey) -> bool:
+        """Whether the ``trace`` tier can answer now (else the span is worth holding)."""
+        return trace_tier(self.sources, span, "") is not None
+
+    def resolve(self, span: SpanKey, prompt_name: str, *, held: bool = False) -> Resolution:
+        """The first tier's answer; else unresolved, with why. ``held``: released from the hold
+        window (it waited for its trace's record and none came)."""
+        for tier in self.tiers:
+            answer = tier(self.sources, span, prompt_name)
+            if answer is not None:
+                return answer
+        if self.fallbacks.seen(span):
+            return _UNRESOLVED["fallback_only"]
+        return _UNRESOLVED["hold_expired" if held else "no_fetch_record"]

@@ -1,29 +1,36 @@
 """Stamping generation spans (contract §3). Pure: an encoded request in, one out.
 
-Nothing here does I/O or reads a clock: ``now_ns`` and the store are passed in, so the live
-server, replay and the tests run exactly this code.
+Nothing here does I/O or reads a clock: ``now_ns`` and the resolver are passed in, so the live
+server, replay and the tests run exactly this code (called by the processor, under the relay's
+processing lock). The request's bytes are walked to its spans (:mod:`.wire`); only candidate
+spans are scanned; the output is the input with stamps appended and held spans cut out
+(:func:`.wire.splice`, the one definition of that edit).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-import promptstamp_contract as c
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
+
+import promptstamp_contract as c
 
 from . import wire
-from .detect import GenerationRules, is_generation
-from .resolve import ApiLookup, Resolution, SpanKey, has_trace_record, resolve_version
-from .store import FetchLogStore
+from .detect import GenerationRules, already_linked, is_generation
+from .records import GenerationRecord, resource_instance, resource_service
+from .resolve import Resolution, Resolver, SpanKey
 
 __all__ = [
     "HeldSpan",
     "StampOutcome",
     "StampSettings",
+    "Stamped",
+    "generation_record",
     "release_spans",
     "resource_instance",
     "stamp_bytes",
@@ -31,9 +38,8 @@ __all__ = [
     "stamp_span",
 ]
 
-# A span with either is left exactly as it arrived: linked by the app, or stamped by a relay
-# before (stamping twice must equal stamping once).
-_ALREADY_LINKED = c.LF_PROMPT_NAME
+# A span stamped by a relay before is left exactly as it arrived (stamping twice must equal
+# stamping once), like one Langfuse already links (detect.already_linked).
 _ALREADY_STAMPED = c.LF_META_RESOLUTION
 _KEY_MARKER = c.PROMPT_KEY.encode()
 
@@ -46,26 +52,21 @@ class StampSettings:
     hold_ns: int = 2 * 10**9
 
     def __post_init__(self) -> None:
-        keys = self.rules.keys() | {c.PROMPT_KEY, c.PROMPT_LABEL, _ALREADY_LINKED, _ALREADY_STAMPED}
-        object.__setattr__(self, "_scan_keys", frozenset(keys))
+        keys = self.rules.keys() | {c.PROMPT_KEY, c.PROMPT_LABEL, _ALREADY_STAMPED}
         ordered = sorted(keys)
         object.__setattr__(self, "_scan_key_pairs", (tuple(k.encode() for k in ordered), tuple(ordered)))
-        markers = tuple(k.encode() for k in sorted(self.rules.keys()))
+        markers = tuple(k.encode() for k in sorted(self.rules.marker_keys()))
         object.__setattr__(self, "_generation_markers", markers)
 
     @property
     def scan_key_pairs(self) -> tuple[tuple[bytes, ...], tuple[str, ...]]:
-        """:attr:`scan_keys` as (encoded, str) tuples, for the C attribute scan."""
+        """Every attribute key stamping looks at, as (encoded, str) tuples for the scan."""
         return self._scan_key_pairs  # type: ignore[attr-defined,no-any-return]
 
     @property
     def generation_markers(self) -> tuple[bytes, ...]:
         """Bytes any generation's encoding contains (one of them at least)."""
         return self._generation_markers  # type: ignore[attr-defined,no-any-return]
-
-    @property
-    def scan_keys(self) -> frozenset[str]:
-        return self._scan_keys  # type: ignore[attr-defined,no-any-return]
 
 
 @dataclass(slots=True)
@@ -74,7 +75,7 @@ class HeldSpan:
 
     The span is kept encoded (its bytes as they arrived): a decoded copy costs about four
     times as much memory (bench/README.md), and the hold window can be 100k spans deep.
-    The resource and scope are decoded copies shared by every held span of one request.
+    The resource and scope are decoded copies shared by every held span of one container.
     """
 
     span_bytes: bytes
@@ -86,6 +87,7 @@ class HeldSpan:
     prompt_name: str
     has_type: bool
     arrival_ns: int
+    service: str = ""
 
     @property
     def span(self) -> Span:
@@ -95,39 +97,29 @@ class HeldSpan:
         return span
 
 
+@dataclass(frozen=True, slots=True)
+class Stamped:
+    """One generation stamped: its key, what it was stamped with, and where its bytes are
+    (``data[start:end]``, decoded only for observers)."""
+
+    key: SpanKey
+    resolution: Resolution
+    prompt_name: str
+    service: str
+    data: bytes
+    start: int
+    end: int
+
+
 @dataclass
 class StampOutcome:
     """``payload``: the request to send now (encoded), None when every span in it was held."""
 
+    spans: int
     payload: bytes | None = None
     held: list[HeldSpan] = field(default_factory=list)
-    stamped: dict[str, int] = field(default_factory=dict)  # tier -> spans stamped now
-    spans: int = 0
-
-
-def resource_instance(resource: Resource) -> str:
-    """``service.instance.id``, else ``service.name``, else ``""`` (contract §4)."""
-    name = ""
-    for kv in resource.attributes:
-        if kv.key == c.SERVICE_INSTANCE_ID and kv.value.string_value:
-            return str(kv.value.string_value)
-        if kv.key == c.SERVICE_NAME:
-            name = kv.value.string_value
-    return name
-
-
-def _scan(span: Span, keys: frozenset[str]) -> dict[str, object] | None:
-    """The span's attributes that a rule looks at, or None when it carries no prompt key."""
-    found: dict[str, object] = {}
-    for kv in span.attributes:
-        k = kv.key
-        if k in keys:
-            v = kv.value
-            found[k] = v.string_value if v.WhichOneof("value") == "string_value" else v
-    key = found.get(c.PROMPT_KEY)
-    if not isinstance(key, str) or not key:
-        return None
-    return found
+    stamped: list[Stamped] = field(default_factory=list)
+    overflow: int = 0  # generations stamped at once because the hold window was full
 
 
 def _stamp_bytes(prompt_name: str, label: str, resolution: Resolution, has_type: bool) -> bytes:
@@ -156,13 +148,13 @@ def _stamp_bytes(prompt_name: str, label: str, resolution: Resolution, has_type:
 
 
 # Stamps repeat (few prompts, labels, versions): encode each once. Bounded; cleared when full.
-_STAMP_CACHE: dict[tuple[str, str, Resolution, bool], bytes] = {}
+_STAMP_CACHE: dict[tuple[str, str, str, int | None, str | None, bool], bytes] = {}
 _STAMP_CACHE_MAX = 4096
 
 
 def stamp_bytes(prompt_name: str, label: str, resolution: Resolution, has_type: bool) -> bytes:
     """The encoded attributes :func:`stamp_span` appends (cached: stamps repeat)."""
-    k = (prompt_name, label, resolution, has_type)
+    k = (prompt_name, label, resolution.tier, resolution.version, resolution.source, has_type)
     encoded = _STAMP_CACHE.get(k)
     if encoded is None:
         if len(_STAMP_CACHE) >= _STAMP_CACHE_MAX:
@@ -171,9 +163,7 @@ def stamp_bytes(prompt_name: str, label: str, resolution: Resolution, has_type: 
     return encoded
 
 
-def stamp_span(
-    span: Span, *, prompt_name: str, label: str, resolution: Resolution, has_type: bool
-) -> None:
+def stamp_span(span: Span, *, prompt_name: str, label: str, resolution: Resolution, has_type: bool) -> None:
     """Add the contract §3 attributes. Only ever appends; the link pair goes together.
 
     Merging an encoded Span that holds only repeated ``attributes`` appends them after the
@@ -182,199 +172,142 @@ def stamp_span(
     span.MergeFromString(stamp_bytes(prompt_name, label, resolution, has_type))
 
 
+_M = TypeVar("_M", Resource, InstrumentationScope)
+
+
+class _Containers:
+    """The decoded resources and scopes of one request, read once each when a span needs them."""
+
+    def __init__(self, request: ExportTraceServiceRequest, index: wire.RequestIndex) -> None:
+        self.request, self.index = request, index
+        self._resources: dict[int, tuple[str, str, str]] = {}  # instance, service, SDK language
+        self._copies: dict[tuple[int, int], Resource | InstrumentationScope] = {}  # (r, -1): resource
+        self._scopes: dict[tuple[int, int], tuple[str, str]] = {}
+
+    def who(self, r: int) -> tuple[str, str, str]:
+        """(instance, service, ``telemetry.sdk.language``) of resource_spans ``r``."""
+        got = self._resources.get(r)
+        if got is None:
+            res = self.request.resource_spans[r].resource
+            language = next((kv.value.string_value for kv in res.attributes
+                             if kv.key == c.TELEMETRY_SDK_LANGUAGE), "")
+            got = self._resources[r] = (resource_instance(res), resource_service(res), str(language))
+        return got
+
+    def scope(self, r: int, s: int) -> tuple[str, str]:
+        """(name, version) of the scope of scope_spans ``s`` of resource_spans ``r``."""
+        got = self._scopes.get((r, s))
+        if got is None:
+            scope = self.request.resource_spans[r].scope_spans[s].scope
+            got = self._scopes[(r, s)] = (str(scope.name), str(scope.version))
+        return got
+
+    def hold(self, data: bytes, i: int, key: SpanKey, name: str, has_type: bool, now_ns: int) -> HeldSpan:
+        """Span ``i`` as a HeldSpan: its bytes, copies of its resource and scope (the decoded
+        request is dropped once stamping returns)."""
+        r, s, _ = self.index.locate(i)
+        rs = self.request.resource_spans[r]
+        ss: ScopeSpans = rs.scope_spans[s]
+        resource = self._copy((r, -1), rs.resource, Resource)
+        scope = self._copy((r, s), ss.scope, InstrumentationScope)
+        span_bytes = data[self.index.span_starts[i]:self.index.span_ends[i]]
+        return HeldSpan(span_bytes, resource, rs.schema_url, scope, ss.schema_url, key, name, has_type,
+                        now_ns, self.who(r)[1])
+
+    def _copy(self, where: tuple[int, int], message: _M, kind: type[_M]) -> _M:
+        """One copy per container, shared by its held spans."""
+        got = self._copies.get(where)
+        if got is None:
+            got = self._copies[where] = kind()
+            got.CopyFrom(message)
+        assert isinstance(got, kind)
+        return got
+
+
+def _unlinked_generation(
+    found: Mapping[str, object], rules: GenerationRules, scope: tuple[str, str], span_name: str, language: str
+) -> bool:
+    """A span to stamp: it carries a prompt key, Langfuse would type it GENERATION, and nothing
+    links it yet (contract §3)."""
+    key = found.get(c.PROMPT_KEY)
+    if not isinstance(key, str) or not key or _ALREADY_STAMPED in found or already_linked(found):
+        return False
+    return is_generation(found, rules, scope_name=scope[0], scope_version=scope[1], span_name=span_name,
+                         sdk_language=language)
+
+
+def _generations(
+    data: bytes, index: wire.RequestIndex, settings: StampSettings, spans: _Containers, tenant: str
+) -> Iterator[tuple[int, SpanKey, str, bool, str]]:
+    """(span index, key, prompt name, has a type already, service) of every span to stamp.
+
+    Marker search first (C speed): generation markers over all spans, the key marker within
+    those; only those spans are scanned, and the scanned attributes decide.
+    """
+    candidates = index.marked(data, settings.generation_markers)
+    for i in sorted(index.marked(data, (_KEY_MARKER,), among=candidates)):
+        found, trace_id, start_ns, span_name = wire.scan_span(data, index, i, settings.scan_key_pairs)
+        r, s, _ = index.locate(i)
+        instance, service, language = spans.who(r)
+        if not _unlinked_generation(found, settings.rules, spans.scope(r, s), span_name, language):
+            continue
+        key, label = str(found[c.PROMPT_KEY]), found.get(c.PROMPT_LABEL)
+        skey = SpanKey(tenant, key, label if isinstance(label, str) else "", trace_id, instance, start_ns)
+        yield i, skey, settings.prompt_names.get(key, key), c.LF_OBSERVATION_TYPE in found, service
+
+
 def stamp_request(
-    encoded: bytes,
+    data: bytes,
+    index: wire.RequestIndex,
     request: ExportTraceServiceRequest,
     *,
     tenant: str,
-    store: FetchLogStore,
+    resolver: Resolver,
     settings: StampSettings,
     now_ns: int,
     hold_capacity: int,
-    api: ApiLookup | None = None,
 ) -> StampOutcome:
     """Stamp the generations of one request; take out those to hold. Bytes in, bytes out.
 
-    ``request`` is ``encoded`` decoded (the caller validated it that way); it is only read.
-    A generation with a ``trace``-tier record is stamped now. One without is held (removed
-    from the payload, returned in ``held``) while ``hold_capacity`` allows and the hold window
-    is not zero; otherwise it is stamped now with what the other tiers know. Every other span,
-    and the order of the spans left, is untouched: the payload is ``encoded`` with stamped
-    attributes appended to some spans and held spans cut out (see :mod:`.wire`).
+    ``data`` is ``request`` encoded and ``index`` its walk (:func:`.wire.walk`); ``request`` is
+    only read. A generation with a ``trace``-tier record is stamped now. One without is held
+    (cut from the payload, returned in ``held``) while the hold window is on and
+    ``hold_capacity`` allows; past that it is stamped now (``overflow``) with what the other
+    tiers know. Every other span, and the order of the spans left, is untouched.
     """
-    out = StampOutcome()
-    index: wire.RequestIndex | None
-    try:
-        index = wire.index_request(encoded)
-    except wire.WireError:
-        index = None
-    flat: list[tuple[ResourceSpans, ScopeSpans, Span]] | None = None
-    if index is not None:
-        total = index.span_count
-        # Generation markers first (a minority of spans), then the key within those only.
-        generations = index.marked(encoded, settings.generation_markers)
-        candidates = sorted(index.marked(encoded, (_KEY_MARKER,), among=generations))
-    else:
-        flat = _flatten(request)
-        total = len(flat)
-        candidates = list(range(total))
-    out.spans = total
-    if not candidates:
-        out.payload = encoded
-        return out
-    native = False
-    if index is not None:
-        decoded = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
-        if decoded != total:  # the walk and the decoder disagree: trust the decoder
-            index = None
-            flat = _flatten(request)
-            out.spans = total = len(flat)
-            candidates = list(range(total))
-        else:
-            native = wire.native()
-    located: dict[int, tuple[ResourceSpans, ScopeSpans, Span]] = dict(enumerate(flat or ()))
-
-    def locate(i: int) -> tuple[ResourceSpans, ScopeSpans, Span]:
-        """The decoded span ``i`` (a wrapper per span is not free: only when needed)."""
-        got = located.get(i)
-        if got is None:
-            assert index is not None
-            r, sc, k = index.locate(i)
-            rs = request.resource_spans[r]
-            ss = rs.scope_spans[sc]
-            got = located[i] = (rs, ss, ss.spans[k])
-        return got
-
-    keys = settings.scan_keys
-    key_pairs = settings.scan_key_pairs
-    rules = settings.rules
+    out = StampOutcome(spans=index.span_count)
+    spans = _Containers(request, index)
     edits: dict[int, bytes] = {}
-    instances: dict[int, str] = {}
-    resources: dict[int, Resource] = {}
-    scopes: dict[int, InstrumentationScope] = {}
-    for i in candidates:
-        scanned = wire.scan_span(encoded, index, i, key_pairs) if native and index is not None else None
-        if scanned is not None:
-            # Read from the span's bytes in C: no decoded wrappers for spans that are stamped.
-            found_raw, trace_id, start_ns = scanned
-            key_v = found_raw.get(c.PROMPT_KEY)
-            found = found_raw if isinstance(key_v, str) and key_v else None
-            r_index = index.locate(i)[0] if index is not None else 0
-        else:
-            rs, _ss, span = locate(i)
-            found = _scan(span, keys)
-            trace_id, start_ns = span.trace_id, span.start_time_unix_nano
-            r_index = -1 - id(rs)  # a key for the instance cache that cannot clash with an index
-        if (
-            found is None
-            or _ALREADY_LINKED in found
-            or _ALREADY_STAMPED in found
-            or not is_generation(found, rules)
-        ):
-            continue
-        key = str(found[c.PROMPT_KEY])
-        label_v = found.get(c.PROMPT_LABEL)
-        label = label_v if isinstance(label_v, str) else ""
-        instance = instances.get(r_index)
-        if instance is None:
-            rs = request.resource_spans[r_index] if r_index >= 0 else locate(i)[0]
-            instance = instances[r_index] = resource_instance(rs.resource)
-        skey = SpanKey(tenant, key, label, trace_id, instance, start_ns)
-        name = settings.prompt_names.get(key, key)
-        has_type = c.LF_OBSERVATION_TYPE in found
-        if settings.hold_ns > 0 and len(out.held) < hold_capacity and not has_trace_record(store, skey):
-            # Copies: the decoded request is dropped once this call returns.
-            rs, ss, span = locate(i)
-            held = (
-                encoded[index.span_starts[i]:index.span_ends[i]]
-                if index is not None
-                else span.SerializeToString()
-            )
-            resource = resources.get(id(rs))
-            if resource is None:
-                resource = resources[id(rs)] = Resource()
-                resource.CopyFrom(rs.resource)
-            scope = scopes.get(id(ss))
-            if scope is None:
-                scope = scopes[id(ss)] = InstrumentationScope()
-                scope.CopyFrom(ss.scope)
-            out.held.append(
-                HeldSpan(held, resource, rs.schema_url, scope, ss.schema_url, skey, name, has_type, now_ns)
-            )
-            edits[i] = wire.DELETE
-            continue
-        res = resolve_version(store, skey, prompt_name=name, staleness_ns=settings.staleness_ns, api=api)
-        edits[i] = stamp_bytes(name, label, res, has_type)
-        out.stamped[res.tier] = out.stamped.get(res.tier, 0) + 1
-    if len(out.held) == total:
-        return out  # everything held: nothing to send now
-    if index is not None:
-        out.payload = wire.splice(encoded, index, edits)
-        return out
-    # Fallback (the byte walk failed where the decoder did not): edit the decoded message.
-    if not edits:
-        out.payload = encoded
-        return out
-    emptied: set[int] = set()
-    for i in sorted(edits, reverse=True):
-        _rs, ss, span = located[i]
-        if edits[i] is wire.DELETE:
-            for j in range(len(ss.spans)):
-                if ss.spans[j] == span:
-                    del ss.spans[j]
-                    break
-            if not ss.spans:
-                emptied.add(id(ss))
-        else:
-            span.MergeFromString(edits[i])
-    _drop_emptied(request, emptied)
-    out.payload = request.SerializeToString()
+    for i, key, name, has_type, service in _generations(data, index, settings, spans, tenant):
+        if settings.hold_ns > 0 and not resolver.has_trace_record(key):
+            if len(out.held) < hold_capacity:
+                out.held.append(spans.hold(data, i, key, name, has_type, now_ns))
+                edits[i] = wire.DELETE
+                continue
+            out.overflow += 1
+        res = resolver.resolve(key, name)
+        edits[i] = stamp_bytes(name, key.label, res, has_type)
+        out.stamped.append(Stamped(key, res, name, service, data, index.span_starts[i], index.span_ends[i]))
+    if len(out.held) < out.spans:
+        out.payload = wire.splice(data, index, edits)
     return out
 
 
-def _flatten(request: ExportTraceServiceRequest) -> list[tuple[ResourceSpans, ScopeSpans, Span]]:
-    return [(rs, ss, sp) for rs in request.resource_spans for ss in rs.scope_spans for sp in ss.spans]
-
-
-def _drop_emptied(request: ExportTraceServiceRequest, emptied: set[int]) -> None:
-    """Remove the scopes this call emptied, and resources left with none (as ``wire.splice``)."""
-    if not emptied:
-        return
-    for r in range(len(request.resource_spans) - 1, -1, -1):
-        rs = request.resource_spans[r]
-        had = len(rs.scope_spans)
-        for s in range(had - 1, -1, -1):
-            if id(rs.scope_spans[s]) in emptied:
-                del rs.scope_spans[s]
-        if had and not rs.scope_spans:
-            del request.resource_spans[r]
-
-
 def release_spans(
-    held: Iterable[HeldSpan],
-    *,
-    store: FetchLogStore,
-    settings: StampSettings,
-    api: ApiLookup | None = None,
-    stamped: dict[str, int] | None = None,
-) -> ExportTraceServiceRequest:
+    held: Iterable[HeldSpan], *, resolver: Resolver
+) -> tuple[ExportTraceServiceRequest, list[Stamped]]:
     """Resolve held spans with every tier now and pack them into one request.
 
     Spans keep their arrival order; those that shared a resource and scope share them again.
     """
     request = ExportTraceServiceRequest()
+    stamped: list[Stamped] = []
     groups: dict[tuple[bytes, str, bytes, str], ScopeSpans] = {}
     for h in held:
-        res = resolve_version(
-            store, h.key, prompt_name=h.prompt_name, staleness_ns=settings.staleness_ns, api=api
-        )
+        res = resolver.resolve(h.key, h.prompt_name, held=True)
         span = h.span
-        stamp_span(
-            span, prompt_name=h.prompt_name, label=h.key.label, resolution=res,
-            has_type=h.has_type,
-        )
-        if stamped is not None:
-            stamped[res.tier] = stamped.get(res.tier, 0) + 1
+        stamp_span(span, prompt_name=h.prompt_name, label=h.key.label, resolution=res, has_type=h.has_type)
+        stamped.append(Stamped(h.key, res, h.prompt_name, h.service, h.span_bytes, 0, len(h.span_bytes)))
         gk = (
             h.resource.SerializeToString(deterministic=True), h.resource_schema_url,
             h.scope.SerializeToString(deterministic=True), h.scope_schema_url,
@@ -388,4 +321,39 @@ def release_spans(
             ss.scope.CopyFrom(h.scope)
             ss.schema_url = h.scope_schema_url
         ss.spans.append(span)
-    return request
+    return request, stamped
+
+
+_INPUT_TOKENS = (c.GEN_AI_USAGE_INPUT_TOKENS, c.GEN_AI_USAGE_PROMPT_TOKENS, c.LLM_TOKEN_COUNT_PROMPT)
+_OUTPUT_TOKENS = (
+    c.GEN_AI_USAGE_OUTPUT_TOKENS, c.GEN_AI_USAGE_COMPLETION_TOKENS, c.LLM_TOKEN_COUNT_COMPLETION
+)
+
+
+def _tokens(attrs: Mapping[str, object], keys: tuple[str, ...]) -> int | None:
+    for k in keys:
+        v = attrs.get(k)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+    return None
+
+
+def generation_record(g: Stamped) -> GenerationRecord:
+    """What observers are told about one stamped generation (its span decoded for it)."""
+    span = Span.FromString(g.data[g.start:g.end])
+    attrs: dict[str, object] = {}
+    for kv in span.attributes:
+        which = kv.value.WhichOneof("value")
+        if which in ("int_value", "double_value"):
+            attrs[kv.key] = getattr(kv.value, which)
+    res = g.resolution
+    return GenerationRecord(
+        tenant=g.key.tenant, trace_id=bytes(span.trace_id), span_id=bytes(span.span_id), span_name=span.name,
+        key=g.key.key, label=g.key.label, prompt_name=g.prompt_name, version=res.version, resolution=res.tier,
+        source=res.source, reason=res.reason, instance=g.key.instance, service=g.service,
+        start_ns=span.start_time_unix_nano, end_ns=span.end_time_unix_nano,
+        error=span.status.code == Status.STATUS_CODE_ERROR,
+        input_tokens=_tokens(attrs, _INPUT_TOKENS), output_tokens=_tokens(attrs, _OUTPUT_TOKENS),
+    )

@@ -18,10 +18,24 @@ import bisect
 import importlib
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DELETE", "Node", "RequestIndex", "WireError", "index_request", "native", "spans_ok", "splice"]
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+__all__ = [
+    "DELETE",
+    "Node",
+    "RequestIndex",
+    "WireError",
+    "index_request",
+    "native",
+    "scan_span",
+    "spans_ok",
+    "splice",
+    "walk",
+]
 
 def _load_native() -> Any:
     """The C version of the walk, search and splice below (setup.py; optional)."""
@@ -118,11 +132,48 @@ def _fields(data: bytes, start: int, end: int, want: int) -> list[Node]:
             pos += 8
         elif wt == 5:
             pos += 4
+        elif wt == 3:
+            pos = _skip_group(data, pos, end, field)
         else:
             raise WireError(f"unsupported wire type {wt}")
     if pos != end:
         raise WireError("message overruns its bounds")
     return out
+
+
+_MAX_GROUP_DEPTH = 128
+
+
+def _skip_group(data: bytes, pos: int, end: int, field: int) -> int:
+    """The position after the group (wire type 3) of ``field`` that starts at ``pos``.
+
+    Protobuf's decoder keeps groups as unknown fields, so the walk must step over them too.
+    """
+    open_groups = [field]
+    while open_groups:
+        tag, pos = _varint(data, pos)
+        f, wt = tag >> 3, tag & 7
+        if wt == 0:
+            pos = _varint(data, pos)[1]
+        elif wt == 1:
+            pos += 8
+        elif wt == 5:
+            pos += 4
+        elif wt == 2:
+            n, pos = _varint(data, pos)
+            pos += n
+        elif wt == 3:
+            if len(open_groups) == _MAX_GROUP_DEPTH:
+                raise WireError("groups nested too deep")
+            open_groups.append(f)
+        elif wt == 4:
+            if open_groups.pop() != f:
+                raise WireError("mismatched end of group")
+        else:
+            raise WireError(f"unsupported wire type {wt}")
+        if pos > end:
+            raise WireError("field overruns its message")
+    return pos
 
 
 @dataclass(slots=True)
@@ -131,15 +182,24 @@ class RequestIndex:
     span_ends: list[int]
     scope_counts: list[list[int]]  # per resource_spans, the span count of each scope_spans
     nodes: list[Node] | None = None  # the tree, from the pure-Python walk only
+    _firsts: list[int] = field(default_factory=list)  # flat index of each non-empty scope's first span
+    _where: list[tuple[int, int]] = field(default_factory=list)  # that scope's (resource, scope)
 
     def locate(self, flat: int) -> tuple[int, int, int]:
         """(resource_spans index, scope_spans index, spans index) of span number ``flat``."""
-        for r, scopes in enumerate(self.scope_counts):
-            for s, n in enumerate(scopes):
-                if flat < n:
-                    return r, s, flat
-                flat -= n
-        raise IndexError("span index out of range")
+        if not 0 <= flat < len(self.span_starts):
+            raise IndexError("span index out of range")
+        if not self._firsts:
+            n = 0
+            for r, scopes in enumerate(self.scope_counts):
+                for s, count in enumerate(scopes):
+                    if count:
+                        self._firsts.append(n)
+                        self._where.append((r, s))
+                        n += count
+        k = bisect.bisect_right(self._firsts, flat) - 1
+        r, s = self._where[k]
+        return r, s, flat - self._firsts[k]
 
     @property
     def span_count(self) -> int:
@@ -204,15 +264,43 @@ def index_request(data: bytes) -> RequestIndex:
     return RequestIndex(starts, ends, counts, rss)
 
 
+def walk(encoded: bytes | None, request: ExportTraceServiceRequest) -> tuple[bytes, RequestIndex]:
+    """The bytes to splice and their index: ``encoded`` when it walks to the spans ``request``
+    has, else ``request`` re-encoded (one path for every request the decoder accepted)."""
+    if encoded is not None:
+        try:
+            index = index_request(encoded)
+        except WireError:
+            pass
+        else:
+            decoded = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+            if index.span_count == decoded:
+                return encoded, index
+    data = request.SerializeToString()
+    return data, index_request(data)  # the encoder's own output always walks
+
+
+#: What :func:`scan_span` gives: the attributes found, trace id, start time and name.
+Scanned = tuple[dict[str, object], bytes, int, str]
+
+
 def scan_span(
     data: bytes, index: RequestIndex, i: int, keys: tuple[tuple[bytes, ...], tuple[str, ...]]
-) -> tuple[dict[str, object], bytes, int] | None:
-    """Span ``i``'s attributes among ``keys`` (str value, or True for a non-string value), its
-    trace id and start time, read from its bytes; None without the C extension."""
-    if _c is None:
-        return None
-    found, trace_id, start_ns = _c.scan_span(data, index.span_starts[i], index.span_ends[i], *keys)
-    return found, trace_id, start_ns
+) -> Scanned:
+    """Span ``i``'s attributes among ``keys`` (the last occurrence wins; a str value, or True for
+    any other value), its trace id, start time and name, read from its bytes."""
+    start, end = index.span_starts[i], index.span_ends[i]
+    if _c is not None:
+        found, trace_id, start_ns, name = _c.scan_span(data, start, end, *keys)
+        return found, trace_id, start_ns, name
+    span = Span.FromString(data[start:end])
+    wanted = frozenset(keys[1])
+    found = {}
+    for kv in span.attributes:
+        if kv.key in wanted:
+            v = kv.value
+            found[kv.key] = v.string_value if v.WhichOneof("value") == "string_value" else True
+    return found, bytes(span.trace_id), span.start_time_unix_nano, span.name
 
 
 def spans_ok(data: bytes, max_attributes: int) -> bool | None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import promptstamp_contract as c
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+import promptstamp_contract as c
 from promptstamp_relay.detect import GenerationRules
 from promptstamp_relay.pipeline import Processor
 from promptstamp_relay.stamp import StampSettings
@@ -192,32 +192,47 @@ def test_non_generation_spans_with_prompt_baggage_get_nothing() -> None:
     assert one(p.consume_traces(traces([s]), T0)).SerializeToString() == before
 
 
-def test_every_default_generation_rule() -> None:
-    rules = [
+def test_generations_are_what_langfuse_types_generation() -> None:
+    """Stamping follows detect.py's mirror of Langfuse's typing (the table itself is tested there)."""
+    generations = [
         {c.GEN_AI_OPERATION_NAME: "chat"},
         {c.GEN_AI_REQUEST_MODEL: "m"},
+        {c.GEN_AI_RESPONSE_MODEL: "m"},
+        {c.LLM_MODEL_NAME: "m"},
         {c.OPENINFERENCE_SPAN_KIND: "LLM"},
-        {c.LLM_REQUEST_TYPE: "chat"},
         {c.LF_OBSERVATION_TYPE: "generation"},
+    ]
+    others = [
+        {c.OPENINFERENCE_SPAN_KIND: "CHAIN"},
+        {c.GEN_AI_OPERATION_NAME: "execute_tool", c.GEN_AI_REQUEST_MODEL: "m"},
+        {c.GEN_AI_OPERATION_NAME: "invoke_agent", c.GEN_AI_REQUEST_MODEL: "m"},
+        {c.GEN_AI_OPERATION_NAME: "embeddings", c.GEN_AI_REQUEST_MODEL: "m"},
+        {c.GEN_AI_TOOL_NAME: "lookup"},
+        {c.LLM_REQUEST_TYPE: "chat"},  # OpenLLMetry's older marker: Langfuse types it SPAN
     ]
     p = make()
     p.consume_logs(logs([fetch_record(version=3)]), T0)
-    for i, extra in enumerate(rules):
-        s = span(span_id=i + 1, start=T0, attrs={c.PROMPT_KEY: "order-status-answer", c.PROMPT_LABEL: "production", **extra})
+    base = {c.PROMPT_KEY: "order-status-answer", c.PROMPT_LABEL: "production"}
+    for i, extra in enumerate(generations + others):
+        s = span(span_id=i + 1, start=T0, attrs={**base, **extra})
         a = attrs_of(one(p.consume_traces(traces([s]), T0)))
-        assert a[c.LF_PROMPT_VERSION] == 3, extra
-    not_llm = span(start=T0, attrs={c.PROMPT_KEY: "k", c.OPENINFERENCE_SPAN_KIND: "CHAIN"})
-    assert c.LF_META_RESOLUTION not in attrs_of(one(p.consume_traces(traces([not_llm]), T0)))
+        assert (a.get(c.LF_PROMPT_VERSION) == 3) == (extra in generations), extra
+        if extra in others:
+            assert c.LF_META_RESOLUTION not in a, extra
 
 
-def test_configurable_generation_rules() -> None:
+def test_configurable_generation_rules_only_add_spans_langfuse_types_span() -> None:
     p = make(rules=GenerationRules(present=frozenset({"my.llm"}), equals={}))
     p.consume_logs(logs([fetch_record(version=3)]), T0)
+    base = {c.PROMPT_KEY: "order-status-answer", c.PROMPT_LABEL: "production"}
     default_shape = span(span_id=1, start=T0, attrs=gen_attrs())
-    custom = span(span_id=2, start=T0, attrs={c.PROMPT_KEY: "order-status-answer", c.PROMPT_LABEL: "production", "my.llm": 1})
-    out = all_spans(p.consume_traces(traces([default_shape, custom]), T0))
-    assert c.LF_META_RESOLUTION not in attrs_of(out[0])
+    custom = span(span_id=2, start=T0, attrs={**base, "my.llm": 1})
+    tool = span(span_id=3, start=T0, attrs={**base, "my.llm": 1, c.GEN_AI_TOOL_NAME: "lookup"})
+    out = all_spans(p.consume_traces(traces([default_shape, custom, tool]), T0))
+    assert attrs_of(out[0])[c.LF_PROMPT_VERSION] == 3
     assert attrs_of(out[1])[c.LF_PROMPT_VERSION] == 3
+    assert attrs_of(out[1])[c.LF_OBSERVATION_TYPE] == "generation"  # so Langfuse agrees
+    assert c.LF_META_RESOLUTION not in attrs_of(out[2])
 
 
 def test_observation_type_is_added_only_when_absent() -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-import promptstamp_contract as c
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+import promptstamp_contract as c
 from promptstamp_relay import wire
 from promptstamp_relay.pipeline import Processor
 from promptstamp_relay.stamp import StampSettings
@@ -49,7 +49,68 @@ shapes = st.lists(
 )
 
 
-def run(req: ExportTraceServiceRequest, fast: bool, native: bool = True) -> tuple[list[bytes], int]:
+def reference_splice(req: ExportTraceServiceRequest, edits: dict[int, bytes]) -> ExportTraceServiceRequest:
+    """The splice's semantics on decoded messages, written independently of wire.py: span ``i``
+    gets ``edits[i]`` appended (encoded attributes) or is deleted; a scope whose spans were all
+    deleted goes, and a resource whose scopes all went; containers that arrived empty stay."""
+    out = ExportTraceServiceRequest()
+    out.CopyFrom(req)
+    flat = 0
+    for r in range(len(out.resource_spans)):
+        rs = out.resource_spans[r]
+        for ss in rs.scope_spans:
+            keep = []
+            for sp in ss.spans:
+                edit = edits.get(flat)
+                flat += 1
+                if edit is wire.DELETE:
+                    continue
+                if edit is not None:
+                    sp.MergeFromString(edit)
+                keep.append(sp)
+            if len(keep) != len(ss.spans):
+                copies = [type(sp)() for sp in keep]
+                for dst, src in zip(copies, keep, strict=True):
+                    dst.CopyFrom(src)
+                del ss.spans[:]
+                ss.spans.extend(copies)
+    for r in range(len(out.resource_spans) - 1, -1, -1):
+        rs = out.resource_spans[r]
+        before = len(rs.scope_spans)
+        for s in range(before - 1, -1, -1):
+            if not rs.scope_spans[s].spans and req.resource_spans[r].scope_spans[s].spans:
+                del rs.scope_spans[s]
+        if before and not rs.scope_spans:
+            del out.resource_spans[r]
+    return out
+
+
+STAMP = kvs({"added": "x"})[0].SerializeToString()
+edit_kinds = st.sampled_from([None, "delete", "stamp"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(shape=shapes, kinds=st.lists(edit_kinds, max_size=40))
+def test_splice_matches_its_definition_and_the_c_twin_matches_python(
+    shape: list[list[list[int]]], kinds: list[str | None]
+) -> None:
+    req = build(shape)
+    data = req.SerializeToString()
+    n = sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+    edits = {i: (wire.DELETE if k == "delete" else b"\x4a" + bytes([len(STAMP)]) + STAMP)
+             for i, k in enumerate(kinds[:n]) if k is not None}
+    saved = wire._c
+    wire._c = None
+    try:
+        python = wire.splice(data, wire.index_request(data), edits)
+    finally:
+        wire._c = saved
+    assert ExportTraceServiceRequest.FromString(python) == reference_splice(req, edits)
+    if wire.native():
+        assert wire.splice(data, wire.index_request(data), edits) == python  # byte for byte
+
+
+def run(req: ExportTraceServiceRequest, encoded: bytes | None, native: bool = True) -> tuple[list[bytes], int]:
     p = Processor(StampSettings(hold_ns=2 * S), MemoryStore(), early_release=False)
     p.consume_logs(logs([fetch_record(version=3)]), T0)
     copy = ExportTraceServiceRequest()
@@ -57,24 +118,21 @@ def run(req: ExportTraceServiceRequest, fast: bool, native: bool = True) -> tupl
     with pytest.MonkeyPatch.context() as mp:
         if not native:
             mp.setattr(wire, "_c", None)
-        if not fast:
-            def broken(_data: bytes) -> wire.RequestIndex:
-                raise wire.WireError("forced fallback")
-
-            mp.setattr(wire, "index_request", broken)
-        out = p.consume_traces(copy, T0)
-    # Compare decoded messages re-encoded canonically.
-    return [o.request.SerializeToString(deterministic=True) for o in out], len(p.hold)
+        out = p.consume_traces(copy, T0, encoded=encoded)
+    return [o.payload for o in out], len(p.hold)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(shape=shapes)
-def test_splice_equals_decoder_path(shape: list[list[list[int]]]) -> None:
+def test_bytes_the_walk_cannot_use_are_replaced_by_the_request_re_encoded(shape: list[list[list[int]]]) -> None:
+    """One path: the output is the same whether the caller's bytes walk, do not walk, or do not
+    match the decoded request (then the request is re-encoded and walked)."""
     req = build(shape)
-    decoder = run(req, False)
-    assert run(req, True, native=False) == decoder
-    if wire.native():
-        assert run(req, True, native=True) == decoder
+    data = req.SerializeToString()
+    expected = run(req, data)
+    for bad in (None, b"\x0f", b"", b"\x0a\x00" * 3):
+        assert run(req, bad) == expected, bad
+    assert run(req, data, native=False) == expected
 
 
 @pytest.fixture(params=["native", "python"])
@@ -169,6 +227,40 @@ def test_native_scan_reads_attributes_like_the_decoder() -> None:
     data = req.SerializeToString()
     idx = wire.index_request(data)
     keys = ("gen_ai.request.model", c.PROMPT_KEY, c.PROMPT_LABEL, "absent")
-    found, trace_id, start = wire.scan_span(data, idx, 0, (tuple(k.encode() for k in keys), keys))  # type: ignore[misc]
+    pairs = (tuple(k.encode() for k in keys), keys)
+    found, trace_id, start, name = wire.scan_span(data, idx, 0, pairs)
     assert found == {"gen_ai.request.model": True, c.PROMPT_KEY: "order-status-answer", c.PROMPT_LABEL: "production"}
-    assert (trace_id, start) == (sp.trace_id, sp.start_time_unix_nano)
+    assert (trace_id, start, name) == (sp.trace_id, sp.start_time_unix_nano, sp.name)
+    saved = wire._c
+    wire._c = None
+    try:
+        assert wire.scan_span(data, wire.index_request(data), 0, pairs) == (found, trace_id, start, name)
+    finally:
+        wire._c = saved
+
+
+# An unknown field 100 as a group (wire type 3) holding a varint and a nested group: protobuf's
+# decoder keeps it, so the walk must step over it wherever it is.
+GROUP = bytes([0xA3, 0x06, 0x08, 0x01, 0xAB, 0x06, 0x10, 0x02, 0xAC, 0x06, 0xA4, 0x06])
+
+
+@pytest.mark.parametrize("where", ["request", "resource", "scope", "span"])
+def test_unknown_groups_are_walked_and_kept(where: str, impl: str) -> None:
+    req = build([[[1, 2]]])
+    if where == "span":
+        sp = req.resource_spans[0].scope_spans[0].spans[0]
+        sp.MergeFromString(GROUP)
+    elif where == "scope":
+        req.resource_spans[0].scope_spans[0].MergeFromString(GROUP)
+    elif where == "resource":
+        req.resource_spans[0].MergeFromString(GROUP)
+    else:
+        req.MergeFromString(GROUP)
+    data = req.SerializeToString()
+    assert GROUP in data
+    idx = wire.index_request(data)
+    assert idx.span_count == 2
+    p = Processor(StampSettings(hold_ns=2 * S), MemoryStore(), early_release=False)
+    p.consume_logs(logs([fetch_record(version=3)]), T0)
+    out = p.consume_traces(ExportTraceServiceRequest.FromString(data), T0, encoded=data)
+    assert len(p.hold) == 1 and GROUP in out[0].payload

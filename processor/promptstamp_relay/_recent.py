@@ -1,0 +1,49 @@
+"""A bounded, per-tenant memory of recently seen keys (what the processor remembers besides the store).
+
+Used for the fetch records already taken in (a fetch arrives twice: as a log record and as a
+span event) and for fallback fetches (they resolve nothing, but explain an unresolved span).
+Each tenant keeps at most ``per_tenant`` keys, oldest first out, so a tenant that floods it
+only forgets its own; at most ``tenants`` tenants are remembered, the least recently added
+first out. Not thread-safe: called with the relay's processing lock held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+__all__ = ["RecentKeys"]
+
+K = TypeVar("K", bound=Hashable)
+
+
+class RecentKeys(Generic[K]):
+    def __init__(self, per_tenant: int = 4096, tenants: int = 1024) -> None:
+        if per_tenant <= 0 or tenants <= 0:
+            raise ValueError("bounds must be positive")
+        self._per_tenant = per_tenant
+        self._tenants = tenants
+        self._keys: dict[str, dict[K, None]] = {}  # insertion-ordered: oldest first
+
+    def add(self, tenant: str, key: K) -> bool:
+        """Remember ``key``; True when it was not remembered already."""
+        keys = self._keys.pop(tenant, None)  # re-inserted last: the most recently added tenant
+        if keys is None:
+            keys = {}
+            if len(self._keys) >= self._tenants:
+                del self._keys[next(iter(self._keys))]
+        self._keys[tenant] = keys
+        if key in keys:
+            return False
+        if len(keys) >= self._per_tenant:
+            del keys[next(iter(keys))]
+        keys[key] = None
+        return True
+
+    def __contains__(self, item: tuple[str, K]) -> bool:
+        tenant, key = item
+        keys = self._keys.get(tenant)
+        return keys is not None and key in keys
+
+    def __len__(self) -> int:
+        return sum(len(k) for k in self._keys.values())
