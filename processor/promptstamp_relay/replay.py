@@ -164,6 +164,9 @@ def open_input(path: str, stdin: IO[bytes] | None = None) -> Iterator[Iterator[s
             lines = _zstd_lines(buffered)
         elif head[4:8] == _ZSTD_MAGIC:
             lines = _framed_zstd_lines(buffered)
+        elif any(b < 0x20 and b not in b"\t\r\n" for b in head):  # control bytes: not text
+            raise InputError(f"not OTLP/JSON: it starts with the bytes {head[:8].hex(' ')} (binary: "
+                             "the Collector's format: proto? replay reads format: json)")
         else:
             lines = iter(buffered)
         yield _decoded(lines)

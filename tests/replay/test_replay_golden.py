@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import promptstamp_contract as c
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+import promptstamp_contract as c
 from promptstamp_relay.cli import main
 from promptstamp_relay.otlpjson import decode_line
 
