@@ -762,7 +762,7 @@ def _shown(dotted: str, value: Any) -> str:
         return f"(set, {len(value)} entries)" if isinstance(value, (list, dict)) else "(set)"
     if isinstance(value, str) and "://" in value and "@" in value:  # a URL with credentials
         scheme, _, rest = value.partition("://")
-        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+        return repr(f"{scheme}://***@{rest.rpartition('@')[2]}")
     return json.dumps(value) if not isinstance(value, str) else repr(value)
 
 
