@@ -1,0 +1,183 @@
+"""An app that traces with the real Langfuse SDK (``@observe``, ``propagate_attributes``, a
+generation from a real OpenAI instrumentation), routed through the relay as
+``docs/langfuse-sdk.md`` says: every generation linked, every span ingested exactly once.
+
+Loopback stand-ins: the Langfuse-compatible server and the relay run in this process; the app is
+a subprocess running the documented set-up verbatim (its globals are its own), answering model
+calls from :class:`~promptstamp.testing.FakeOpenAI`. Runs against langfuse 4.x and 5.x alike
+(``scripts/test.sh`` runs it in a second virtualenv with 4.x).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from promptstamp.testing import FakeOpenAI, LangfuseServer
+from promptstamp_relay.config import load_config
+from promptstamp_relay.server import RelayServer
+from tests.waiting import wait_until
+
+pytest.importorskip("langfuse")
+pytest.importorskip("opentelemetry.instrumentation.openai")
+
+PROMPT = "order-status-answer"
+CHAT = [
+    {"role": "system", "content": "You are a support assistant."},
+    {"role": "user", "content": "Question: {{query}}\nRegion: {{region}}"},
+]
+REQUESTS = 3
+
+# The documented set-up (docs/langfuse-sdk.md, "Route Langfuse's spans through the relay").
+APP = textwrap.dedent(
+    """
+    import json, os, sys, warnings
+    warnings.simplefilter("error", UserWarning)  # any promptstamp set-up warning fails the app
+
+    from langfuse import Langfuse, observe, propagate_attributes
+    from openai import OpenAI
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.openai import OpenAIInstrumentor
+    from opentelemetry import trace
+
+    import promptstamp
+
+    # base_url (LANGFUSE_BASE_URL) stays Langfuse: prompts come from there; spans go to the relay.
+    if not os.environ.get("UNDOCUMENTED"):
+        langfuse = Langfuse(span_exporter=OTLPSpanExporter(endpoint=os.environ["RELAY"], insecure=True))
+    else:  # Langfuse's own exporter, straight to Langfuse
+        langfuse = Langfuse()
+    promptstamp.install(langfuse=langfuse)
+    OpenAIInstrumentor().instrument()
+    client = OpenAI(base_url=os.environ["OPENAI_BASE_URL"], api_key="sk-test")
+
+    @observe(name="handle_request")
+    def handle(query):
+        with propagate_attributes(user_id="user-7", session_id="session-1"):
+            with promptstamp.prompt("order-status-answer", label="production") as p:
+                reply = client.chat.completions.create(
+                    model=p.config["model"], messages=p.compile(query=query, region="eu"))
+        return reply.choices[0].message.content, trace.get_current_span().get_span_context()
+
+    out = []
+    for i in range(int(os.environ["REQUESTS"])):
+        answer, _ = handle(f"where is order {i}?")
+        out.append(answer)
+    langfuse.shutdown()
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.fixture
+def langfuse() -> Iterator[LangfuseServer]:
+    with LangfuseServer(public_key=f"pk-lf-{uuid.uuid4().hex[:12]}", secret_key="sk-lf-test") as server:
+        server.create_prompt(PROMPT, CHAT, labels=["production"], config={"model": "gpt-4o-mini"})
+        yield server
+
+
+@pytest.fixture
+def relay(langfuse: LangfuseServer) -> Iterator[RelayServer]:
+    cfg = load_config(None, env={}, overrides={
+        "listen": "127.0.0.1:0",
+        "receivers.http.listen": "",  # OTLP/gRPC only: the documented route
+        "hold.seconds": 1.0,
+        "exporter.type": "langfuse",
+        "exporter.langfuse.base_url": langfuse.base_url,
+        "exporter.langfuse.public_key": langfuse.public_key,
+        "exporter.langfuse.secret_key": langfuse.secret_key,
+        "retry.initial_interval_seconds": 0.05,
+        "retry.max_interval_seconds": 0.2,
+    })
+    server = RelayServer(cfg).start()
+    try:
+        yield server
+    finally:
+        server.stop(timeout=10)
+
+
+@pytest.fixture
+def openai_fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+def _run_app(langfuse: LangfuseServer, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "LANGFUSE_", "OPENAI_"))}
+    environment.update({
+        "LANGFUSE_PUBLIC_KEY": langfuse.public_key,
+        "LANGFUSE_SECRET_KEY": langfuse.secret_key,
+        "LANGFUSE_BASE_URL": langfuse.base_url,
+        "OTEL_SERVICE_NAME": "order-status",
+        "OTEL_RESOURCE_ATTRIBUTES": "service.instance.id=order-status-1",
+        "REQUESTS": str(REQUESTS),
+        **env,
+    })
+    return subprocess.run([sys.executable, "-c", APP], env=environment, capture_output=True, text=True,
+                          timeout=90)
+
+
+def _ingested_span_counts(langfuse: LangfuseServer) -> collections.Counter[tuple[str, str]]:
+    """How many times each span arrived at Langfuse, over every ingest request."""
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    for request in langfuse.ingest_requests:
+        for resource_spans in request.request.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    counts[(span.trace_id.hex(), span.span_id.hex())] += 1
+    return counts
+
+
+def test_langfuse_sdk_app_through_the_relay_is_linked_and_ingested_once(
+    langfuse: LangfuseServer, relay: RelayServer, openai_fake: FakeOpenAI
+) -> None:
+    proc = _run_app(langfuse, {"RELAY": f"http://{relay.address}", "OPENAI_BASE_URL": openai_fake.base_url})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == ["answer"] * REQUESTS
+    assert len(openai_fake.requests) == REQUESTS
+
+    def arrived() -> bool:
+        gens = [o for o in langfuse.observations() if o.type == "GENERATION"]
+        return len(gens) == REQUESTS and all(o.prompt_version is not None for o in gens)
+
+    wait_until(arrived, timeout=15, what="every generation linked at Langfuse")
+    observations = langfuse.observations()
+    generations = [o for o in observations if o.type == "GENERATION"]
+    roots = [o for o in observations if o.name == "handle_request"]
+    assert len(roots) == REQUESTS and len(generations) == REQUESTS
+    for gen in generations:
+        assert gen.scope_name is not None and gen.scope_name.startswith("opentelemetry.instrumentation.openai")
+        assert (gen.prompt_name, gen.prompt_version) == (PROMPT, 1)
+        assert gen.metadata["prompt_label"] == "production"
+        assert gen.metadata["prompt_resolution"] == "trace"  # from the span event on handle_request
+        assert gen.attributes["user.id"] == "user-7"  # Langfuse's propagate_attributes kept
+        assert gen.attributes["session.id"] == "session-1"
+    assert {g.trace_id for g in generations} == {r.trace_id for r in roots}
+    assert langfuse.rejected() == []
+
+    assert relay.stop(timeout=10) == 0
+    counts = _ingested_span_counts(langfuse)
+    assert len(counts) == len(observations) == 2 * REQUESTS
+    assert set(counts.values()) == {1}  # every span ingested exactly once
+    # Only the relay sent them: Langfuse's own exporter was never used.
+    assert {r.headers.get("x-langfuse-sdk-name") for r in langfuse.ingest_requests} == {None}
+
+
+def test_langfuse_exporting_straight_to_langfuse_stops_the_app_at_install(
+    langfuse: LangfuseServer, relay: RelayServer, openai_fake: FakeOpenAI
+) -> None:
+    """The undocumented set-up is reported at ``install()`` (here turned into an error)."""
+    proc = _run_app(langfuse, {"RELAY": f"http://{relay.address}", "OPENAI_BASE_URL": openai_fake.base_url,
+                               "UNDOCUMENTED": "1"})
+    assert proc.returncode != 0
+    assert "promptstamp.install(): the Langfuse SDK's span processor" in proc.stderr
+    assert f"straight to {langfuse.base_url}/api/public/otel/v1/traces" in proc.stderr
+    assert openai_fake.requests == []
