@@ -174,7 +174,8 @@ class RelayProcess:
         cfg = workdir / f"{name}.yaml"
         lines = [f"hold: {{seconds: {hold_seconds}}}",
                  f"exporter: {{type: file, file: '{self.out}'}}",
-                 "queue: {shutdown_timeout_seconds: 5}"]
+                 "queue: {shutdown_timeout_seconds: 5}",
+                 "receivers: {http: {listen: '127.0.0.1:0'}}"]  # several relays on one host
         args = [sys.executable, "-m", "promptstamp_relay.cli", "serve", "--config", str(cfg),
                 "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PROMPTSTAMP_", "LANGFUSE_"))}
