@@ -49,6 +49,7 @@ def base_settings(base_url: str, **overrides: Any) -> dict[str, Any]:
     """Dotted settings for a relay exporting to ``base_url``, with fast retries."""
     s: dict[str, Any] = {
         "listen": "127.0.0.1:0",
+        "receivers.http.listen": "127.0.0.1:0",  # never the fixed default port in tests
         "hold.seconds": 0.2,
         "exporter.type": "langfuse",
         "exporter.langfuse.base_url": base_url,

@@ -18,6 +18,7 @@ def langfuse() -> Iterator[LangfuseServer]:
 def relay_config(langfuse: LangfuseServer, **overrides: object) -> Config:
     base: dict[str, object] = {
         "listen": "127.0.0.1:0",
+        "receivers.http.listen": "127.0.0.1:0",  # never the fixed default port in tests
         "hold.seconds": 0.5,
         "exporter.type": "langfuse",
         "exporter.langfuse.base_url": langfuse.base_url,

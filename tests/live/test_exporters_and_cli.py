@@ -12,9 +12,9 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
-import promptstamp_contract as c
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+import promptstamp_contract as c
 from promptstamp_relay.config import load_config
 from promptstamp_relay.otlpjson import decode_line
 from promptstamp_relay.server import RelayServer
@@ -67,7 +67,7 @@ def test_otlp_grpc_exporters_for_traces_and_other_logs() -> None:
     upstream = Collector()
     try:
         cfg = load_config(None, env={}, overrides={
-            "listen": "127.0.0.1:0", "exporter.type": "otlp_grpc",
+            "listen": "127.0.0.1:0", "receivers.http.listen": "127.0.0.1:0", "exporter.type": "otlp_grpc",
             "exporter.otlp_grpc.endpoint": f"127.0.0.1:{upstream.port}",
             "logs_exporter.type": "otlp_grpc", "logs_exporter.otlp_grpc.endpoint": f"127.0.0.1:{upstream.port}",
         })
@@ -97,7 +97,8 @@ def test_otlp_grpc_exporters_for_traces_and_other_logs() -> None:
 def test_file_exporter_and_record_then_replay_gives_the_same_output(tmp_path: Path) -> None:
     out_file, rec_file = tmp_path / "out.jsonl", tmp_path / "rec.jsonl"
     cfg = load_config(None, env={}, overrides={
-        "listen": "127.0.0.1:0", "exporter.type": "file", "exporter.file": str(out_file),
+        "listen": "127.0.0.1:0", "receivers.http.listen": "127.0.0.1:0", "exporter.type": "file",
+        "exporter.file": str(out_file),
         "record": str(rec_file), "hold.seconds": 0.2,
     })
     relay = RelayServer(cfg).start()
@@ -117,12 +118,15 @@ def test_file_exporter_and_record_then_replay_gives_the_same_output(tmp_path: Pa
     assert attrs_of(all_spans(live)[0])[c.LF_PROMPT_VERSION] == 6
 
 
-def test_serve_process_prints_stamped_spans_and_stops_cleanly_on_sigterm() -> None:
+def test_serve_process_prints_stamped_spans_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for k in ("LANGFUSE_BASE_URL", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "PROMPTSTAMP_LISTEN"):
         env.pop(k, None)
+    config_file = tmp_path / "relay.yaml"
+    config_file.write_text("receivers:\n  http:\n    listen: 127.0.0.1:0\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "promptstamp_relay.cli", "serve", "--listen", "127.0.0.1:0", "--hold-seconds", "0.1"],
+        [sys.executable, "-m", "promptstamp_relay.cli", "serve", "--config", str(config_file),
+         "--listen", "127.0.0.1:0", "--hold-seconds", "0.1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:

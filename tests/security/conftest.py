@@ -61,6 +61,7 @@ def call(
 def relay_config(langfuse: LangfuseServer | None = None, **overrides: object) -> Config:
     base: dict[str, object] = {
         "listen": "127.0.0.1:0",
+        "receivers.http.listen": "127.0.0.1:0",  # never the fixed default port in tests
         "hold.seconds": 0.3,
         "retry.initial_interval_seconds": 0.05,
         "retry.max_interval_seconds": 0.2,

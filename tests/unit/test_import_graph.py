@@ -1,0 +1,147 @@
+"""The relay's modules import each other in one direction only: no cycles between modules,
+none between its subpackages, and telemetry reads components without importing the server."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import promptstamp_relay
+
+PACKAGE = "promptstamp_relay"
+ROOT = Path(promptstamp_relay.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = [PACKAGE, *path.relative_to(ROOT).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in ROOT.rglob("*.py")}
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """Modules of the package that ``name`` imports when it runs (anywhere in it, lazily or not),
+    except under ``if TYPE_CHECKING:``."""
+    is_pkg = path.name == "__init__.py"
+    here = name if is_pkg else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                for sub in child.orelse:
+                    visit(sub)
+                continue
+            if isinstance(child, ast.Import):
+                found.update(a.name for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:
+                    base = here
+                    for _ in range(child.level - 1):
+                        base = base.rpartition(".")[0]
+                    target = f"{base}.{child.module}" if child.module else base
+                else:
+                    target = child.module or ""
+                found.add(target)
+                found.update(f"{target}.{a.name}" for a in child.names)  # submodules imported by name
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")))
+    out = {m for m in found if m in MODULES and m != name}
+    # Importing a.b.c runs a and a.b first, unless they are already running: ``name``'s own
+    # packages are (a package's __init__ importing its submodules is no cycle).
+    own = {name.rsplit(".", i)[0] for i in range(name.count(".") + 1)}
+    for m in list(out):
+        parent = m.rpartition(".")[0]
+        while parent.startswith(PACKAGE) and parent not in own:
+            out.add(parent)
+            parent = parent.rpartition(".")[0]
+    return out
+
+
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle in ``graph``, or None (iterative DFS)."""
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+    for start in sorted(graph):
+        if state.get(start):
+            continue
+        stack: list[tuple[str, list[str]]] = [(start, sorted(graph[start]))]
+        path = [start]
+        state[start] = 1
+        while stack:
+            node, todo = stack[-1]
+            if not todo:
+                stack.pop()
+                path.pop()
+                state[node] = 2
+                continue
+            nxt = todo.pop()
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt):], nxt]
+            if not state.get(nxt):
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append((nxt, sorted(graph.get(nxt, ()))))
+    return None
+
+
+def _reaches(graph: dict[str, set[str]], a: str, b: str) -> bool:
+    seen, todo = set(), [a]
+    while todo:
+        n = todo.pop()
+        if n == b:
+            return True
+        if n not in seen:
+            seen.add(n)
+            todo.extend(graph.get(n, ()))
+    return False
+
+
+def test_the_graph_is_read() -> None:
+    assert len(MODULES) > 30
+    assert f"{PACKAGE}.admit" in GRAPH[f"{PACKAGE}.receive.grpc"]
+    assert f"{PACKAGE}.receive" in GRAPH[f"{PACKAGE}.admit"]  # receive/__init__ runs before receive.auth
+
+
+def test_no_import_cycle_between_modules() -> None:
+    assert _cycle(GRAPH) is None, " -> ".join(_cycle(GRAPH) or [])
+
+
+def test_no_import_cycle_between_subpackages() -> None:
+    def package(m: str) -> str | None:
+        parts = m.split(".")
+        return ".".join(parts[:2]) if len(parts) > 2 or MODULES[m].name == "__init__.py" else None
+
+    packages: dict[str, set[str]] = {}
+    for m, deps in GRAPH.items():
+        p = package(m)
+        if p is None or p == PACKAGE:
+            continue
+        packages.setdefault(p, set()).update(
+            q for d in deps if (q := package(d)) is not None and q not in (p, PACKAGE))
+    assert _cycle(packages) is None, " -> ".join(_cycle(packages) or [])
+
+
+def test_telemetry_and_the_server_do_not_import_each_other() -> None:
+    telemetry, server = f"{PACKAGE}.telemetry", f"{PACKAGE}.server"
+    assert not _reaches(GRAPH, telemetry, server)
+    assert telemetry not in GRAPH[server]
+
+
+def test_admission_is_transport_neutral() -> None:
+    admit = MODULES[f"{PACKAGE}.admit"].read_text(encoding="utf-8")
+    tree = ast.parse(admit)
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | {
+        n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not any(n == "grpc" or n.startswith(("grpc.", "http")) for n in names), names
+    assert not _reaches(GRAPH, f"{PACKAGE}.admit", f"{PACKAGE}.receive.grpc")
