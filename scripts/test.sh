@@ -19,3 +19,9 @@ PY=${PYTHON:-python3}
 .venv/bin/ruff check sdk processor tests bench examples
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
+
+# The SDK and the Langfuse SDK app again with langfuse 4.x (5.x needs a Langfuse v4 server, so
+# apps on v3 servers run 4.x): a second virtualenv, reusing pip's cache.
+[ -x .venv-lf4/bin/python ] || "$PY" -m venv .venv-lf4
+.venv-lf4/bin/python -m pip install -q -e '.[dev]' 'langfuse>=4.14,<5'
+.venv-lf4/bin/python -m pytest -q -p no:cacheprovider tests/sdk tests/e2e/test_langfuse_sdk_app.py tests/e2e/test_tracing_only.py
