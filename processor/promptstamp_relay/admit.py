@@ -277,8 +277,8 @@ class _AuthLog:
     """Refused authentication at INFO, at most one line per interval; the rest are counted
     and reported with the next line (a misconfigured fleet must not flood the log)."""
 
-    def __init__(self, interval: float = AUTH_LOG_INTERVAL_SECONDS) -> None:
-        self._interval = interval
+    def __init__(self, interval: float | None = None) -> None:
+        self._interval = AUTH_LOG_INTERVAL_SECONDS if interval is None else interval
         self._next = 0.0
         self._suppressed = 0
         self._lock = threading.Lock()

@@ -7,6 +7,7 @@ import contextlib
 import hmac
 import inspect
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -197,6 +198,39 @@ def test_live_refusals_and_acceptance(langfuse: LangfuseServer, caplog: pytest.L
         assert langfuse.wait_for_observations(1, timeout=10)[0].name == "authed"
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "sixteen-chars-but-wrong" not in logged and TOKEN_A not in logged
+
+
+def test_refused_authentication_is_logged_at_info_with_peer_and_hint_rate_limited(
+        langfuse: LangfuseServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from promptstamp_relay import admit
+
+    monkeypatch.setattr(admit, "AUTH_LOG_INTERVAL_SECONDS", 0.3)
+    payload = traces([span("x")]).SerializeToString()
+    caplog.set_level(logging.INFO, logger="promptstamp_relay.admit")
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.name == "promptstamp_relay.admit" and "refused unauthenticated" in r.getMessage()]
+
+    with running(relay_config(langfuse, **auth_overrides())) as relay:
+        wrong = "Bearer sixteen-chars-but-wrong-xyz"
+        for _ in range(3):
+            assert call(relay.address, payload, metadata=[("authorization", wrong)])[0] == \
+                grpc.StatusCode.UNAUTHENTICATED
+        assert relay.stats.refused_unauthenticated == 3
+        assert len(lines()) == 1  # the other two are counted, not logged
+        first = lines()[0]
+        assert "127.0.0.1" in first and "unknown bearer token" in first
+        assert all(r.levelno == logging.INFO for r in caplog.records if r.getMessage() == first)
+        t0 = time.monotonic()
+        wait_until(lambda: time.monotonic() - t0 > 0.35, 2, "the log interval to pass")
+        assert call(relay.address, payload, metadata=basic(PK_A, "not-the-secret"))[0] == \
+            grpc.StatusCode.UNAUTHENTICATED
+        assert len(lines()) == 2
+        second = lines()[1]
+        assert "2 more refused" in second and repr(PK_A) in second
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "sixteen-chars-but-wrong" not in logged and "not-the-secret" not in logged
 
 
 def test_the_otel_sdk_sends_its_token_as_metadata(langfuse: LangfuseServer) -> None:
