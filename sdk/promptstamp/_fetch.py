@@ -1,52 +1,15 @@
 """Fetching prompts through Langfuse's ``get_prompt``, and the runtime fallback policy.
 
-How ``source`` stays truthful
------------------------------
-Langfuse's client keeps its own 60 s stale-while-revalidate cache: once a copy has expired it
-returns that stale copy at once and refreshes in the background, and when the refresh fails it
-keeps returning the stale copy silently. Nothing on the returned object says which happened, so
-an SDK that relied on it could not tell "Langfuse answered" from "Langfuse is down and this is
-a 20-minute-old copy".
+promptstamp keeps its own cache per (name, label) and always calls ``get_prompt`` with
+``cache_ttl_seconds=0``, because Langfuse's client cache silently serves a stale copy when a
+refresh fails and ``source`` must say so: ``langfuse`` (fresh, or younger than the TTL),
+``cache`` (last known good after a failed fetch, at most ``max_stale_seconds`` old),
+``fallback`` (the app's code-embedded prompt); a 404 fails closed. The design and the full
+table: ``docs/fetch-policy.md``.
 
-So promptstamp never lets the client answer from its cache: every ``get_prompt`` call passes
-``cache_ttl_seconds=0``, which makes the client go to the network and raise on failure (its
-own ``fallback=`` is never passed either). promptstamp keeps the cache instead, per prompt name
-and label:
-
-* a copy Langfuse returned less than ``cache_ttl_seconds`` ago (default 60 s, like Langfuse's
-  client) is handed out without a request, ``source="langfuse"`` — the contract's "from
-  Langfuse or its client cache";
-* when the copy is older, the next ``prompt()`` fetches synchronously (one request per name and
-  label at a time; concurrent callers wait for it rather than stampede);
-* when that fetch fails, the copy becomes the last known good and is served only while it is
-  at most ``max_stale_seconds`` old (default 300 s, counted from when Langfuse last returned
-  it), with ``source="cache"`` and the failure's class name as ``error_type``;
-* after a failed fetch, the next network attempt for that name and label is made no sooner
-  than ``FAILURE_BACKOFF_SECONDS`` later, so an outage costs one request's timeout every few
-  seconds, not one per ``prompt()``; hand-outs in between are ``source="cache"`` (or an
-  unavailable error) with the error type of that failed attempt.
-
-The runtime fallback policy
----------------------------
-============================================  ==================================================
-failure                                       behaviour
-============================================  ==================================================
-timeout, connection error, 5xx (any fetch     last known good for at most ``max_stale_seconds``:
-error that is not a 404)                      ``source="cache"``
-nothing cached, or the copy is too old        the app's explicit ``fallback`` if it passed one
-                                              (``source="fallback"``, no version), else
-                                              ``PromptUnavailableError``
-the prompt or label does not exist (404)      ``PromptNotFoundError``; the cached copy is
-                                              dropped; never ``latest``, cache or fallback
-============================================  ==================================================
-
-Retries: ``get_prompt``'s own ``max_retries`` (1 s apart) defaults to 0 here, since the cache
-above is the better answer to a failed fetch than a blocked request. Langfuse's HTTP layer also
-retries a 5xx/429 answer twice by itself (about 1 s then 2 s, or ``Retry-After``) before
-``get_prompt`` sees it; that cannot be turned off through ``get_prompt``, which is one reason
-for the failure backoff.
-
-The clock is the module attribute ``_now`` (monotonic seconds), so tests can move time.
+``Fetcher`` is called from the app's threads (and ``asyncio.to_thread`` workers); it is
+thread-safe, with one fetch in flight per (name, label). The clock is the module attribute
+``_now`` (monotonic seconds), so tests can move time.
 """
 
 from __future__ import annotations
@@ -181,7 +144,7 @@ class Fetcher:
         max_stale_seconds: float | None = None,
         fallback: Template | None = None,
     ) -> Resolution:
-        """Hand out (name, label) by the policy in the module docstring. May block on I/O."""
+        """Hand out (name, label) by the policy in ``docs/fetch-policy.md``. May block on I/O."""
         ttl = self._ttl(cache_ttl_seconds)
         max_stale = (
             self.settings.max_stale_seconds
@@ -225,7 +188,7 @@ class Fetcher:
             name,
             label=label,
             type=type_,
-            cache_ttl_seconds=0,  # never the client's silent stale copy: see module docstring
+            cache_ttl_seconds=0,  # never the client's silent stale copy: docs/fetch-policy.md
             max_retries=self.settings.max_retries,
             fetch_timeout_seconds=self.settings.fetch_timeout_seconds,
         )
