@@ -147,7 +147,9 @@ def _remove(index: dict[Hashable, _Series], key: Hashable, e: _Entry) -> None:
     series = index.get(key)
     if series is None:
         return
-    i = bisect.bisect_left(series, _order(e), key=_order)
+    # The common case first: the oldest arrival is the oldest record of its series.
+    first = series[0]
+    i = 0 if first[1] == e[1] and first[0] == e[0] else bisect.bisect_left(series, _order(e), key=_order)
     if i < len(series) and series[i][1] == e[1]:
         del series[i]
     if not series:
