@@ -18,6 +18,7 @@ Single-threaded; the only I/O is reading inputs (``open_input``) and calling ``w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import heapq
 import io
 import os
@@ -216,9 +217,23 @@ class ReplayObserver:
     def __init__(self) -> None:
         self.generations: list[GenerationRecord] = []
         self.fetch_records: list[FetchRecord] = []
+        #: (tenant, key, label) of every versioned record that arrived, at any time.
+        self.arrived: set[tuple[str, str, str]] = set()
 
     def on_fetch_records(self, tenant: str, records: Sequence[FetchRecord], now_ns: int) -> None:
         self.fetch_records.extend(records)
+        self.arrived.update((tenant, r.key, r.label) for r in records if r.version is not None)
+
+    def settled(self) -> list[GenerationRecord]:
+        """The generations, with what only the whole recording tells: one released unresolved
+        at the end of its hold window when no record for its key and label ever arrived in its
+        tenant had nothing to wait for (``no_fetch_record``, not ``hold_expired``)."""
+        return [
+            dataclasses.replace(g, reason="no_fetch_record")
+            if g.reason == "hold_expired" and (g.tenant, g.key, g.label) not in self.arrived
+            else g
+            for g in self.generations
+        ]
 
     def on_generations(self, records: Sequence[GenerationRecord], now_ns: int) -> None:
         self.generations.extend(records)
@@ -309,7 +324,7 @@ def replay(
         summary.invalid_fetch_records.extend(InvalidRecord(item.source, doc.line, r) for r in reasons)
     out(processor.release_all(clock))
     if observer is not None:
-        summary.generations = list(observer.generations)
+        summary.generations = observer.settled()
         summary.fetch_records = list(observer.fetch_records)
     return summary
 
@@ -500,7 +515,7 @@ def run_files(
 #: Why a generation is unlinked, in words (replay summaries and promptstamp.testing).
 REASONS: Mapping[str, str] = {
     "no_fetch_record": "no fetch record for this key and label in the trace or tenant",
-    "fallback_only": "only fetch records with source fallback (a code-embedded prompt, no version)",
+    "fallback_only": "a fetch record with source fallback (a code-embedded prompt has no version)",
     "hold_expired": "the hold window ended before its fetch record arrived",
     "not_a_generation": "not a generation by Langfuse's rules",
 }
