@@ -301,7 +301,8 @@ class Config:
         if mx.type == "file" and not mx.file:
             errs.append("'metrics_exporter.file' must name a file when metrics_exporter.type is file")
         errs.extend(self.receivers.http.validate("receivers.http"))
-        if self.receivers.http.listen and self.receivers.http.listen == self.listen:
+        if (self.receivers.http.listen and self.receivers.http.listen == self.listen
+                and not self.listen.endswith(":0")):  # two port-0 listeners get two free ports
             errs.append("'receivers.http.listen' must differ from 'listen' (the OTLP/gRPC listener)")
         errs.extend(self.queue.validate("queue"))
         errs.extend(self.retry.validate("retry"))
