@@ -100,6 +100,7 @@ class AdmissionStats(Counters):
     spans_received: int = 0
     logs_received: int = 0
     logs_dropped: int = 0  # non-fetch log records, no logs exporter configured
+    logs_other: int = 0  # log records in requests without any fetch record (not looked at)
     metric_points_received: int = 0
     metric_points_dropped: int = 0  # no metrics exporter configured
     refused: int = 0  # every refusal except ``invalid``
@@ -211,10 +212,11 @@ class Intake:
     def logs(self, req: ExportLogsServiceRequest, data: bytes, n: int, tenant: str) -> None:
         if self._recorder is not None:
             self._recorder.write(req)
-        self.stats.add(logs_received=n)
         if FETCH_MARKER not in data:
+            self.stats.add(logs_received=n, logs_other=n)
             self._pass_logs(req, data, n, tenant)
             return
+        self.stats.add(logs_received=n)
         now = self._clock()
         with self._lock:
             result = self.processor.consume_logs(req, now, tenant)

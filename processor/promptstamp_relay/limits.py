@@ -1,41 +1,17 @@
-"""Per-request limits: decode an OTLP request and check it. Pure: bytes and limits in, a request
-or a :class:`Violation` out. No I/O, no clock, no recursion.
+"""Per-request limits: decode an OTLP request and check it against ``limits.*``. Pure: bytes
+and limits in, a request or a :class:`Violation` out. No I/O, no clock, no recursion.
 
-What is checked (``limits.*`` in the config):
+Checked: spans (log records) per request; attributes, events and links per span (and per
+event, link, log record, resource, scope); the UTF-8 length of keys, string and bytes values
+and names; ``AnyValue`` nesting depth (log bodies included); span, link and log ids (Langfuse
+rejects a whole batch with HTTP 400 for one malformed id); well-formed protobuf and UTF-8.
+Messages name the limit and a count, never a value, a key or an id.
 
-- ``max_spans_per_request``: spans in a trace request, log records in a logs request;
-- ``max_attributes_per_span``: attributes of a span, span event, span link, log record,
-  resource or scope; also events and links per span;
-- ``max_attribute_value_bytes``: the UTF-8 length of an attribute key, of a string value
-  (nested ones included), of a bytes value, of span, event and scope names;
-- ``max_value_depth``: nesting of ``AnyValue`` (a scalar value has depth 1, an array of
-  scalars depth 2, …), log record bodies included;
-- ids: a span's trace id is 16 bytes and its span id 8, neither all zero; a parent span id is
-  empty or 8 bytes; a link's ids are 16 and 8 bytes; a log record's are empty or 16 / 8 bytes.
-  Langfuse rejects a whole batch with HTTP 400 for one malformed id, so none is forwarded;
-- well-formed protobuf, including valid UTF-8 in every ``string`` field (the parser's own
-  check).
-
-Messages name the limit and a count, never a value, a key or an id: a refusal must not echo
-what a caller sent.
-
-How it stays cheap (measured per 512-span request in ``tests/security/test_limits.py``):
-reading one attribute in Python costs ~0.2 µs, so nothing here visits attributes one by one
-on ordinary traffic.
-
-- Depth is enforced by the protobuf parser itself: the request is decoded wrapped in ``k``
-  extra message levels, ``k`` calibrated once so that the parser's fixed nesting limit falls
-  exactly past ``max_value_depth`` array levels for span, event and link attributes. The cost
-  is one copy of the bytes. A key-value-list level costs the parser three levels where an
-  array level costs two, so lists of key-value lists are refused from about two thirds of
-  ``max_value_depth`` on: stricter, never looser. Resource and scope attributes and log
-  bodies sit higher in the message and are walked exactly in Python (there are few).
-- String lengths are measured only when the request is larger than
-  ``max_attribute_value_bytes``, and then only in spans that are (``ByteSize``).
-- What remains per span is a handful of length reads (ids, attribute, event and link counts).
-
-:func:`check_request` is the exact, all-Python walk of the same rules, for a request already
-decoded (tests, replay); :func:`decode_traces` / :func:`decode_logs` are what the receiver uses.
+:func:`decode_traces` / :func:`decode_logs` are what admission (``admit.py``) uses; the depth
+bound is the parser's own nesting limit, calibrated once per ``max_value_depth``, so ordinary
+traffic costs a few length reads per span. :func:`check_request` is the same rules as an
+all-Python walk over a request already decoded (tests). How and why, with measured costs:
+docs/security.md, "Limits".
 """
 
 from __future__ import annotations

@@ -143,8 +143,11 @@ class RelayCollector(Collector):
 
     def collect(self) -> Iterator[_Family]:
         s = self._s
-        yield from self._admission(s.admission.snapshot())
+        admission = s.admission.snapshot()
+        yield from self._admission(admission)
         yield from self._processor(s.processor)
+        yield _counter("logs_other", "Log records that are not fetch records (forwarded, or dropped "
+                       "without a logs exporter)", admission["logs_other"] + s.processor.other_logs)
         held = GaugeMetricFamily("promptstamp_held_spans", "Spans in the hold window now")
         held.add_metric([], len(s.hold))
         yield held
@@ -176,7 +179,7 @@ class RelayCollector(Collector):
         yield _counter("logs_dropped", "Non-fetch log records dropped (no logs exporter)", a["logs_dropped"])
         yield _counter("metric_points_received", "Metric data points received over OTLP",
                        a["metric_points_received"])
-        yield _counter("metric_points_dropped", "Metric data points dropped (the relay forwards no metrics)",
+        yield _counter("metric_points_dropped", "Metric data points dropped (no metrics_exporter configured)",
                        a["metric_points_dropped"])
         yield _counter("requests_refused", "Requests refused (backpressure, limits, auth)", a["refused"])
         yield _counter("requests_refused_backpressure",
@@ -191,7 +194,19 @@ class RelayCollector(Collector):
     @staticmethod
     def _processor(st: ProcessorStats) -> Iterator[_Family]:
         yield _counter("fetch_records", "Fetch-log records taken into the store", st.fetch_records)
-        yield _counter("fetch_records_invalid", "Fetch-log records rejected as malformed", st.fetch_invalid)
+        invalid = CounterMetricFamily("promptstamp_fetch_records_invalid",
+                                      "Fetch-log records rejected as malformed, by reason", labels=["reason"])
+        by_code = _copy(getattr(st, "fetch_invalid_reasons", None) or Counter())
+        for code, n in sorted(by_code.items()):
+            invalid.add_metric([code], n)
+        if st.fetch_invalid > sum(by_code.values()):
+            invalid.add_metric(["other"], st.fetch_invalid - sum(by_code.values()))
+        yield invalid
+        yield _counter("fetch_records_duplicate",
+                       "Fetch records seen a second time (as log record and span event): taken once",
+                       getattr(st, "fetch_duplicates", 0))
+        yield _counter("spans_processed", "Spans in requests that went through stamping (the others "
+                       "were forwarded as they came)", st.spans_received)
         yield _counter("fetch_records_fallback",
                        "Fetch-log records with source fallback (a code-embedded prompt: no version)",
                        st.fetch_fallbacks)
