@@ -79,6 +79,20 @@ def _is_not_found(error: BaseException) -> bool:
     return isinstance(error, NotFoundError)
 
 
+RELAY_SERVER_HEADER: Final = "promptstamp-relay"
+
+
+def _answered_by_relay(error: BaseException) -> bool:
+    """The answer came from a promptstamp relay (its ``Server`` header), not from Langfuse: the
+    client's ``base_url`` points at the relay, which serves OTLP only, never the prompts API."""
+    headers = getattr(error, "headers", None) or {}
+    try:
+        server = next((str(v) for k, v in dict(headers).items() if str(k).lower() == "server"), "")
+    except (TypeError, ValueError):
+        return False
+    return server.startswith(RELAY_SERVER_HEADER)
+
+
 def _build_client() -> Any:
     # Imported here, not at module import: ``import promptstamp`` must stay cheap, and an app
     # that passes its own client never pays for building one.
@@ -168,6 +182,14 @@ class Fetcher:
                 template = self._fetch(name, label, type_)
             except Exception as error:
                 error_type = type(error).__name__
+                if _answered_by_relay(error):
+                    # A set-up error, not an outage: fail closed and say what to change.
+                    raise PromptNotFoundError(
+                        name, label, "BaseUrlIsRelay",
+                        "the Langfuse client's base_url (LANGFUSE_BASE_URL) points at a promptstamp "
+                        "relay, which does not serve the prompts API: keep base_url at Langfuse and "
+                        "route spans with Langfuse(span_exporter=...), see docs/langfuse-sdk.md",
+                    ) from error
                 if _is_not_found(error):
                     # Fail closed, and forget the copy: the label has moved or gone.
                     entry.good, entry.failed_at, entry.error_type = None, None, None

@@ -157,9 +157,10 @@ def check_langfuse_processors(tracer_provider: Any, *, stacklevel: int = 2) -> N
             "langfuse-bypass",
             "promptstamp.install(): the Langfuse SDK's span processor on this TracerProvider "
             f"exports spans straight to {endpoint}, bypassing the promptstamp relay, so they "
-            "are never linked to prompt versions (and with another exporter to the relay as "
-            "well, each span is ingested twice and the link is lost whenever Langfuse's copy "
-            "lands last). Route Langfuse's spans through the relay instead: "
+            "are never linked to prompt versions (that is Langfuse's base_url, where prompts "
+            "are fetched from too: pointing it at the relay breaks prompt fetches; and with "
+            "another exporter to the relay as well, each span is ingested twice and the link "
+            "is lost whenever Langfuse's copy lands last). Route Langfuse's spans through the relay instead: "
             "`Langfuse(span_exporter=OTLPSpanExporter(endpoint='http://<relay>:4317', "
             "insecure=True))` (OTLP/gRPC; or the OTLP/HTTP exporter with "
             "endpoint='http://<relay>:4318/v1/traces'), keep base_url pointing at Langfuse "

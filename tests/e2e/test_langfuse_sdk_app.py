@@ -44,17 +44,20 @@ APP = textwrap.dedent(
 
     from langfuse import Langfuse, observe, propagate_attributes
     from openai import OpenAI
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.instrumentation.openai import OpenAIInstrumentor
     from opentelemetry import trace
 
     import promptstamp
 
     # base_url (LANGFUSE_BASE_URL) stays Langfuse: prompts come from there; spans go to the relay.
-    if not os.environ.get("UNDOCUMENTED"):
-        langfuse = Langfuse(span_exporter=OTLPSpanExporter(endpoint=os.environ["RELAY"], insecure=True))
-    else:  # Langfuse's own exporter, straight to Langfuse
+    if os.environ.get("UNDOCUMENTED"):  # Langfuse's own exporter, straight to Langfuse
         langfuse = Langfuse()
+    elif os.environ["EXPORTER"] == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        langfuse = Langfuse(span_exporter=OTLPSpanExporter(endpoint=os.environ["RELAY"], insecure=True))
+    else:  # OTLP/HTTP, to the relay's /v1/traces or its Langfuse path
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        langfuse = Langfuse(span_exporter=OTLPSpanExporter(endpoint=os.environ["RELAY"]))
     promptstamp.install(langfuse=langfuse)
     OpenAIInstrumentor().instrument()
     client = OpenAI(base_url=os.environ["OPENAI_BASE_URL"], api_key="sk-test")
@@ -88,7 +91,7 @@ def langfuse() -> Iterator[LangfuseServer]:
 def relay(langfuse: LangfuseServer) -> Iterator[RelayServer]:
     cfg = load_config(None, env={}, overrides={
         "listen": "127.0.0.1:0",
-        "receivers.http.listen": "",  # OTLP/gRPC only: the documented route
+        "receivers.http.listen": "127.0.0.1:0",
         "hold.seconds": 1.0,
         "exporter.type": "langfuse",
         "exporter.langfuse.base_url": langfuse.base_url,
@@ -136,10 +139,19 @@ def _ingested_span_counts(langfuse: LangfuseServer) -> collections.Counter[tuple
     return counts
 
 
+def _relay_endpoint(relay: RelayServer, exporter: str) -> str:
+    if exporter == "grpc":
+        return f"http://{relay.address}"
+    path = "/v1/traces" if exporter == "http" else "/api/public/otel/v1/traces"
+    return f"http://{relay.http_address}{path}"
+
+
+@pytest.mark.parametrize("exporter", ["grpc", "http", "http-langfuse-path"])
 def test_langfuse_sdk_app_through_the_relay_is_linked_and_ingested_once(
-    langfuse: LangfuseServer, relay: RelayServer, openai_fake: FakeOpenAI
+    langfuse: LangfuseServer, relay: RelayServer, openai_fake: FakeOpenAI, exporter: str
 ) -> None:
-    proc = _run_app(langfuse, {"RELAY": f"http://{relay.address}", "OPENAI_BASE_URL": openai_fake.base_url})
+    proc = _run_app(langfuse, {"RELAY": _relay_endpoint(relay, exporter), "EXPORTER": exporter,
+                               "OPENAI_BASE_URL": openai_fake.base_url})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == ["answer"] * REQUESTS
     assert len(openai_fake.requests) == REQUESTS
@@ -175,9 +187,50 @@ def test_langfuse_exporting_straight_to_langfuse_stops_the_app_at_install(
     langfuse: LangfuseServer, relay: RelayServer, openai_fake: FakeOpenAI
 ) -> None:
     """The undocumented set-up is reported at ``install()`` (here turned into an error)."""
-    proc = _run_app(langfuse, {"RELAY": f"http://{relay.address}", "OPENAI_BASE_URL": openai_fake.base_url,
-                               "UNDOCUMENTED": "1"})
+    proc = _run_app(langfuse, {"RELAY": f"http://{relay.address}", "EXPORTER": "grpc",
+                               "OPENAI_BASE_URL": openai_fake.base_url, "UNDOCUMENTED": "1"})
     assert proc.returncode != 0
     assert "promptstamp.install(): the Langfuse SDK's span processor" in proc.stderr
     assert f"straight to {langfuse.base_url}/api/public/otel/v1/traces" in proc.stderr
     assert openai_fake.requests == []
+
+
+def test_base_url_at_the_relay_fails_closed_saying_why(
+    langfuse: LangfuseServer, relay: RelayServer
+) -> None:
+    """LANGFUSE_BASE_URL at the relay's Langfuse path sends Langfuse's spans through the relay,
+    but the same base_url serves the prompts API, which the relay does not: prompt() fails
+    closed with a reason that names the fix (the documented route is span_exporter=)."""
+    app = textwrap.dedent(
+        """
+        import promptstamp
+        from langfuse import Langfuse
+        langfuse = Langfuse()  # LANGFUSE_BASE_URL: the relay
+        promptstamp.install(langfuse=langfuse)
+        try:
+            with langfuse.start_as_current_observation(name="handle_request"):
+                with promptstamp.prompt("order-status-answer"):
+                    pass
+        except promptstamp.PromptNotFoundError as error:
+            print(error.error_type)
+            print(error)
+        langfuse.shutdown()
+        """
+    )
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "LANGFUSE_"))}
+    environment.update({
+        "LANGFUSE_PUBLIC_KEY": langfuse.public_key,
+        "LANGFUSE_SECRET_KEY": langfuse.secret_key,
+        "LANGFUSE_BASE_URL": f"http://{relay.http_address}",
+    })
+    proc = subprocess.run([sys.executable, "-c", app], env=environment, capture_output=True, text=True,
+                          timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    error_type, message = proc.stdout.splitlines()[:2]
+    assert error_type == "BaseUrlIsRelay"
+    assert "span_exporter" in message and "docs/langfuse-sdk.md" in message
+    assert "bypassing the promptstamp relay" in proc.stderr  # install() said so first
+    assert langfuse.prompt_requests == []  # nothing reached Langfuse's prompts API
+    # Langfuse's own exporter did reach the relay's Langfuse path, and went on to Langfuse.
+    wait_until(lambda: [o for o in langfuse.observations() if o.name == "handle_request"],
+               timeout=15, what="the span through the relay's Langfuse path")
