@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--record", metavar="FILE", help="record every incoming request as OTLP/JSON lines")
     s.add_argument("--record-mode", choices=("append", "truncate"),
                    help="what --record does to an existing FILE: append to it (default) or empty it first")
+    s.add_argument("--http-listen", help="HOST:PORT of the OTLP/HTTP receiver (default 127.0.0.1:4318; "
+                   "'' turns it off)")
     s.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics")
     s.add_argument("--store", help="memory or redis://HOST:PORT/DB (env PROMPTSTAMP_STORE)")
     s.add_argument("--queue-dir", help="persistent queue directory")
@@ -218,8 +220,13 @@ def _fail(message: str, code: int) -> int:
 def _preflight(cfg: Config) -> int | None:
     """The listen addresses, one line and a distinct exit code each; None when all is well."""
     from .preflight import probe_listen
+    from .receive._http_config import effective_listen
 
     listeners = [(cfg.listen, "the OTLP receiver", "--listen / PROMPTSTAMP_LISTEN", EXIT_LISTEN_IN_USE)]
+    http_listen = effective_listen(cfg.receivers.http, cfg.listen)
+    if http_listen:
+        listeners.append((http_listen, "the OTLP/HTTP receiver", "--http-listen / receivers.http.listen",
+                          EXIT_LISTEN_IN_USE))
     if cfg.metrics_listen:
         listeners.append((cfg.metrics_listen, "the metrics endpoint",
                           "--metrics-listen / PROMPTSTAMP_METRICS_LISTEN", EXIT_METRICS_IN_USE))
@@ -275,6 +282,9 @@ def _start_failure(e: BaseException, cfg: Config) -> int:
     if isinstance(e, OSError) and e.errno == errno.EADDRINUSE:
         return _fail(f"cannot listen on {cfg.metrics_listen} for the metrics endpoint: port in use; "
                      "set --metrics-listen to a free port", EXIT_METRICS_IN_USE)
+    if "(OTLP/HTTP)" in text:
+        return _fail(f"{text}; set --http-listen (receivers.http.listen) to a free port, or '' to turn "
+                     "the OTLP/HTTP receiver off", EXIT_LISTEN_IN_USE)
     if "bind" in text.lower() or "cannot listen" in text:
         return _fail(f"cannot listen on {cfg.listen} for the OTLP receiver: {text}; set --listen to a free "
                      "port on an address of this machine", EXIT_LISTEN_IN_USE)
@@ -291,6 +301,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "record": args.record,
         "record_mode": args.record_mode,
         "metrics_listen": args.metrics_listen,
+        "receivers.http.listen": args.http_listen,
         "queue.directory": args.queue_dir,
     }
     if args.store:
@@ -334,7 +345,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.warning("no upstream configured (set LANGFUSE_BASE_URL, LANGFUSE_PUBLIC_KEY and "
                     "LANGFUSE_SECRET_KEY, or exporter in the config): printing stamped spans")
     # The one line scripts and tests wait for.
-    print(f"promptstamp-relay listening on {relay.address} (OTLP/gRPC), exporter {exporter}"
+    print(f"promptstamp-relay listening on {relay.address} (OTLP/gRPC)"
+          + (f", {relay.http_address} (OTLP/HTTP)" if relay.http_address else "")
+          + f", exporter {exporter}"
           + (f", metrics on {cfg.metrics_listen.rpartition(':')[0]}:{relay.metrics_port}"
              if relay.metrics_port else ""),
           flush=True)

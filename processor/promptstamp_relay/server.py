@@ -21,6 +21,7 @@ from .deliver.queue import DeliveryQueue
 from .export import Exporter
 from .listener import HttpRequest, HttpResponse, MetricsListener
 from .pipeline import PipelineObserver, Processor
+from .receive.http import OtlpHttpReceiver
 from .store import FetchLogStore
 from .wiring import Components, build, build_processor
 
@@ -89,6 +90,14 @@ class RelayServer:
     def address(self) -> str:
         """``host:port`` of the OTLP/gRPC receiver."""
         return self._parts().receivers[0].address
+
+    @property
+    def http_address(self) -> str | None:
+        """``host:port`` of the OTLP/HTTP receiver; None when ``receivers.http.listen`` is ""."""
+        for r in self._parts().receivers:
+            if isinstance(r, OtlpHttpReceiver):
+                return r.address
+        return None
 
     @property
     def metrics_port(self) -> int | None:
@@ -194,6 +203,10 @@ class RelayServer:
         if p.logs_exporter is None:
             log.info("no logs exporter configured: log records other than the prompt fetch log "
                      "are counted (promptstamp_logs_dropped) and dropped")
+        if p.metrics_exporter is None:
+            log.info("no metrics exporter configured: OTLP metrics are accepted, counted "
+                     "(promptstamp_metric_points_dropped_total) and dropped; set metrics_exporter "
+                     "to forward them")
         return self
 
     def stop(self, timeout: float | None = None) -> int:

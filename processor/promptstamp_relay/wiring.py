@@ -10,6 +10,7 @@ same :class:`~.admit.Admission`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +38,8 @@ from .pipeline import Processor
 from .receive.auth import Authenticator
 from .receive.budget import ByteBudget
 from .receive.grpc import OtlpGrpcReceiver
-from .receive.tls import server_credentials
+from .receive.http import OtlpHttpReceiver, effective_listen
+from .receive.tls import server_credentials, server_ssl_context
 from .stamp import StampSettings
 from .store import FetchLogStore, MemoryStore
 from .store.sqlite import SqliteStore
@@ -49,6 +51,7 @@ __all__ = [
     "Receiver",
     "build",
     "build_logs_exporter",
+    "build_metrics_exporter",
     "build_processor",
     "build_receivers",
     "build_store",
@@ -129,6 +132,18 @@ def build_logs_exporter(cfg: Config) -> Exporter | None:
     return None
 
 
+def build_metrics_exporter(cfg: Config) -> Exporter | None:
+    """Where OTLP metrics go unchanged (``metrics_exporter``); None: counted and dropped."""
+    mx = cfg.metrics_exporter
+    if mx.type == "otlp_grpc":
+        g = mx.otlp_grpc
+        return OtlpGrpcExporter(g.endpoint, signal="metrics", insecure=g.insecure, headers=g.headers,
+                                timeout=g.timeout_seconds, compression=g.compression)
+    if mx.type == "file":
+        return FileExporter(mx.file, signal="metrics")
+    return None
+
+
 def _queue(cfg: Config, exporter_for: Callable[[str], Exporter], *, name: str, workers: int,
            journal: Journal | None) -> DeliveryQueue:
     return build_queue(exporter_for, cfg.queue, cfg.retry, name=name, journal=journal, workers=workers)
@@ -140,6 +155,13 @@ def build_receivers(cfg: Config, admission: Admission) -> list[Receiver]:
         OtlpGrpcReceiver(cfg.listen, admission, max_message_bytes=cfg.limits.max_request_bytes,
                          credentials=server_credentials(cfg.tls)),
     ]
+    http_listen = effective_listen(cfg.receivers.http, cfg.listen)
+    if http_listen:
+        receivers.append(OtlpHttpReceiver(
+            dataclasses.replace(cfg.receivers.http, listen=http_listen), admission,
+            max_request_bytes=cfg.limits.max_request_bytes,
+            max_inflight_bytes=cfg.limits.max_inflight_request_bytes,
+            ssl_context=server_ssl_context(cfg.tls), retry_after=cfg.queue.retry_after_seconds))
     return receivers
 
 
@@ -162,6 +184,8 @@ class Components:
     receivers: list[Receiver]
     telemetry: Sources
     listener: MetricsListener | None = None
+    metrics_exporter: Exporter | None = None
+    metrics_queue: DeliveryQueue | None = None
     _closed: bool = field(default=False, repr=False)
 
     def queues(self) -> list[DeliveryQueue]:
@@ -175,6 +199,7 @@ class Components:
         self._closed = True
         for closer in (self.trace_exporter.shutdown, self.tenants.shutdown,
                        *((self.logs_exporter.shutdown,) if self.logs_exporter is not None else ()),
+                       *((self.metrics_exporter.shutdown,) if self.metrics_exporter is not None else ()),
                        *((self.recorder.close,) if self.recorder is not None else ()),
                        self.processor.store.close,
                        *((self.journal.close,) if self.journal is not None else ())):
@@ -226,10 +251,15 @@ def _build(cfg: Config, journal: Journal | None, *, clock: Callable[[], int], pr
     if logs_exporter is not None:
         logs_out = logs_exporter
         logs_queue = _queue(cfg, lambda tenant: logs_out, name="logs", workers=1, journal=journal)
+    metrics_exporter = build_metrics_exporter(cfg)
+    metrics_queue = None
+    if metrics_exporter is not None:
+        metrics_out = metrics_exporter
+        metrics_queue = _queue(cfg, lambda tenant: metrics_out, name="metrics", workers=1, journal=journal)
     recorder = JsonLinesWriter(cfg.record) if cfg.record else None
     stats = AdmissionStats()
     intake = Intake(processor, trace_queue, logs_queue, stats=stats, journal=journal, recorder=recorder,
-                    clock=clock, retry_after=cfg.queue.retry_after_seconds)
+                    clock=clock, retry_after=cfg.queue.retry_after_seconds, metrics_queue=metrics_queue)
     admission = Admission(
         intake, Authenticator(cfg.auth, default_has_keys=tenants.default_has_keys), cfg.limits,
         remember_keys=tenants.remember, retry_after=cfg.queue.retry_after_seconds,
@@ -247,4 +277,5 @@ def _build(cfg: Config, journal: Journal | None, *, clock: Callable[[], int], pr
         trace_exporter=trace_exporter, logs_exporter=logs_exporter, trace_queue=trace_queue,
         logs_queue=logs_queue, recorder=recorder, intake=intake, admission=admission,
         receivers=build_receivers(cfg, admission), telemetry=telemetry, listener=listener,
+        metrics_exporter=metrics_exporter, metrics_queue=metrics_queue,
     )

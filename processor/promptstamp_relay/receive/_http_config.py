@@ -9,14 +9,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["HttpReceiverConfig"]
+__all__ = ["DEFAULT_HTTP_LISTEN", "HttpReceiverConfig", "effective_listen"]
+
+DEFAULT_HTTP_LISTEN = "127.0.0.1:4318"
 
 
 @dataclass
 class HttpReceiverConfig:
     """OTLP/HTTP on ``listen`` (``host:port``; "" = no HTTP listener)."""
 
-    listen: str = "127.0.0.1:4318"
+    listen: str = DEFAULT_HTTP_LISTEN
     # Open connections at once; one more is answered 503 and closed. Each costs a thread that
     # mostly sleeps in recv (keep-alive).
     max_connections: int = 256
@@ -42,3 +44,12 @@ class HttpReceiverConfig:
         if not (math.isfinite(self.idle_timeout_seconds) and 0 < self.idle_timeout_seconds <= 3600):
             errs.append(f"'{path}.idle_timeout_seconds' must be > 0 and <= 3600")
         return errs
+
+
+def effective_listen(http: HttpReceiverConfig, grpc_listen: str) -> str:
+    """Where the HTTP listener binds: ``http.listen``, except that the default follows an
+    ephemeral gRPC port — ``listen: host:0`` (tests, benchmarks, several relays on one machine)
+    gives the HTTP listener a free port on the same host instead of a fixed 4318."""
+    if http.listen == DEFAULT_HTTP_LISTEN and grpc_listen.rpartition(":")[2] == "0":
+        return f"{grpc_listen.rpartition(':')[0]}:0"
+    return http.listen
