@@ -190,6 +190,17 @@ def test_zstd_without_the_zstandard_package_is_one_line_naming_it(
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_gzip_in_a_python_without_zlib_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "recording.jsonl.gz"
+    src.write_bytes(gzip.compress(RECORDING.read_bytes()))
+    monkeypatch.setitem(sys.modules, "gzip", None)  # as in a build whose gzip cannot be imported
+    replay(str(src), "-o", str(tmp_path / "out.jsonl"), expect=3)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(src) in err and "gzip-compressed" in err and "gunzip" in err
+
+
 def test_a_corrupt_gzip_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "broken.jsonl.gz"
     src.write_bytes(gzip.compress(RECORDING.read_bytes())[:200])

@@ -101,10 +101,8 @@ class LiveRelay:
         return self
 
     def _http_endpoint(self) -> str | None:
-        for receiver in self._relay.parts.receivers[1:]:
-            if "http" in type(receiver).__name__.lower():
-                return f"http://{receiver.address}"
-        return None
+        address = self._relay.http_address
+        return None if address is None else f"http://{address}"
 
     def stop(self) -> int:
         """Release held spans, drain to the server, stop both. Returns the items the relay
