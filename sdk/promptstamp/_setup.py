@@ -174,9 +174,8 @@ def check_langfuse_processors(tracer_provider: Any, *, stacklevel: int = 2) -> N
             "langfuse-double-export",
             "promptstamp.install(): this TracerProvider has the Langfuse SDK's span processor "
             "and another OTLP span exporter: every span Langfuse's processor exports is exported "
-            "twice, and ingested twice if both reach Langfuse. Keep one: give Langfuse "
-            "span_exporter= pointing at the relay and remove the other exporter, or keep your "
-            "exporter and build Langfuse with should_export_span=lambda span: False. See "
-            "docs/langfuse-sdk.md.",
+            "twice, and ingested twice if both reach Langfuse. Keep one exporter for those "
+            "spans: give Langfuse span_exporter= pointing at the relay and remove the other. "
+            "See docs/langfuse-sdk.md.",
             stacklevel=stacklevel + 1,
         )
