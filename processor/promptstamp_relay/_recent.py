@@ -3,8 +3,8 @@
 Used for the fetch records already taken in (a fetch arrives twice: as a log record and as a
 span event) and for fallback fetches (they resolve nothing, but explain an unresolved span).
 Each tenant keeps at most ``per_tenant`` keys, oldest first out, so a tenant that floods it
-only forgets its own; at most ``tenants`` tenants are remembered, the least recently added
-first out. Not thread-safe: called with the relay's processing lock held.
+only forgets its own; at most ``tenants`` tenants are remembered, the first seen first out.
+Not thread-safe: called with the relay's processing lock held.
 """
 
 from __future__ import annotations
@@ -27,12 +27,11 @@ class RecentKeys(Generic[K]):
 
     def add(self, tenant: str, key: K) -> bool:
         """Remember ``key``; True when it was not remembered already."""
-        keys = self._keys.pop(tenant, None)  # re-inserted last: the most recently added tenant
+        keys = self._keys.get(tenant)
         if keys is None:
-            keys = {}
             if len(self._keys) >= self._tenants:
                 del self._keys[next(iter(self._keys))]
-        self._keys[tenant] = keys
+            keys = self._keys[tenant] = {}
         if key in keys:
             return False
         if len(keys) >= self._per_tenant:

@@ -151,7 +151,8 @@ class Processor:
         st.fetch_records += len(versioned)
         st.fetch_fallbacks += len(new) - len(versioned)
         self.store.add(tenant, versioned, now_ns)
-        self.resolver.fallbacks.add(tenant, new)
+        if len(versioned) < len(new):
+            self.resolver.fallbacks.add(tenant, new)
         for o in self.observers:
             o.on_fetch_records(tenant, new, now_ns)
         if not (self.early_release and versioned):

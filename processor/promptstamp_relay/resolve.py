@@ -165,9 +165,12 @@ class Resolver:
         self.fallbacks = fallbacks if fallbacks is not None else FallbackMemory()
         self.tiers = tuple(tiers)
 
-    def has_trace_record(self, span: SpanKey) -> bool:
-        """Whether the ``trace`` tier can answer now (else the span is worth holding)."""
-        return trace_tier(self.sources, span, "") is not None
+    def at_arrival(self, span: SpanKey, prompt_name: str, *, may_hold: bool) -> Resolution | None:
+        """:meth:`resolve` for a span just arrived; None when the ``trace`` tier cannot answer
+        yet and ``may_hold``: then the span is held for its trace's record (contract §4)."""
+        if may_hold:
+            return trace_tier(self.sources, span, prompt_name)  # the first tier: held when None
+        return self.resolve(span, prompt_name)
 
     def resolve(self, span: SpanKey, prompt_name: str, *, held: bool = False) -> Resolution:
         """The first tier's answer; else unresolved, with why. ``held``: released from the hold

@@ -21,7 +21,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
 import promptstamp_contract as c
 
 from . import wire
-from .detect import GenerationRules, already_linked, is_generation
+from .detect import LINK_KEYS, GenerationRules, is_generation
 from .records import GenerationRecord, resource_instance, resource_service
 from .resolve import Resolution, Resolver, SpanKey
 
@@ -39,9 +39,10 @@ __all__ = [
 ]
 
 # A span stamped by a relay before is left exactly as it arrived (stamping twice must equal
-# stamping once), like one Langfuse already links (detect.already_linked).
+# stamping once), like one Langfuse already links (any of detect.LINK_KEYS: already_linked).
 _ALREADY_STAMPED = c.LF_META_RESOLUTION
 _KEY_MARKER = c.PROMPT_KEY.encode()
+_TYPING_CACHE_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,15 @@ class StampSettings:
     hold_ns: int = 2 * 10**9
 
     def __post_init__(self) -> None:
-        keys = self.rules.keys() | {c.PROMPT_KEY, c.PROMPT_LABEL, _ALREADY_STAMPED}
+        marker_keys = self.rules.marker_keys()
+        keys = self.rules.keys() | marker_keys | {c.PROMPT_KEY, c.PROMPT_LABEL, _ALREADY_STAMPED}
         ordered = sorted(keys)
         object.__setattr__(self, "_scan_key_pairs", (tuple(k.encode() for k in ordered), tuple(ordered)))
-        markers = tuple(k.encode() for k in sorted(self.rules.marker_keys()))
-        object.__setattr__(self, "_generation_markers", markers)
+        object.__setattr__(self, "_marker_keys", marker_keys)
+        # A key containing another as a substring adds nothing to the byte search: drop it.
+        minimal = {k for k in marker_keys if not any(o != k and o in k for o in marker_keys)}
+        object.__setattr__(self, "_generation_markers", tuple(k.encode() for k in sorted(minimal)))
+        object.__setattr__(self, "_typing", {})
 
     @property
     def scan_key_pairs(self) -> tuple[tuple[bytes, ...], tuple[str, ...]]:
@@ -67,6 +72,22 @@ class StampSettings:
     def generation_markers(self) -> tuple[bytes, ...]:
         """Bytes any generation's encoding contains (one of them at least)."""
         return self._generation_markers  # type: ignore[attr-defined,no-any-return]
+
+    def is_generation(self, found: Mapping[str, object], scope: tuple[str, str], span_name: str,
+                      language: str) -> bool:
+        """``detect.is_generation`` with these rules, remembered per distinct input (spans of
+        one instrumentation repeat it: the table is evaluated once for them). Bounded."""
+        if self._marker_keys.isdisjoint(found):  # type: ignore[attr-defined]
+            return False  # every generation carries one of these keys
+        cache: dict[tuple[object, ...], bool] = self._typing  # type: ignore[attr-defined]
+        k = (tuple(found.items()), scope, span_name, language)
+        got = cache.get(k)
+        if got is None:
+            if len(cache) >= _TYPING_CACHE_MAX:
+                cache.clear()
+            got = cache[k] = is_generation(found, self.rules, scope_name=scope[0], scope_version=scope[1],
+                                           span_name=span_name, sdk_language=language)
+        return got
 
 
 @dataclass(slots=True)
@@ -224,22 +245,11 @@ class _Containers:
         return got
 
 
-def _unlinked_generation(
-    found: Mapping[str, object], rules: GenerationRules, scope: tuple[str, str], span_name: str, language: str
-) -> bool:
-    """A span to stamp: it carries a prompt key, Langfuse would type it GENERATION, and nothing
-    links it yet (contract §3)."""
-    key = found.get(c.PROMPT_KEY)
-    if not isinstance(key, str) or not key or _ALREADY_STAMPED in found or already_linked(found):
-        return False
-    return is_generation(found, rules, scope_name=scope[0], scope_version=scope[1], span_name=span_name,
-                         sdk_language=language)
-
-
 def _generations(
     data: bytes, index: wire.RequestIndex, settings: StampSettings, spans: _Containers, tenant: str
 ) -> Iterator[tuple[int, SpanKey, str, bool, str]]:
-    """(span index, key, prompt name, has a type already, service) of every span to stamp.
+    """(span index, key, prompt name, has a type already, service) of every span to stamp: it
+    carries a prompt key, Langfuse would type it GENERATION, and nothing links it yet (§3).
 
     Marker search first (C speed): generation markers over all spans, the key marker within
     those; only those spans are scanned, and the scanned attributes decide.
@@ -247,11 +257,16 @@ def _generations(
     candidates = index.marked(data, settings.generation_markers)
     for i in sorted(index.marked(data, (_KEY_MARKER,), among=candidates)):
         found, trace_id, start_ns, span_name = wire.scan_span(data, index, i, settings.scan_key_pairs)
+        key = found.get(c.PROMPT_KEY)
+        if not isinstance(key, str) or not key or _ALREADY_STAMPED in found:
+            continue
+        if not LINK_KEYS.isdisjoint(found):
+            continue  # already linked: left as it arrived
         r, s, _ = index.locate(i)
         instance, service, language = spans.who(r)
-        if not _unlinked_generation(found, settings.rules, spans.scope(r, s), span_name, language):
+        if not settings.is_generation(found, spans.scope(r, s), span_name, language):
             continue
-        key, label = str(found[c.PROMPT_KEY]), found.get(c.PROMPT_LABEL)
+        label = found.get(c.PROMPT_LABEL)
         skey = SpanKey(tenant, key, label if isinstance(label, str) else "", trace_id, instance, start_ns)
         yield i, skey, settings.prompt_names.get(key, key), c.LF_OBSERVATION_TYPE in found, service
 
@@ -279,13 +294,13 @@ def stamp_request(
     spans = _Containers(request, index)
     edits: dict[int, bytes] = {}
     for i, key, name, has_type, service in _generations(data, index, settings, spans, tenant):
-        if settings.hold_ns > 0 and not resolver.has_trace_record(key):
-            if len(out.held) < hold_capacity:
-                out.held.append(spans.hold(data, i, key, name, has_type, now_ns))
-                edits[i] = wire.DELETE
-                continue
-            out.overflow += 1
-        res = resolver.resolve(key, name)
+        res = resolver.at_arrival(key, name, may_hold=settings.hold_ns > 0 and len(out.held) < hold_capacity)
+        if res is None:
+            out.held.append(spans.hold(data, i, key, name, has_type, now_ns))
+            edits[i] = wire.DELETE
+            continue
+        if settings.hold_ns > 0 and res.tier != c.TIER_TRACE:
+            out.overflow += 1  # it would have been held: the window is full
         edits[i] = stamp_bytes(name, key.label, res, has_type)
         out.stamped.append(Stamped(key, res, name, service, data, index.span_starts[i], index.span_ends[i]))
     if len(out.held) < out.spans:
