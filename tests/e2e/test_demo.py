@@ -198,9 +198,10 @@ def test_format_table_marks_unlinked_and_dropped_generations() -> None:
 
 @pytest.mark.slow
 def test_unlinked_generation_makes_the_demo_fail() -> None:
-    """A relay told that nothing is a generation stamps nothing: every generation arrives
-    unlinked, and the demo must say so and fail (without losing a span)."""
-    result, printed = _run(relay_overrides={"generation.present": [], "generation.equals": {}})
+    """A relay that forgets every fetch-log record at once (a 1 ns store age) resolves nothing:
+    every generation arrives unlinked (metadata only), and the demo must say so and fail
+    (without losing a span)."""
+    result, printed = _run(relay_overrides={"store.max_age_seconds": 1e-9})
     assert result.status == 1
     assert result.app_output == CHAPTER_OUTPUT  # the app itself was fine
     unlinked = [p for p in result.problems if "arrived unlinked" in p]
