@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import promptstamp_contract as c
 import pytest
 
+import promptstamp_contract as c
 from tests.otlp_builders import S, fetch_record, gen_attrs, logs, sid, span, traces
 from tests.redis.conftest import RedisProcessFactory, RedisServer, RelayProcess
 
