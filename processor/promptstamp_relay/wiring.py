@@ -1,10 +1,10 @@
 """Builds the live relay's components from a validated :class:`~.config.Config`, once.
 
-Every collaborator is passed in at construction; nothing is patched afterwards. Building binds
-no port and opens no file that only running needs beyond the persistent queue's database
-(``RelayServer.start`` calls :func:`build`; :meth:`Components.close` releases what it opened).
-A receiver for another transport is one more entry in :func:`build_receivers`, reusing the
-same :class:`~.admit.Admission`.
+Every collaborator is passed in at construction; nothing is patched afterwards.
+``RelayServer.start`` calls :func:`build`, which opens the persistent queue's database (and its
+lock) but binds no port: receivers and the metrics listener bind in their own ``start``.
+:meth:`Components.close` releases what building opened. A receiver for another transport is
+one more entry in :func:`build_receivers`, reusing the same :class:`~.admit.Admission`.
 """
 
 from __future__ import annotations

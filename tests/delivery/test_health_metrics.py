@@ -19,6 +19,9 @@ METRICS = [
     "promptstamp_spans_received_total",
     "promptstamp_logs_received_total",
     'promptstamp_spans_stamped_total{tier="unresolved"}',
+    'promptstamp_spans_stamped_total{tier="api"}',  # every tier's series exists from the start
+    'promptstamp_unresolved_total{reason="fallback_only"}',
+    'promptstamp_export_seconds_count{signal="traces"}',
     "promptstamp_spans_held_total",
     "promptstamp_held_spans",
     "promptstamp_held_bytes",
@@ -66,6 +69,10 @@ def test_health_serving_and_metrics_listed(upstream: Upstream, tmp_path: Path) -
         assert scrape(text, "promptstamp_spans_stamped_total", 'tier="unresolved"') == 2
         assert scrape(text, "promptstamp_export_retries_total", 'signal="traces"') == 1
         assert scrape(text, "promptstamp_exported_items_total", 'signal="traces"') == 2
+        assert scrape(text, "promptstamp_spans_stamped_total", 'tier="api"') == 0
+        info = [line for line in text.splitlines() if line.startswith("promptstamp_build_info{")]
+        assert len(info) == 1 and info[0].endswith(" 1.0")
+        assert all(f'{k}="' in info[0] for k in ("version", "python", "protobuf_backend", "native"))
     finally:
         sender.close()
         channel.close()
