@@ -10,8 +10,9 @@ The app-side SDK. Two lines change in an app::
 
 Inside the block the prompt's key and label are W3C baggage (``app.prompt.key``,
 ``app.prompt.label``), copied onto every span by a span processor, and each prompt handed out
-emits one ``app.prompt.fetch`` log record with its version; the promptstamp relay stamps
-Langfuse's prompt link from the two. Runtime fallback policy (details in ``sdk/README.md``):
+records its version as one ``app.prompt.fetch`` log record and an ``app.prompt.fetch`` event on
+the active span; the promptstamp relay stamps Langfuse's prompt link from the two. Runtime
+fallback policy (details in ``sdk/README.md`` and ``docs/fetch-policy.md``):
 
 * timeout, connection error, 5xx: the last known good copy, for at most ``max_stale_seconds``
   (default 300 s), ``source="cache"``, recorded on the span and in the fetch log;
