@@ -34,7 +34,7 @@ from .export import (
 from .hold import HoldWindow
 from .hold_persistent import PersistentHold
 from .listener import MetricsListener
-from .pipeline import Processor
+from .pipeline import PipelineObserver, Processor
 from .receive.auth import Authenticator
 from .receive.budget import ByteBudget
 from .receive.grpc import OtlpGrpcReceiver
@@ -72,10 +72,9 @@ class Receiver(Protocol):
 def build_processor(cfg: Config, store: FetchLogStore | None = None, *,
                     api: Callable[[str, str, str], int | None] | None = None,
                     early_release: bool = True, hold: HoldWindow | None = None,
-                    observers: Sequence[Any] = ()) -> Processor:
+                    observers: Sequence[PipelineObserver] = ()) -> Processor:
     """The pure processor (also what ``replay`` runs, with ``early_release=False``).
     ``observers``: :class:`~.pipeline.PipelineObserver` objects."""
-    extra: dict[str, Any] = {"observers": tuple(observers)} if observers else {}
     settings = StampSettings(
         rules=GenerationRules(present=frozenset(cfg.generation.present), equals=dict(cfg.generation.equals)),
         prompt_names=dict(cfg.prompt_names),
@@ -88,7 +87,8 @@ def build_processor(cfg: Config, store: FetchLogStore | None = None, *,
     return Processor(settings, store if store is not None else _memory_store(cfg),
                      max_held_spans=cfg.hold.max_spans,
                      max_held_spans_per_tenant=cfg.hold.max_spans_per_tenant if tenants else None,
-                     api=api, early_release=early_release, hold=hold, **extra)
+                     api=api, early_release=early_release, hold=hold,
+                     observers=tuple(observers))
 
 
 def build_store(cfg: Config, journal: Journal | None = None, now_ns: int = 0) -> FetchLogStore:
