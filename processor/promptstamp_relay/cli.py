@@ -1,4 +1,4 @@
-"""``promptstamp-relay``: serve | replay | check-config | demo."""
+"""``promptstamp-relay``: serve | replay | check-config | demo | labels."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ EXIT_CODES = """exit codes:
   6  serve: the metrics port is in use (or needs privileges)
   7  serve: a listen host does not resolve or is not an address of this machine
   8  the upstream check failed (serve's default with Langfuse, --check-upstream)
+  9-16  labels: see promptstamp-relay labels --help
 """
 
 REPLAY_EXIT_CODES = """exit codes:
@@ -109,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
                         "environment, flag); secrets only as set / empty")
     k.add_argument("--check-upstream", action="store_true",
                    help="also make one authenticated call to the upstream (exit 8 if it fails)")
+
+    from .rollouts.cli import add_parser as add_labels_parser
+
+    add_labels_parser(sub)  # labels show | compare | rollback | promote
 
     d = sub.add_parser("demo", help="the order-status demo, end to end, on loopback")
     d.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
@@ -380,6 +385,12 @@ def _shutdown_report(lost: int, queues: Sequence[Any], cfg: Config) -> int:
     return EXIT_LOST if lost else EXIT_OK
 
 
+def cmd_labels(args: argparse.Namespace) -> int:
+    from .rollouts.cli import run
+
+    return run(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import importlib
 
@@ -404,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay": cmd_replay,
         "check-config": cmd_check_config,
         "demo": cmd_demo,
+        "labels": cmd_labels,
     }
     return commands[args.command](args)
 

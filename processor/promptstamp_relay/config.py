@@ -38,6 +38,7 @@ import yaml
 from .deliver._config import QueueConfig, RetryConfig
 from .endpoints import LANGFUSE_OTLP_PATH, grpc_target, langfuse_base_url
 from .receive._http_config import HttpReceiverConfig
+from .rollouts._config import RolloutsConfig
 from .store._config import StoreConfig
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "MetricsExporterConfig",
     "QueueConfig",
     "RetryConfig",
+    "RolloutsConfig",
     "StoreConfig",
     "explain",
     "load",
@@ -240,6 +242,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    rollouts: RolloutsConfig = field(default_factory=RolloutsConfig)
 
     def validate(self) -> list[str]:
         """Every semantic problem, as ``'dotted.key' must …`` lines."""
@@ -310,6 +313,10 @@ class Config:
             errs.append("'auth.tenants' must list at least one tenant when auth.enabled is true")
         errs.extend(_auth_errors(self))
         errs.extend(self.generation.validate("generation"))
+        errs.extend(self.rollouts.validate("rollouts"))
+        for tenant in self.rollouts.webhook_secrets:
+            if self.auth.enabled and tenant not in self.auth.tenants:
+                errs.append(f"'rollouts.webhook_secrets.{tenant}' names no tenant in auth.tenants")
         if bool(self.tls.cert_file) != bool(self.tls.key_file):
             errs.append("'tls.cert_file' and 'tls.key_file' go together")
         for k in ("cert_file", "key_file", "client_ca_file"):
@@ -752,7 +759,7 @@ def _set(obj: Any, parts: list[str], value: Any, dotted: str, errs: list[str], w
 
 
 # -- explain ------------------------------------------------------------------------------------
-_SECRET_LEAVES = frozenset({"secret_key", "langfuse_secret_key", "tokens"})
+_SECRET_LEAVES = frozenset({"secret_key", "langfuse_secret_key", "tokens", "webhook_secrets"})
 
 
 def _shown(dotted: str, value: Any) -> str:

@@ -185,6 +185,8 @@ class RelayServer:
                             recovered)
             if p.api is not None:
                 p.api.start()
+            if p.rollouts is not None:
+                p.rollouts.start()  # its flusher; close() (in p.close) flushes the last of it
             self._ticker = threading.Thread(target=self._tick_loop, name="hold-ticker", daemon=True)
             self._ticker.start()
             if p.listener is not None:

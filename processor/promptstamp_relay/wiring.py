@@ -40,6 +40,7 @@ from .receive.budget import ByteBudget
 from .receive.grpc import OtlpGrpcReceiver
 from .receive.http import OtlpHttpReceiver, effective_listen
 from .receive.tls import server_credentials, server_ssl_context
+from .rollouts.component import Rollouts
 from .stamp import StampSettings
 from .store import FetchLogStore, MemoryStore
 from .store.sqlite import SqliteStore
@@ -186,6 +187,7 @@ class Components:
     listener: MetricsListener | None = None
     metrics_exporter: Exporter | None = None
     metrics_queue: DeliveryQueue | None = None
+    rollouts: Rollouts | None = None
     _closed: bool = field(default=False, repr=False)
 
     def queues(self) -> list[DeliveryQueue]:
@@ -201,6 +203,7 @@ class Components:
                        *((self.logs_exporter.shutdown,) if self.logs_exporter is not None else ()),
                        *((self.metrics_exporter.shutdown,) if self.metrics_exporter is not None else ()),
                        *((self.recorder.close,) if self.recorder is not None else ()),
+                       *((self.rollouts.close,) if self.rollouts is not None else ()),
                        self.processor.store.close,
                        *((self.journal.close,) if self.journal is not None else ())):
             closer()
@@ -242,6 +245,13 @@ def _build(cfg: Config, journal: Journal | None, *, clock: Callable[[], int], pr
     hold = None
     if journal is not None:  # held spans are rows too: a crash inside the hold window loses nothing
         hold = PersistentHold(journal, int(cfg.hold.seconds * 1e9), cfg.hold.max_spans)
+    rollouts = None
+    if cfg.rollouts.enabled:  # per-version metrics and the label timeline (rollouts/)
+        rollouts = Rollouts(cfg.rollouts, prompt_names=cfg.prompt_names, journal=journal,
+                            redis_url=cfg.store.url if cfg.store.backend == "redis" else "",
+                            authenticator=Authenticator(cfg.auth, default_has_keys=tenants.default_has_keys),
+                            clock=clock)
+        observers = (*observers, rollouts.observer)
     processor = build_processor(cfg, store, api=api.lookup if api else None, hold=hold,
                                 observers=observers)
     if logs_exporter is None:
@@ -271,11 +281,14 @@ def _build(cfg: Config, journal: Journal | None, *, clock: Callable[[], int], pr
         build=build_info(protobuf_backend, native), journal=journal,
         api=api.stats if api is not None else None,
     )
-    listener = MetricsListener(cfg.metrics_listen, make_registry(telemetry)) if cfg.metrics_listen else None
+    registry = make_registry(telemetry)
+    listener = MetricsListener(cfg.metrics_listen, registry) if cfg.metrics_listen else None
+    if rollouts is not None and listener is not None:
+        rollouts.register(listener, registry)
     return Components(
         cfg=cfg, journal=journal, processor=processor, api=api, tenants=tenants,
         trace_exporter=trace_exporter, logs_exporter=logs_exporter, trace_queue=trace_queue,
         logs_queue=logs_queue, recorder=recorder, intake=intake, admission=admission,
         receivers=build_receivers(cfg, admission), telemetry=telemetry, listener=listener,
-        metrics_exporter=metrics_exporter, metrics_queue=metrics_queue,
+        metrics_exporter=metrics_exporter, metrics_queue=metrics_queue, rollouts=rollouts,
     )

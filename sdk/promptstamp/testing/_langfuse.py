@@ -41,6 +41,7 @@ _PATCH_RE = re.compile(r"^/api/public/v2/prompts/(?P<name>.+)/versions/(?P<versi
 
 PRODUCTION_LABEL = "production"
 LATEST_LABEL = "latest"
+_LATEST_RESERVED = "Label 'latest' is always assigned to the latest prompt version"
 MAX_INGESTION_VERSION = 4
 
 # Langfuse's OTel attribute names (packages/shared/src/server/otel/attributes.ts).
@@ -423,10 +424,13 @@ class LangfuseServer(LoopbackServer):
     def set_labels(self, name: str, version: int, labels: Iterable[str]) -> dict[str, Any]:
         """Move ``labels`` to ``version`` (off every other version), as the PATCH route does.
 
-        Like Langfuse, the version keeps the labels it already had.
+        Like Langfuse, the version keeps the labels it already had, and ``latest`` is reserved.
         """
+        wanted = list(labels)
+        if LATEST_LABEL in wanted:
+            raise ValueError(_LATEST_RESERVED)
         with self._lock:
-            updated = self._set_labels_locked(name, version, list(labels))
+            updated = self._set_labels_locked(name, version, wanted)
             if updated is None:
                 raise KeyError(f"Prompt not found: {name!r} version {version}")
             return copy.deepcopy(updated)
@@ -667,6 +671,9 @@ class LangfuseServer(LoopbackServer):
                 400,
                 {"message": "Invalid request data", "error": [{"message": "newLabels: string[]"}]},
             )
+        if LATEST_LABEL in new_labels:  # Langfuse's UpdatePromptBodySchema refines this away
+            return Response.json(400, {"message": "Invalid request data", "error": [
+                {"code": "custom", "path": ["newLabels"], "message": _LATEST_RESERVED}]})
         with self._lock:
             updated = self._set_labels_locked(name, version, new_labels)
             if updated is None:

@@ -1,0 +1,373 @@
+"""The label timeline as data: compact, mergeable aggregates, and the JSON the relay serves.
+
+Pure: no I/O, no clock (times are the records' own). One :class:`Timeline` per tenant, prompt
+and label holds intervals and sums, never raw records:
+
+- per version: first and last hand-out, fetches, and the generation aggregates (count, errors,
+  tokens, a duration sketch);
+- per instance and version: first and last hand-out and fetches (which version an instance
+  served last, and when it switched, follow from these);
+- the label moves Langfuse's webhooks reported.
+
+Every field merges by min, max or sum, so two relays' timelines (or a relay's unflushed delta
+and the shared copy in Redis) add up with :func:`merge`, in any order.
+
+The duration sketch is a fixed set of log-spaced buckets (ratio 2^(1/8), about 4.4 % wide):
+bucket counts add up across relays, and a quantile read from them is within one bucket of the
+true one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+__all__ = [
+    "InstanceStats",
+    "Timeline",
+    "VersionStats",
+    "dump_timeline",
+    "duration_bucket",
+    "load_timeline",
+    "merge",
+    "parse_rfc3339",
+    "previous_version",
+    "prune",
+    "quantile_ms",
+    "render_label",
+    "render_prompt",
+    "rfc3339",
+]
+
+_RATIO = 2 ** (1 / 8)
+_LOG_RATIO = math.log(_RATIO)
+_MIN_BUCKET = -80  # ~1 µs
+_MAX_BUCKET = 200  # ~9.7 h
+UNKNOWN_INSTANCE = "(unknown)"
+
+
+def duration_bucket(duration_ns: int) -> int:
+    """The sketch bucket of a duration: ``floor(log_r(ms))``, clamped."""
+    ms = duration_ns / 1e6
+    if ms <= 0:
+        return _MIN_BUCKET
+    return max(_MIN_BUCKET, min(_MAX_BUCKET, math.floor(math.log(ms) / _LOG_RATIO)))
+
+
+def _bucket_ms(i: int) -> float:
+    return float(_RATIO ** (i + 0.5))  # the bucket's geometric middle
+
+
+def quantile_ms(buckets: Mapping[int, int], q: float) -> float | None:
+    """The ``q`` quantile (nearest rank) of a sketch, in ms; None when it is empty."""
+    n = sum(buckets.values())
+    if n <= 0:
+        return None
+    rank = max(1, math.ceil(q * n))
+    seen = 0
+    for i in sorted(buckets):
+        seen += buckets[i]
+        if seen >= rank:
+            return _bucket_ms(i)
+    return _bucket_ms(max(buckets))
+
+
+def _lo(a: int, b: int) -> int:
+    """min where 0 means "none"."""
+    return b if a == 0 else a if b == 0 else min(a, b)
+
+
+@dataclass(slots=True)
+class VersionStats:
+    """One version under one label. Times are ns since the epoch; 0: none yet."""
+
+    first_ns: int = 0  # first hand-out (fetch record)
+    last_ns: int = 0
+    fetches: int = 0
+    gen_first_ns: int = 0  # first generation's start
+    gen_last_ns: int = 0
+    generations: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    durations: dict[int, int] = field(default_factory=dict)  # sketch bucket -> generations
+
+    def add_fetch(self, time_ns: int) -> None:
+        self.first_ns = _lo(self.first_ns, time_ns)
+        self.last_ns = max(self.last_ns, time_ns)
+        self.fetches += 1
+
+    def add_generation(self, start_ns: int, end_ns: int, error: bool, input_tokens: int | None,
+                       output_tokens: int | None) -> None:
+        self.gen_first_ns = _lo(self.gen_first_ns, start_ns)
+        self.gen_last_ns = max(self.gen_last_ns, start_ns)
+        self.generations += 1
+        self.errors += error
+        self.input_tokens += input_tokens or 0
+        self.output_tokens += output_tokens or 0
+        b = duration_bucket(max(0, end_ns - start_ns))
+        self.durations[b] = self.durations.get(b, 0) + 1
+
+    @property
+    def seen_first_ns(self) -> int:
+        """First hand-out, else first generation (a version only the api tier answered)."""
+        return self.first_ns or self.gen_first_ns
+
+    @property
+    def seen_last_ns(self) -> int:
+        return self.last_ns or self.gen_last_ns
+
+    def merge(self, o: VersionStats) -> None:
+        self.first_ns = _lo(self.first_ns, o.first_ns)
+        self.last_ns = max(self.last_ns, o.last_ns)
+        self.fetches += o.fetches
+        self.gen_first_ns = _lo(self.gen_first_ns, o.gen_first_ns)
+        self.gen_last_ns = max(self.gen_last_ns, o.gen_last_ns)
+        self.generations += o.generations
+        self.errors += o.errors
+        self.input_tokens += o.input_tokens
+        self.output_tokens += o.output_tokens
+        for b, n in o.durations.items():
+            self.durations[b] = self.durations.get(b, 0) + n
+
+
+@dataclass(slots=True)
+class InstanceStats:
+    """One instance handing out one version under one label. ``since_ns``: when the instance
+    last switched to this version from another one (0: it never switched to it)."""
+
+    first_ns: int = 0
+    last_ns: int = 0
+    fetches: int = 0
+    since_ns: int = 0
+
+    def add(self, time_ns: int) -> None:
+        self.first_ns = _lo(self.first_ns, time_ns)
+        self.last_ns = max(self.last_ns, time_ns)
+        self.fetches += 1
+
+    def merge(self, o: InstanceStats) -> None:
+        self.first_ns = _lo(self.first_ns, o.first_ns)
+        self.last_ns = max(self.last_ns, o.last_ns)
+        self.fetches += o.fetches
+        self.since_ns = max(self.since_ns, o.since_ns)
+
+
+@dataclass(slots=True)
+class Timeline:
+    """One tenant's prompt under one label."""
+
+    versions: dict[int, VersionStats] = field(default_factory=dict)
+    served: dict[tuple[str, int], InstanceStats] = field(default_factory=dict)  # (instance, version)
+    services: dict[str, str] = field(default_factory=dict)  # instance -> service.name
+    moves: dict[int, int] = field(default_factory=dict)  # time ns -> version given the label
+    #: instance -> (version, time) of its latest hand-out: an index over ``served``, not stored.
+    latest: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def add_fetch(self, instance: str, version: int, time_ns: int, service: str) -> None:
+        """One hand-out; a switch of ``instance`` from another version is dated."""
+        self.version(version).add_fetch(time_ns)
+        stats = self.instance(instance, version)
+        stats.add(time_ns)
+        prev = self.latest.get(instance)
+        if prev is None or time_ns >= prev[1]:
+            if prev is not None and prev[0] != version:
+                stats.since_ns = max(stats.since_ns, time_ns)
+            self.latest[instance] = (version, time_ns)
+        if service:
+            self.services[instance] = service
+
+    def reindex(self) -> None:
+        """Rebuild ``latest`` from ``served`` (after a load, a merge or a prune)."""
+        self.latest = {}
+        for (inst, v), s in self.served.items():
+            got = self.latest.get(inst)
+            if got is None or (s.last_ns, v) > (got[1], got[0]):
+                self.latest[inst] = (v, s.last_ns)
+
+    def version(self, v: int) -> VersionStats:
+        got = self.versions.get(v)
+        if got is None:
+            got = self.versions[v] = VersionStats()
+        return got
+
+    def instance(self, instance: str, v: int) -> InstanceStats:
+        got = self.served.get((instance, v))
+        if got is None:
+            got = self.served[(instance, v)] = InstanceStats()
+        return got
+
+    def empty(self) -> bool:
+        return not (self.versions or self.served or self.moves)
+
+
+def merge(into: Timeline, other: Timeline) -> Timeline:
+    """``into`` plus ``other`` (``into`` changed and returned)."""
+    for v, s in other.versions.items():
+        into.version(v).merge(s)
+    for k, i in other.served.items():
+        into.instance(*k).merge(i)
+    for inst, svc in other.services.items():
+        if svc:
+            into.services[inst] = svc
+    into.moves.update(other.moves)
+    into.reindex()
+    return into
+
+
+def prune(tl: Timeline, horizon_ns: int) -> int:
+    """Forget what was last seen before ``horizon_ns``; how many entries went."""
+    old_v = [v for v, s in tl.versions.items() if s.seen_last_ns < horizon_ns]
+    old_i = [k for k, s in tl.served.items() if s.last_ns < horizon_ns]
+    old_m = [t for t in tl.moves if t < horizon_ns]
+    for v in old_v:
+        del tl.versions[v]
+    for k in old_i:
+        del tl.served[k]
+    for t in old_m:
+        del tl.moves[t]
+    alive = {inst for inst, _ in tl.served}
+    for inst in [i for i in tl.services if i not in alive]:
+        del tl.services[inst]
+    if old_i:
+        tl.reindex()
+    return len(old_v) + len(old_i) + len(old_m)
+
+
+# -- persistence form (SQLite rows, the CLI's direct reads) ---------------------------------------
+def dump_timeline(tl: Timeline) -> dict[str, Any]:
+    """A JSON-able form of ``tl`` (compact lists), read back by :func:`load_timeline`."""
+    return {
+        "v": {str(v): [s.first_ns, s.last_ns, s.fetches, s.gen_first_ns, s.gen_last_ns, s.generations,
+                       s.errors, s.input_tokens, s.output_tokens,
+                       {str(b): n for b, n in s.durations.items()}]
+              for v, s in tl.versions.items()},
+        "s": [[inst, v, s.first_ns, s.last_ns, s.fetches, s.since_ns] for (inst, v), s in tl.served.items()],
+        "svc": dict(tl.services),
+        "m": [[t, v] for t, v in tl.moves.items()],
+    }
+
+
+def load_timeline(data: Mapping[str, Any]) -> Timeline:
+    """The inverse of :func:`dump_timeline`; ``ValueError``/``TypeError``/``KeyError`` on a bad form."""
+    tl = Timeline()
+    for v, row in data.get("v", {}).items():
+        f, last, n, gf, gl, g, e, i, o, d = row
+        tl.versions[int(v)] = VersionStats(int(f), int(last), int(n), int(gf), int(gl), int(g), int(e),
+                                           int(i), int(o), {int(b): int(c) for b, c in d.items()})
+    for inst, v, f, last, n, since in data.get("s", []):
+        tl.served[(str(inst), int(v))] = InstanceStats(int(f), int(last), int(n), int(since))
+    tl.services = {str(k): str(v) for k, v in data.get("svc", {}).items()}
+    tl.moves = {int(t): int(v) for t, v in data.get("m", [])}
+    tl.reindex()
+    return tl
+
+
+# -- what the relay serves ------------------------------------------------------------------------
+def rfc3339(ns: int) -> str:
+    """``2026-12-01T09:00:00Z`` (UTC; milliseconds only when there are some)."""
+    dt = datetime.fromtimestamp(ns // 10**9, tz=timezone.utc)
+    ms = (ns // 10**6) % 1000
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + (f".{ms:03d}" if ms else "") + "Z"
+
+
+def _last_per_instance(tl: Timeline) -> dict[str, tuple[int, InstanceStats]]:
+    """instance -> (the version it handed out last, that version's stats)."""
+    out: dict[str, tuple[int, InstanceStats]] = {}
+    for (inst, v), s in tl.served.items():
+        got = out.get(inst)
+        if got is None or (s.last_ns, v) > (got[1].last_ns, got[0]):
+            out[inst] = (v, s)
+    return out
+
+
+def _target(tl: Timeline, last: Mapping[str, tuple[int, InstanceStats]]) -> tuple[int, int] | None:
+    """(the version the label points to, since when), as far as the records tell.
+
+    With webhook moves: the latest move. Else from the hand-outs: each version's first hand-out
+    and each instance's switch to the version it serves now are events; the label points to the
+    version of the latest event, since the first event of that version's final run. A new
+    instance starting on an older version is no event: it is lagging, not a move back.
+    """
+    if tl.moves:
+        at = max(tl.moves)
+        return tl.moves[at], at
+    events: list[tuple[int, int]] = [(s.first_ns, v) for v, s in tl.versions.items() if s.first_ns]
+    events.extend((s.since_ns, v) for v, s in last.values() if s.since_ns)
+    if not events:
+        return None
+    events.sort()
+    version = events[-1][1]
+    since = events[-1][0]
+    for t, v in reversed(events):
+        if v != version:
+            break
+        since = t
+    return version, since
+
+
+def render_label(tl: Timeline, *, with_moves: bool = False) -> dict[str, Any]:
+    """One label's part of the timeline body (docs/rollouts.md): lists in time order."""
+    rows = sorted(tl.versions.items(), key=lambda kv: (kv[1].seen_first_ns, kv[0]))
+    current = None
+    if tl.versions:
+        current = max(tl.versions.items(), key=lambda kv: (kv[1].seen_last_ns, kv[0]))[0]
+    versions = []
+    for v, s in rows:
+        p50, p95 = quantile_ms(s.durations, 0.5), quantile_ms(s.durations, 0.95)
+        versions.append({
+            "version": v,
+            "first_served": rfc3339(s.seen_first_ns) if s.seen_first_ns else None,
+            "last_served": rfc3339(s.seen_last_ns) if s.seen_last_ns else None,
+            "fetches": s.fetches, "generations": s.generations, "errors": s.errors,
+            "duration_p50_ms": None if p50 is None else round(p50, 1),
+            "duration_p95_ms": None if p95 is None else round(p95, 1),
+            "input_tokens": s.input_tokens, "output_tokens": s.output_tokens,
+        })
+    last = _last_per_instance(tl)
+    by_time = sorted(last.items(), key=lambda kv: (kv[1][1].last_ns, kv[0]))
+    instances = [{"instance": inst, "service": tl.services.get(inst, ""), "version": v,
+                  "last_served": rfc3339(i.last_ns)} for inst, (v, i) in by_time]
+    lagging = []
+    target = _target(tl, last)
+    if target is not None:
+        version, since = target
+        for inst, (v, i) in by_time:
+            if v != version and i.last_ns > since:
+                lagging.append({"instance": inst, "service": tl.services.get(inst, ""), "version": v,
+                                "behind_seconds": round((i.last_ns - since) / 1e9, 1)})
+    out: dict[str, Any] = {"current": current, "versions": versions, "instances": instances,
+                           "lagging": lagging}
+    if with_moves or tl.moves:
+        moves, prev = [], None
+        for t in sorted(tl.moves):
+            if tl.moves[t] != prev:  # a tag change re-announces the same version: one move
+                moves.append({"version": tl.moves[t], "at": rfc3339(t)})
+            prev = tl.moves[t]
+        out["moves"] = moves
+    return out
+
+
+def render_prompt(prompt: str, labels: Mapping[str, Timeline], *, with_moves: bool = False) -> dict[str, Any]:
+    """The whole body of ``GET /api/v1/prompts/{prompt}/timeline``."""
+    return {"prompt": prompt,
+            "labels": {label: render_label(tl, with_moves=with_moves)
+                       for label, tl in sorted(labels.items()) if not tl.empty()}}
+
+
+def previous_version(label: Mapping[str, Any]) -> int | None:
+    """From a rendered label: the version that served it before ``current`` (the other version
+    handed out most recently), or None."""
+    current = label.get("current")
+    others = [v for v in label.get("versions", []) if v["version"] != current and v["last_served"]]
+    if not others:
+        return None
+    return int(max(others, key=lambda v: (parse_rfc3339(v["last_served"]), v["version"]))["version"])
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """What :func:`rfc3339` wrote (or any ISO 8601 time with a zone), as an aware datetime."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
