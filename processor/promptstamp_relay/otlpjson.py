@@ -1,14 +1,20 @@
-"""OTLP/JSON lines (contract §5): the format of recordings, replay output and the file exporter.
+"""OTLP/JSON (contract §5): the one reader and writer of the relay's JSON.
 
-One ``ExportTraceServiceRequest``, ``ExportLogsServiceRequest`` or ``ExportMetricsServiceRequest``
-per line, as the Collector's ``file`` exporter writes it: camelCase fields, enums as integers,
-64-bit ints as strings, trace and span ids in hex. Readers ignore fields they do not know (the
-OTLP/JSON rule for receivers), so a file from a newer tool still reads.
+Its users: recordings, replay output and the file exporter (JSON lines), and the OTLP/HTTP
+receiver (``application/json`` request bodies of all three signals and its JSON answers).
+
+The OTLP/JSON rules that differ from protobuf's canonical JSON mapping: trace and span ids are
+hex strings (not base64); keys are lowerCamelCase (the proto field names are accepted too);
+enums may be integers; 64-bit integers strings or numbers; unknown fields are ignored (the
+receivers' rule, so a file or body from a newer tool still reads). Writing follows the
+Collector's ``file`` exporter: one compact document per line, camelCase, enums as integers,
+64-bit ints as strings, ids in hex.
 
 :func:`read_documents` also reads a pretty-printed document spread over several lines (the
 examples published with opentelemetry-proto are written that way); errors name the line and
-column of the file where the problem is. Pure text in, messages out: opening (and decompressing)
-files is :mod:`.replay`'s business.
+column of the file where the problem is. Pure functions, text or bytes in, messages out (no
+I/O): opening and decompressing files is :mod:`.replay`'s business. Called on replay's thread,
+the HTTP receiver's request threads and delivery workers (the file exporter).
 """
 
 from __future__ import annotations
@@ -17,15 +23,18 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 __all__ = [
+    "REQUEST_TYPES",
     "Document",
     "OtlpJsonError",
     "Request",
@@ -35,17 +44,34 @@ __all__ = [
     "parse_document",
     "read_documents",
     "read_lines",
+    "to_protobuf",
 ]
 
 Request = ExportTraceServiceRequest | ExportLogsServiceRequest
 Signal = Literal["traces", "logs", "metrics"]
 
-_ID_LENGTHS = {"traceId": 16, "spanId": 8, "parentSpanId": 8}
+REQUEST_TYPES: Mapping[Signal, type[Message]] = {
+    "traces": ExportTraceServiceRequest,
+    "logs": ExportLogsServiceRequest,
+    "metrics": ExportMetricsServiceRequest,
+}
+_SIGNAL_OF: Mapping[type[Message], Signal] = {t: s for s, t in REQUEST_TYPES.items()}
+# The top-level key that says which request a document is, in both spellings.
+_ROOTS: dict[Signal, tuple[str, str]] = {
+    "traces": ("resourceSpans", "resource_spans"),
+    "logs": ("resourceLogs", "resource_logs"),
+    "metrics": ("resourceMetrics", "resource_metrics"),
+}
+_ID_LENGTHS = {"traceId": 16, "trace_id": 16, "spanId": 8, "span_id": 8,
+               "parentSpanId": 8, "parent_span_id": 8}
+_METRIC_KINDS = ("gauge", "sum", "histogram", "exponentialHistogram", "exponential_histogram", "summary")
 _EXPECTED = "expected a JSON object with resourceSpans, resourceLogs or resourceMetrics"
 
 
 class OtlpJsonError(ValueError):
-    """Input that is not OTLP/JSON; the message says what is wrong and where (line, column)."""
+    """Input that is not OTLP/JSON; the message says what is wrong and where (line, column).
+
+    The HTTP receiver sends it back as its 400 answer's ``Status.message``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,38 +91,38 @@ class Document:
     max_time_ns: int
 
 
-def _ids(d: dict[str, Any], convert: Any) -> None:
-    for name in _ID_LENGTHS:
-        if name in d and d[name] != "":
-            d[name] = convert(name, d[name])
+# -- ids: the one place hex and base64 meet ---------------------------------------------------
+
+def _items(node: Any, *keys: str) -> Iterator[dict[str, Any]]:
+    """The dict elements of the list under the first of ``keys`` that ``node`` has."""
+    if not isinstance(node, dict):
+        return
+    for key in keys:
+        value = node.get(key)
+        if isinstance(value, list):
+            yield from (x for x in value if isinstance(x, dict))
+            return
 
 
-def _walk_ids(doc: dict[str, Any], convert: Any) -> None:
-    for rs in _list(doc.get("resourceSpans")):
-        for ss in _list(_dict(rs).get("scopeSpans")):
-            for span in _list(_dict(ss).get("spans")):
-                if isinstance(span, dict):
-                    _ids(span, convert)
-                    for link in _list(span.get("links")):
-                        if isinstance(link, dict):
-                            _ids(link, convert)
-    for rl in _list(doc.get("resourceLogs")):
-        for sl in _list(_dict(rl).get("scopeLogs")):
-            for rec in _list(_dict(sl).get("logRecords")):
-                if isinstance(rec, dict):
-                    _ids(rec, convert)
-
-
-def _list(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _b64_to_hex(_name: str, value: str) -> str:
-    return base64.b64decode(value).hex()
+def _id_holders(signal: Signal, doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every object of an OTLP/JSON request that may carry trace / span ids."""
+    if signal == "traces":
+        for rs in _items(doc, *_ROOTS["traces"]):
+            for ss in _items(rs, "scopeSpans", "scope_spans"):
+                for span in _items(ss, "spans"):
+                    yield span
+                    yield from _items(span, "links")
+    elif signal == "logs":
+        for rl in _items(doc, *_ROOTS["logs"]):
+            for sl in _items(rl, "scopeLogs", "scope_logs"):
+                yield from _items(sl, "logRecords", "log_records")
+    else:
+        for rm in _items(doc, *_ROOTS["metrics"]):
+            for sm in _items(rm, "scopeMetrics", "scope_metrics"):
+                for metric in _items(sm, "metrics"):
+                    for kind in _METRIC_KINDS:
+                        for point in _items(metric.get(kind), "dataPoints", "data_points"):
+                            yield from _items(point, "exemplars")
 
 
 def _hex_to_b64(name: str, value: object) -> str:
@@ -105,18 +131,45 @@ def _hex_to_b64(name: str, value: object) -> str:
     try:
         raw = bytes.fromhex(value)
     except ValueError:
-        raise OtlpJsonError(f"{name} is not hex: {value[:40]!r}") from None
+        raise OtlpJsonError(f"{name} is not hex") from None
     if len(raw) != _ID_LENGTHS[name]:
-        raise OtlpJsonError(f"{name} must be {_ID_LENGTHS[name]} bytes, got {len(raw)}")
-    return base64.b64encode(raw).decode()
+        raise OtlpJsonError(f"{name} must be {_ID_LENGTHS[name]} bytes, got {len(raw)} "
+                            f"({2 * _ID_LENGTHS[name]} hex digits expected)")
+    return base64.b64encode(raw).decode("ascii")
 
 
-def encode_line(request: Request) -> str:
-    """One JSON line (no newline). Deterministic: same message, same text."""
-    doc = json_format.MessageToDict(request, use_integers_for_enums=True)
-    _walk_ids(doc, _b64_to_hex)
+def _ids_from_hex(signal: Signal, doc: dict[str, Any]) -> None:
+    for holder in _id_holders(signal, doc):
+        for name in _ID_LENGTHS:
+            value = holder.get(name)
+            if value is not None and value != "":
+                holder[name] = _hex_to_b64(name, value)
+
+
+def _ids_to_hex(signal: Signal, doc: dict[str, Any]) -> None:
+    for holder in _id_holders(signal, doc):
+        for name in _ID_LENGTHS:
+            value = holder.get(name)
+            if isinstance(value, str) and value:
+                holder[name] = base64.b64decode(value).hex()
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+def encode_line(message: Message) -> str:
+    """One compact JSON document (no newline); deterministic: same message, same text.
+
+    Ids of the three ``Export*ServiceRequest`` messages are written in hex; any other message
+    (an ``Export*ServiceResponse``, a ``google.rpc.Status``) is plain canonical JSON.
+    """
+    doc = json_format.MessageToDict(message, use_integers_for_enums=True)
+    signal = _SIGNAL_OF.get(type(message))
+    if signal is not None:
+        _ids_to_hex(signal, doc)
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
 
+
+# -- parsing: one path for bodies, lines and documents ----------------------------------------
 
 _FAILED_FIELD = re.compile(r"Failed to parse (\w+) field: ")
 
@@ -130,6 +183,43 @@ def _parse_error(e: Exception) -> str:
         text = text[m.end():]
     text = text.rstrip(".")
     return f"{'.'.join(path)}: {text}" if path else text
+
+
+def _parse(signal: Signal, doc: object) -> Message:
+    """A decoded JSON value as the signal's ``Export*ServiceRequest`` (``doc``'s ids are rewritten)."""
+    if not isinstance(doc, dict):
+        raise OtlpJsonError("an OTLP/JSON request is a JSON object")
+    message = REQUEST_TYPES[signal]()
+    try:
+        _ids_from_hex(signal, doc)
+        json_format.ParseDict(doc, message, ignore_unknown_fields=True)
+    except OtlpJsonError:
+        raise
+    except RecursionError:
+        raise OtlpJsonError("not OTLP/JSON: nested too deeply") from None
+    except (json_format.ParseError, AttributeError, TypeError, ValueError, binascii.Error) as e:
+        raise OtlpJsonError(f"not OTLP/JSON: {_parse_error(e)}") from None
+    return message
+
+
+def _json_error(e: json.JSONDecodeError, line: int) -> OtlpJsonError:
+    return OtlpJsonError(f"line {line + e.lineno - 1}, column {e.colno}: not JSON: {e.msg}")
+
+
+def _loads(text: str | bytes, line: int = 1) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _json_error(e, line) from None
+    except UnicodeDecodeError:
+        raise OtlpJsonError("not JSON: not UTF-8") from None
+    except RecursionError:
+        raise OtlpJsonError("not JSON: nested too deeply") from None
+
+
+def to_protobuf(signal: Signal, body: bytes) -> bytes:
+    """An OTLP/JSON request body (the HTTP receiver's) as protobuf bytes of the signal's request."""
+    return bytes(_parse(signal, _loads(body)).SerializeToString())
 
 
 def _int(value: object) -> int:
@@ -175,27 +265,23 @@ def _max_time(request: Request) -> int:
     return latest
 
 
+def _signal(doc: dict[str, Any]) -> Signal | None:
+    """Which request a recorded document is (traces and logs win over metrics, as before)."""
+    order: tuple[Signal, ...] = ("traces", "logs", "metrics")
+    for signal in order:
+        if any(key in doc for key in _ROOTS[signal]):
+            return signal
+    return None
+
+
 def _from_object(doc: object, text: str, line: int) -> Document:
-    if not isinstance(doc, dict):
+    signal = _signal(doc) if isinstance(doc, dict) else None
+    if signal is None:
         raise OtlpJsonError(_EXPECTED)
-    if "resourceMetrics" in doc and "resourceSpans" not in doc and "resourceLogs" not in doc:
-        return Document("metrics", None, text, line, _metrics_max_time(doc.get("resourceMetrics")))
-    message: Request
-    signal: Signal
-    if "resourceSpans" in doc:
-        message, signal = ExportTraceServiceRequest(), "traces"
-    elif "resourceLogs" in doc:
-        message, signal = ExportLogsServiceRequest(), "logs"
-    else:
-        raise OtlpJsonError(_EXPECTED)
-    try:
-        _walk_ids(doc, _hex_to_b64)
-        json_format.ParseDict(doc, message, ignore_unknown_fields=True)
-    except OtlpJsonError:
-        raise
-    except (json_format.ParseError, AttributeError, TypeError, ValueError, binascii.Error) as e:
-        raise OtlpJsonError(f"not OTLP/JSON: {_parse_error(e)}") from None
-    return Document(signal, message, text, line, _max_time(message))
+    if signal == "metrics":
+        return Document("metrics", None, text, line, _metrics_max_time(doc))
+    request = cast(Request, _parse(signal, doc))
+    return Document(signal, request, text, line, _max_time(request))
 
 
 def _located(doc: object, text: str, line: int) -> Document:
@@ -205,29 +291,17 @@ def _located(doc: object, text: str, line: int) -> Document:
         raise OtlpJsonError(f"line {line}: {e}") from None
 
 
-def _json_error(e: json.JSONDecodeError, line: int) -> OtlpJsonError:
-    return OtlpJsonError(f"line {line + e.lineno - 1}, column {e.colno}: not JSON: {e.msg}")
-
-
 def parse_document(text: str, line: int = 1) -> Document:
     """One OTLP/JSON document (one line, or a pretty-printed object) as a :class:`Document`.
 
     Errors say ``line L, column C: ...``, lines counted from ``line``.
     """
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise _json_error(e, line) from None
-    return _located(doc, text, line)
+    return _located(_loads(text, line), text, line)
 
 
 def decode_line(line: str) -> Request:
-    """One OTLP/JSON trace or logs request (no line numbers in errors)."""
-    try:
-        doc = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise OtlpJsonError(f"not JSON: {e.msg} at column {e.colno}") from None
-    got = _from_object(doc, line, 1)
+    """One OTLP/JSON trace or logs request."""
+    got = _from_object(_loads(line), line, 1)
     if got.request is None:
         raise OtlpJsonError("expected a JSON object with resourceSpans or resourceLogs")
     return got.request

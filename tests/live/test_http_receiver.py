@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import json
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -13,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
@@ -30,7 +28,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 
 import promptstamp_contract as c
 from promptstamp.testing import LangfuseServer
-from promptstamp_relay.receive.otlp_json import ids_to_hex
+from promptstamp_relay.otlpjson import encode_line, to_protobuf
 from promptstamp_relay.server import RelayServer
 from tests.otlp_builders import fetch_record, gen_attrs, logs, span, traces
 from tests.waiting import wait_until
@@ -165,24 +163,24 @@ def test_otlp_endpoint_env_var_form_works(relay: RelayServer, langfuse: Langfuse
     assert langfuse.wait_for_observations(1, timeout=10)[0].name == "from-env"
 
 
-def otlp_json(signal: str, message: Any) -> bytes:
+def otlp_json(message: Any) -> bytes:
     """OTLP/JSON as the spec writes it: camelCase, hex ids, enums as integers."""
-    return json.dumps(ids_to_hex(signal, json_format.MessageToDict(message, use_integers_for_enums=True))).encode()  # type: ignore[arg-type]
+    return encode_line(message).encode()
 
 
 def test_otlp_json_bodies_link_generations(relay: RelayServer, langfuse: LangfuseServer) -> None:
     now = time.time_ns()
     base = http_base(relay)
     with httpx.Client(base_url=base, trust_env=False, timeout=10) as client:
-        r = client.post("/v1/logs", content=otlp_json("logs", logs([fetch_record(version=4, time=now, trace=11)])),
+        r = client.post("/v1/logs", content=otlp_json(logs([fetch_record(version=4, time=now, trace=11)])),
                         headers=JS)
         assert (r.status_code, r.headers["content-type"], r.json()) == (200, "application/json", {})
         req = traces([span("agent", trace=11, span_id=1, start=now),
                       span("chat gpt-4o-mini", trace=11, span_id=2, start=now, attrs=gen_attrs())])
-        r = client.post("/v1/traces", content=otlp_json("traces", req), headers=JS)
+        r = client.post("/v1/traces", content=otlp_json(req), headers=JS)
         assert (r.status_code, r.json()) == (200, {})
         # gzip'd JSON too
-        r = client.post("/v1/traces", content=gzip.compress(otlp_json("traces", traces([span("later", trace=12,
+        r = client.post("/v1/traces", content=gzip.compress(otlp_json(traces([span("later", trace=12,
                         span_id=3, start=now)]))), headers={**JS, "Content-Encoding": "gzip"})
         assert r.status_code == 200
     obs = langfuse.wait_for_observations(3, timeout=10)
@@ -278,7 +276,7 @@ def test_metrics_are_forwarded_unchanged_to_a_file_exporter(langfuse: LangfuseSe
         relay.stop(timeout=5)
     assert relay.stats.metric_points_dropped == 0
     for line in lines:
-        req = json_format.ParseDict(json.loads(line), ExportMetricsServiceRequest())
+        req = ExportMetricsServiceRequest.FromString(to_protobuf("metrics", line.encode()))
         names = sorted(m.name for rm in req.resource_metrics for sm in rm.scope_metrics for m in sm.metrics)
         assert names == ["llm.latency", "llm.tokens"]
         point = next(m for m in req.resource_metrics[0].scope_metrics[0].metrics if m.name == "llm.tokens")

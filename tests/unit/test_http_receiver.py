@@ -24,8 +24,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Exemplar
 
 from promptstamp_relay.admit import CallInfo, Refusal, RefusalReason
+from promptstamp_relay.otlpjson import OtlpJsonError, encode_line, to_protobuf
 from promptstamp_relay.receive.http import HttpReceiverConfig, OtlpHttpReceiver, gunzip
-from promptstamp_relay.receive.otlp_json import JsonBodyError, ids_to_hex, to_protobuf
 from tests.otlp_builders import fetch_record, logs, sid, span, tid, traces
 from tests.waiting import wait_until
 
@@ -114,7 +114,7 @@ def test_json_body_becomes_the_same_protobuf_and_the_answer_is_json(
 ) -> None:
     req = traces([span("chat", trace=7, span_id=3)])
     req.resource_spans[0].scope_spans[0].spans[0].parent_span_id = sid(9)
-    doc = ids_to_hex("traces", json_format.MessageToDict(req))
+    doc = json.loads(encode_line(req))
     assert doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["traceId"] == tid(7).hex()
     doc["someFutureField"] = {"x": 1}  # unknown fields are ignored (OTLP/JSON receivers' rule)
     r = client.post("/v1/traces", content=json.dumps(doc).encode(), headers=JS)
@@ -132,7 +132,7 @@ def test_json_metrics_exemplar_ids_are_hex(client: httpx.Client, admission: Fake
     p = m.sum.data_points.add()
     p.as_int = 5
     p.exemplars.append(Exemplar(trace_id=tid(1), span_id=sid(2), as_int=5))
-    doc = ids_to_hex("metrics", json_format.MessageToDict(req))
+    doc = json.loads(encode_line(req))
     assert doc["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["sum"]["dataPoints"][0]["exemplars"][0][
         "spanId"] == sid(2).hex()
     r = client.post("/v1/metrics", content=json.dumps(doc).encode(), headers=JS)
@@ -142,7 +142,7 @@ def test_json_metrics_exemplar_ids_are_hex(client: httpx.Client, admission: Fake
 
 def test_json_logs_and_enum_integers(client: httpx.Client, admission: FakeAdmission) -> None:
     req = logs([fetch_record(trace=5)])
-    doc = ids_to_hex("logs", json_format.MessageToDict(req, use_integers_for_enums=True))
+    doc = json.loads(encode_line(req))
     r = client.post("/v1/logs", content=json.dumps(doc).encode(), headers={"content-type": "application/json; charset=utf-8"})
     assert r.status_code == 200
     assert ExportLogsServiceRequest.FromString(admission.calls[0][1]) == req
@@ -319,7 +319,7 @@ def test_stop_lets_a_request_in_admission_finish(admission: FakeAdmission) -> No
 
 
 def test_to_protobuf_rejects_what_is_not_a_request() -> None:
-    with pytest.raises(JsonBodyError):
+    with pytest.raises(OtlpJsonError):
         to_protobuf("traces", b'{"resourceSpans": [{"resource": 3}]}')
     assert to_protobuf("traces", b"{}") == b""
     assert ExportTraceServiceResponse().SerializeToString() == b""

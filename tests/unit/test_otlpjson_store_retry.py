@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from promptstamp_relay.config import StoreConfig as ConfigStoreConfig
 from promptstamp_relay.deliver import RetryConfig
 from promptstamp_relay.deliver.retry import Backoff, parse_retry_after
-from promptstamp_relay.otlpjson import decode_line, encode_line
+from promptstamp_relay.otlpjson import OtlpJsonError, decode_line, encode_line, read_documents, to_protobuf
 from promptstamp_relay.records import FetchRecord
 from promptstamp_relay.store import MemoryStore
 from promptstamp_relay.store._config import StoreConfig
@@ -21,6 +23,22 @@ def test_otlp_json_round_trip_with_hex_ids() -> None:
     assert decode_line(line) == req
     log_req = logs([fetch_record()])
     assert decode_line(encode_line(log_req)) == log_req
+
+
+def test_a_recorded_line_and_an_http_body_read_the_same() -> None:
+    req = traces([span(attrs=gen_attrs())])
+    line = encode_line(req)
+    assert to_protobuf("traces", line.encode()) == req.SerializeToString()
+    # The proto field names are OTLP/JSON too: ids under them are hex in a body and in a file.
+    snake = '{"resource_spans":[{"scope_spans":[{"spans":[{"trace_id":"%s","name":"s"}]}]}]}' % ("01" * 16)
+    (doc,) = read_documents([snake])
+    assert doc.request is not None and to_protobuf("traces", snake.encode()) == doc.request.SerializeToString()
+    bad = '{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"traceId":"0102"}]}]}]}'
+    with pytest.raises(OtlpJsonError, match="traceId must be 16 bytes, got 2") as body_error:
+        to_protobuf("logs", bad.encode())
+    with pytest.raises(OtlpJsonError) as line_error:
+        list(read_documents([bad]))
+    assert str(line_error.value) == f"line 1: {body_error.value}"
 
 
 def rec(version: int, t: int, instance: str = "i1", trace: bytes = b"") -> FetchRecord:

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import TextIO
 
-from google.protobuf import json_format
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-from ..otlpjson import Request, encode_line
-from ..receive.otlp_json import ids_to_hex
+from ..otlpjson import REQUEST_TYPES, Request, Signal, encode_line
 from ._base import OK, ExportResult
 
 __all__ = ["FileExporter", "JsonLinesWriter"]
@@ -42,25 +35,16 @@ class JsonLinesWriter:
 
 
 class FileExporter:
-    def __init__(self, path: str, signal: str = "traces") -> None:
-        self.signal = signal
+    """One signal's encoded requests, one OTLP/JSON line each (metrics' exemplar ids in hex too)."""
+
+    def __init__(self, path: str, signal: Signal = "traces") -> None:
+        self.signal: str = signal
+        self._request = REQUEST_TYPES[signal]
         self._writer = JsonLinesWriter(path)
 
     def export(self, payload: bytes) -> ExportResult:
-        if self.signal == "metrics":
-            self._writer.write_line(metrics_line(payload))
-            return OK
-        msg: Request = ExportTraceServiceRequest() if self.signal == "traces" else ExportLogsServiceRequest()
-        msg.ParseFromString(payload)
-        self._writer.write(msg)
+        self._writer.write_line(encode_line(self._request.FromString(payload)))
         return OK
 
     def shutdown(self) -> None:
         self._writer.close()
-
-
-def metrics_line(payload: bytes) -> str:
-    """An encoded ExportMetricsServiceRequest as one OTLP/JSON line (exemplar ids in hex)."""
-    doc = json_format.MessageToDict(ExportMetricsServiceRequest.FromString(payload),
-                                    use_integers_for_enums=True)
-    return json.dumps(ids_to_hex("metrics", doc), separators=(",", ":"), ensure_ascii=False)

@@ -2,7 +2,7 @@
 ``POST /api/public/otel/v1/traces``, into the same admission as the gRPC receiver.
 
 Bodies are ``application/x-protobuf`` or ``application/json`` (OTLP/JSON, converted to protobuf
-bytes first: ``otlp_json.py``), optionally ``Content-Encoding: gzip`` (decompressed with a
+bytes first: ``otlpjson.py``), optionally ``Content-Encoding: gzip`` (decompressed with a
 bound: ``limits.max_request_bytes`` applies to the decompressed size, so a gzip bomb gets 413
 after at most that many bytes of output), with ``Content-Length`` or chunked. Answers follow
 OTLP/HTTP: 200 with an empty ``Export*ServiceResponse`` (in the request's encoding); 400 bad
@@ -44,9 +44,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from ..admit import Admitter, CallInfo, Refusal, RefusalReason
+from ..otlpjson import OtlpJsonError, Signal, encode_line, to_protobuf
 from ._http_config import HttpReceiverConfig, effective_listen
 from .budget import ByteBudget
-from .otlp_json import JsonBodyError, Signal, to_json, to_protobuf
 
 _inflate: types.ModuleType = zlib
 with contextlib.suppress(ImportError):  # the relay extra has ISA-L: twice zlib's inflate speed
@@ -145,7 +145,7 @@ def _media(content_type: str | None) -> Encoding | None:
 def _status_body(encoding: Encoding | None, status: int, message: str) -> tuple[bytes, str]:
     msg = status_pb2.Status(code=_RPC_CODE.get(status, 2), message=message)
     if encoding == "json":
-        return to_json(msg), _CONTENT_TYPE["json"]
+        return encode_line(msg).encode(), _CONTENT_TYPE["json"]
     return bytes(msg.SerializeToString()), _CONTENT_TYPE["protobuf"]
 
 
@@ -452,7 +452,7 @@ class OtlpHttpReceiver:
         if encoding == "json":
             try:
                 data = to_protobuf(signal, data)
-            except JsonBodyError as e:
+            except OtlpJsonError as e:
                 raise _Reply(400, str(e)) from None
         metadata: dict[str, str] = {}
         for k, v in h.headers.items():
@@ -462,7 +462,7 @@ class OtlpHttpReceiver:
         self._handlers[signal](data, CallInfo(metadata, peer, "http"))
         response = _RESPONSES[signal]()
         if encoding == "json":
-            self._send(h, 200, to_json(response), _CONTENT_TYPE["json"])
+            self._send(h, 200, encode_line(response).encode(), _CONTENT_TYPE["json"])
         else:
             self._send(h, 200, bytes(response.SerializeToString()), _CONTENT_TYPE["protobuf"])
 

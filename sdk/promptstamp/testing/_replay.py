@@ -118,7 +118,7 @@ def _inline_text(item: object) -> list[str]:
         return [json.dumps(item)]
     from promptstamp_relay.otlpjson import encode_line
 
-    return [encode_line(item)]  # type: ignore[arg-type]
+    return [encode_line(item)]
 
 
 def _hex(b: bytes) -> str:
