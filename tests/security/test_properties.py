@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import promptstamp_contract as c
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -23,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+import promptstamp_contract as c
 from promptstamp_relay.config import LimitsConfig
 from promptstamp_relay.detect import GenerationRules, is_generation
 from promptstamp_relay.limits import Violation, check_request, decode_traces
@@ -260,6 +260,118 @@ def test_another_tenants_fetch_log_never_links_a_span(
         if added:
             assert added[c.LF_META_RESOLUTION].string_value == "unresolved"
     assert sum(p.stats.stamped[t] for t in ("trace", "instance", "latest", "api")) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Fetch records as span events (contract §2), and what observers are told
+# --------------------------------------------------------------------------------------------
+class Recorder:
+    def __init__(self) -> None:
+        self.fetches: list[Any] = []
+        self.generations: list[Any] = []
+
+    def on_fetch_records(self, tenant: str, records: Sequence[Any], now_ns: int) -> None:
+        self.fetches += records
+
+    def on_generations(self, records: Sequence[Any], now_ns: int) -> None:
+        self.generations += records
+
+
+def carriers(fetched: ExportLogsServiceRequest, with_events: bool) -> ExportTraceServiceRequest:
+    """One span per fetch record of a trace, in that trace, on the fetching instance: carrying
+    the record as an ``app.prompt.fetch`` span event, or not."""
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.CopyFrom(fetched.resource_logs[0].resource)
+    ss = rs.scope_spans.add()
+    for rec in fetched.resource_logs[0].scope_logs[0].log_records:
+        s = ss.spans.add(trace_id=rec.trace_id, span_id=rec.span_id, name="carrier",
+                         start_time_unix_nano=rec.time_unix_nano, end_time_unix_nano=rec.time_unix_nano + 1)
+        if with_events:
+            s.events.add(name=c.FETCH_EVENT_NAME, time_unix_nano=rec.time_unix_nano, attributes=rec.attributes)
+    return req
+
+
+def only_traced(fetched: ExportLogsServiceRequest) -> ExportLogsServiceRequest:
+    """The records made while a span was active, each in a span of its own (its carrier)."""
+    out = ExportLogsServiceRequest()
+    out.CopyFrom(fetched)
+    recs = out.resource_logs[0].scope_logs[0].log_records
+    keep = [r for r in recs if r.trace_id]
+    for n, r in enumerate(keep):
+        r.span_id = sid(10_000 + n)
+    del recs[:]
+    recs.extend(keep)
+    return out
+
+
+def stamped_spans(out: Sequence[Outgoing]) -> dict[bytes, bytes]:
+    return {k: v[0].span.SerializeToString(deterministic=True) for k, v in flatten(out).items()
+            if v[0].span.name != "carrier"}
+
+
+@PROPS
+@given(reqs=st.lists(trace_requests(), min_size=1, max_size=2), fetched=fetch_logs, hold_s=st.sampled_from([0, 2]),
+       both=st.booleans())
+def test_span_events_resolve_like_the_same_records_sent_as_logs_and_count_once(
+    reqs: list[ExportTraceServiceRequest], fetched: ExportLogsServiceRequest, hold_s: float, both: bool
+) -> None:
+    renumber(reqs)
+    fetched = only_traced(fetched)  # a fetch with no active span has no span event
+    as_logs = run([carriers(fetched, False), *reqs], [fetched], hold_s)
+    p = Processor(StampSettings(hold_ns=int(hold_s * S)), MemoryStore())
+    if both:  # the log record too: the same fetches, counted once
+        copy = ExportLogsServiceRequest()
+        copy.CopyFrom(fetched)
+        p.consume_logs(copy, T0, "t")
+    as_events: list[Outgoing] = []
+    for i, r in enumerate([carriers(fetched, True), *reqs]):
+        copy = ExportTraceServiceRequest()
+        copy.CopyFrom(r)
+        as_events += p.consume_traces(copy, T0 + i * S // 10, "t")
+    as_events += p.release_all()
+    assert stamped_spans(as_events) == stamped_spans(as_logs)
+    fetches = len(fetched.resource_logs[0].scope_logs[0].log_records)
+    assert p.stats.fetch_records == len(p.store) == fetches  # each fetch once, in either or both forms
+    assert p.stats.fetch_duplicates == (fetches if both else 0)
+
+
+@PROPS
+@given(reqs=st.lists(trace_requests(), min_size=1, max_size=3), fetched=fetch_logs, hold_s=st.sampled_from([0, 2]))
+def test_observers_are_told_every_stamp_as_written(
+    reqs: list[ExportTraceServiceRequest], fetched: ExportLogsServiceRequest, hold_s: float
+) -> None:
+    renumber(reqs)
+    rec = Recorder()
+    p = Processor(StampSettings(hold_ns=int(hold_s * S)), MemoryStore(), observers=[rec])
+    copy = ExportLogsServiceRequest()
+    copy.CopyFrom(fetched)
+    p.consume_logs(copy, T0, "t")
+    out: list[Outgoing] = []
+    for i, r in enumerate(reqs):
+        copy_t = ExportTraceServiceRequest()
+        copy_t.CopyFrom(r)
+        out += p.consume_traces(copy_t, T0 + i * S // 10, "t")
+    out += p.release_all()
+    records = fetched.resource_logs[0].scope_logs[0].log_records
+    assert len(rec.fetches) == p.stats.fetch_records == len(records) - p.stats.fetch_duplicates
+    # Only records of a trace identical in every field of a fetch's identity count once.
+    traced = [r.SerializeToString(deterministic=True) for r in records if r.trace_id]
+    assert p.stats.fetch_duplicates == len(traced) - len(set(traced))
+    by_span = {g.span_id: g for g in rec.generations}
+    assert len(by_span) == len(rec.generations) == sum(p.stats.stamped.values())
+    assert sum(p.stats.unresolved.values()) == p.stats.stamped["unresolved"]
+    for span_id, [placed] in flatten(out).items():
+        a = attr_map(placed.span)
+        if c.LF_META_RESOLUTION not in a or span_id not in by_span:
+            continue
+        g = by_span[span_id]
+        assert g.resolution == a[c.LF_META_RESOLUTION].string_value
+        assert g.version == (a[c.LF_PROMPT_VERSION].int_value if c.LF_PROMPT_VERSION in a else None)
+        assert (g.reason is None) == (g.version is not None)
+        assert g.label == a[c.LF_META_PROMPT_LABEL].string_value
+    stamped_now = {k for k, [pl] in flatten(out).items() if c.LF_META_RESOLUTION in attr_map(pl.span)}
+    assert set(by_span) <= stamped_now
 
 
 # --------------------------------------------------------------------------------------------
