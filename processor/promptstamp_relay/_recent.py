@@ -9,6 +9,7 @@ Not thread-safe: called with the relay's processing lock held.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
@@ -23,19 +24,20 @@ class RecentKeys(Generic[K]):
             raise ValueError("bounds must be positive")
         self._per_tenant = per_tenant
         self._tenants = tenants
-        self._keys: dict[str, dict[K, None]] = {}  # insertion-ordered: oldest first
+        # OrderedDict: dropping the oldest of a plain dict is O(n) once many were dropped before.
+        self._keys: OrderedDict[str, OrderedDict[K, None]] = OrderedDict()
 
     def add(self, tenant: str, key: K) -> bool:
         """Remember ``key``; True when it was not remembered already."""
         keys = self._keys.get(tenant)
         if keys is None:
             if len(self._keys) >= self._tenants:
-                del self._keys[next(iter(self._keys))]
-            keys = self._keys[tenant] = {}
+                self._keys.popitem(last=False)
+            keys = self._keys[tenant] = OrderedDict()
         if key in keys:
             return False
         if len(keys) >= self._per_tenant:
-            del keys[next(iter(keys))]
+            keys.popitem(last=False)
         keys[key] = None
         return True
 
