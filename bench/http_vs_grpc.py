@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import re
 import statistics
 import sys
 import tempfile
@@ -27,17 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import cpu_seconds
-from bench.procs import PY, Loadgen, SinkClient, env_without_proxies, free_port, start, stop, stop_all
+from bench.procs import PY, Loadgen, SinkClient, env_without_proxies, start, stop, stop_all
 from bench.run import PUBLIC_KEY, RELAY_BIN, SECRET_KEY
 
 TARGET = 0.8
 
 
-def relay_yaml(tmp: Path, sink_port: int, http_port: int) -> Path:
+def relay_yaml(tmp: Path, sink_port: int) -> Path:
     path = tmp / f"relay-{time.monotonic_ns()}.yaml"
     path.write_text(
         "listen: 127.0.0.1:0\n"
-        f"receivers: {{http: {{listen: 127.0.0.1:{http_port}}}}}\n"
+        "receivers: {http: {listen: 127.0.0.1:0}}\n"  # free ports; the ready line says which
         "hold: {seconds: 2.0}\n"
         "exporter:\n  type: langfuse\n  langfuse:\n"
         f"    base_url: http://127.0.0.1:{sink_port}\n    public_key: {PUBLIC_KEY}\n    secret_key: {SECRET_KEY}\n",
@@ -47,14 +48,15 @@ def relay_yaml(tmp: Path, sink_port: int, http_port: int) -> Path:
 
 def run_one(tmp: Path, sink: SinkClient, sink_port: int, loadgen: Loadgen, transport: str,
             clients: int, warmup: float, duration: float) -> dict[str, Any]:
-    http_port = free_port()
     sink.reset()
     proc = start("relay", [RELAY_BIN, "serve", "--check-upstream=off", "--config",
-                           str(relay_yaml(tmp, sink_port, http_port))],
+                           str(relay_yaml(tmp, sink_port))],
                  log_dir=tmp, ready="promptstamp-relay listening on", env=env_without_proxies())
     try:
         time.sleep(0.2)
-        target = proc.address if transport == "grpc" else f"127.0.0.1:{http_port}"
+        http = re.search(r"(\S+) \(OTLP/HTTP\)", proc.ready_line)
+        assert http is not None, proc.ready_line
+        target = proc.address if transport == "grpc" else http.group(1)
         cpu0 = cpu_seconds(proc.pid)
         res = loadgen.call({"cmd": "run", "target": target, "workload": "mixed-512", "clients": clients,
                             "warmup": warmup, "duration": duration, "pids": [proc.pid],

@@ -49,6 +49,7 @@ class Proc:
     name: str
     popen: subprocess.Popen[str]
     address: str = ""
+    ready_line: str = ""  # the whole stdout line ``ready`` matched (other addresses are in it)
     lines: queue.Queue[str] = field(default_factory=queue.Queue)
     log_path: Path | None = None
     metrics: str = ""  # host:port of a /metrics endpoint, when there is one
@@ -102,6 +103,7 @@ def start(name: str, argv: list[str], *, log_dir: Path, env: dict[str, str] | No
             except queue.Empty:
                 continue
             if ready in line:
+                proc.ready_line = line
                 for word in line.split():
                     if word.count(":") == 1 and word.rpartition(":")[2].isdigit():
                         proc.address = word

@@ -236,7 +236,7 @@ def pyspy(clients: list[int], seconds: float, tmp: Path) -> dict[str, Any]:
     try:
         lg.call({"cmd": "build", "key": "mixed-512", "kind": "mixed", "batch": 512})
         cfg = tmp / "relay.yaml"
-        cfg.write_text("listen: 127.0.0.1:0\nhold: {seconds: 2.0}\nexporter:\n  type: langfuse\n  langfuse:\n"
+        cfg.write_text("listen: 127.0.0.1:0\nreceivers: {http: {listen: 127.0.0.1:0}}\nhold: {seconds: 2.0}\nexporter:\n  type: langfuse\n  langfuse:\n"
                        f"    base_url: http://127.0.0.1:{sink.port}\n    public_key: pk-lf-bench\n"
                        "    secret_key: sk-lf-bench1\n")
         for n in clients:

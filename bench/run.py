@@ -130,8 +130,10 @@ def relay_yaml(env: Env, *, hold_seconds: float = 2.0, upstream_port: int | None
     port = upstream_port if upstream_port is not None else env.sink.port
     path = env.tmp / f"relay-{time.monotonic_ns()}.yaml"
     path.write_text(
+        # Free ports for every listener (read back from the ready line), never the fixed defaults.
         "listen: 127.0.0.1:0\n"
-        f"metrics_listen: 127.0.0.1:{free_port()}\n"
+        "receivers: {http: {listen: 127.0.0.1:0}}\n"
+        "metrics_listen: 127.0.0.1:0\n"
         + _hold_settings(hold_seconds, hold_max_spans) +
         "exporter:\n  type: langfuse\n  langfuse:\n"
         f"    base_url: http://127.0.0.1:{port}\n    public_key: {PUBLIC_KEY}\n    secret_key: {SECRET_KEY}\n"
@@ -147,7 +149,7 @@ def start_server(env: Env, kind: str, **relay_kw: Any) -> Proc:
         cfg = relay_yaml(env, **relay_kw)
         proc = start("relay", [RELAY_BIN, "serve", "--config", str(cfg)], log_dir=env.tmp,
                      ready="promptstamp-relay listening on", env=env_without_proxies())
-        m = re.search(r"metrics_listen: (\S+)", cfg.read_text())
+        m = re.search(r"metrics on (\S+)", proc.ready_line)
         proc.metrics = m.group(1) if m else ""
         return proc
     if kind in ("rotel", "rotel-py"):

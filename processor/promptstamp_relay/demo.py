@@ -363,7 +363,9 @@ def _wait_for_spans(langfuse: LangfuseServer, sent: Sequence[Mapping[str, str]],
 def _relay_config(langfuse: LangfuseServer, hold_seconds: float,
                   overrides: Mapping[str, Any] | None) -> Config:
     return load_config(None, env={}, overrides={
-        "listen": "127.0.0.1:0",  # a free port
+        "listen": "127.0.0.1:0",  # free ports, never the fixed defaults: the demo runs anywhere
+        "receivers.http.listen": "127.0.0.1:0",
+        "metrics_listen": "",
         "hold.seconds": hold_seconds,
         "exporter.type": "langfuse",
         "exporter.langfuse.base_url": langfuse.base_url,

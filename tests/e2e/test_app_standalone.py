@@ -36,6 +36,7 @@ def langfuse() -> Iterator[LangfuseServer]:
 def relay(langfuse: LangfuseServer) -> Iterator[RelayServer]:
     cfg = load_config(None, env={}, overrides={
         "listen": "127.0.0.1:0",
+        "receivers.http.listen": "",  # the app exports OTLP/gRPC
         "hold.seconds": 1.0,
         "exporter.type": "langfuse",
         "exporter.langfuse.base_url": langfuse.base_url,

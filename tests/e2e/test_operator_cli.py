@@ -72,7 +72,9 @@ class Serve:
         self.stderr_path = tmp / f"serve-{time.monotonic_ns()}.stderr"
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
         base = cmd or [sys.executable, "-m", "promptstamp_relay.cli"]
-        self.proc = subprocess.Popen([*base, "serve", "--listen", "127.0.0.1:0", *args],
+        # Free ports for both receivers, never the fixed defaults (4317, 4318).
+        self.proc = subprocess.Popen([*base, "serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+                                      *args],
                                      stdout=subprocess.PIPE, stderr=self._stderr, env=env)
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
@@ -138,14 +140,14 @@ def test_version() -> None:
 
 # -- listeners: one line, a distinct exit code ---------------------------------------------------
 def test_otlp_port_in_use(busy_port: int) -> None:
-    proc = _run("serve", "--listen", f"127.0.0.1:{busy_port}")
+    proc = _run("serve", "--listen", f"127.0.0.1:{busy_port}", "--http-listen", "")
     assert proc.returncode == cli.EXIT_LISTEN_IN_USE == 5
     line = _one_line_error(proc)
     assert f"127.0.0.1:{busy_port}" in line and "already in use" in line and "--listen" in line
 
 
 def test_metrics_port_in_use(busy_port: int) -> None:
-    proc = _run("serve", "--listen", "127.0.0.1:0", "--metrics-listen", f"127.0.0.1:{busy_port}")
+    proc = _run("serve", "--listen", "127.0.0.1:0", "--http-listen", "", "--metrics-listen", f"127.0.0.1:{busy_port}")
     assert proc.returncode == cli.EXIT_METRICS_IN_USE == 6
     line = _one_line_error(proc)
     assert "metrics" in line and "already in use" in line and "--metrics-listen" in line
@@ -154,13 +156,13 @@ def test_metrics_port_in_use(busy_port: int) -> None:
 @pytest.mark.parametrize(("listen", "why"), [("no-such-host.invalid:4317", "does not resolve"),
                                              ("192.0.2.1:0", "is not an address of this machine")])
 def test_listen_host_invalid(listen: str, why: str) -> None:
-    proc = _run("serve", "--listen", listen)
+    proc = _run("serve", "--listen", listen, "--http-listen", "")
     assert proc.returncode == cli.EXIT_LISTEN_HOST == 7
     assert why in _one_line_error(proc)
 
 
 def test_unsupported_store_flag_is_a_config_error() -> None:
-    proc = _run("serve", "--store", "postgres://u:pw@db/relay")
+    proc = _run("serve", "--listen", "127.0.0.1:0", "--http-listen", "", "--store", "postgres://u:pw@db/relay")
     assert proc.returncode == cli.EXIT_CONFIG
     line = _one_line_error(proc)
     assert "--store='postgres://…'" in line and "redis://" in line and "pw@" not in line
@@ -254,7 +256,7 @@ def test_check_config_check_upstream(langfuse: LangfuseServer) -> None:
 
 
 def test_serve_refuses_to_start_when_langfuse_refuses_the_keys(langfuse: LangfuseServer) -> None:
-    proc = _run("serve", "--listen", "127.0.0.1:0", env=_langfuse_env(langfuse, secret="sk-lf-wrong"))
+    proc = _run("serve", "--listen", "127.0.0.1:0", "--http-listen", "", env=_langfuse_env(langfuse, secret="sk-lf-wrong"))
     assert proc.returncode == cli.EXIT_UPSTREAM
     assert "Traceback" not in proc.stderr and "sk-lf-wrong" not in proc.stderr
     assert re.search(r"upstream check failed: Langfuse at \S+ refused the keys \(HTTP 401", proc.stderr)

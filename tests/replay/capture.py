@@ -69,7 +69,7 @@ def capture(kind: str, out_path: Path) -> None:
                          labels=["prod-b"])
         record = Path(tmp) / "rec.jsonl"
         cfg = load_config(None, env={}, overrides={
-            "listen": "127.0.0.1:0", "record": str(record), "exporter.type": "file",
+            "listen": "127.0.0.1:0", "receivers.http.listen": "", "record": str(record), "exporter.type": "file",
             "exporter.file": str(Path(tmp) / "out.jsonl"),
         })
         relay = RelayServer(cfg).start()
