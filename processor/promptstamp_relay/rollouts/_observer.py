@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -197,4 +198,18 @@ class _Collector(Collector):
     def collect(self) -> Iterator[Metric]:
         with self._o.lock:
             families = list(self._o.metrics.families())
+            st = self._o.stats
+            counts = [("timelines_dropped", "Records for a new timeline past rollouts.max_timelines",
+                       st.timelines_dropped),
+                      ("timeline_evicted", "Timeline entries forgotten past rollouts.max_versions / "
+                       "max_instances", st.entries_evicted),
+                      ("timeline_expired", "Timeline entries forgotten after rollouts.retention_days",
+                       st.entries_expired),
+                      ("timeline_flush_errors", "Failed writes of the timeline to SQLite / Redis (kept "
+                       "in memory, retried)", st.flush_errors)]
+            timelines = len(self._o.timelines)
         yield from families
+        for name, text, value in counts:
+            yield CounterMetricFamily(f"promptstamp_rollout_{name}", text, value=value)
+        yield GaugeMetricFamily("promptstamp_rollout_timelines", "Label timelines this relay holds "
+                                "(tenant x prompt x label)", value=timelines)
