@@ -49,8 +49,7 @@ def relay_yaml(tmp: Path, sink_port: int) -> Path:
 def run_one(tmp: Path, sink: SinkClient, sink_port: int, loadgen: Loadgen, transport: str,
             clients: int, warmup: float, duration: float) -> dict[str, Any]:
     sink.reset()
-    proc = start("relay", [RELAY_BIN, "serve", "--check-upstream=off", "--config",
-                           str(relay_yaml(tmp, sink_port))],
+    proc = start("relay", [RELAY_BIN, "serve", "--config", str(relay_yaml(tmp, sink_port))],
                  log_dir=tmp, ready="promptstamp-relay listening on", env=env_without_proxies())
     try:
         time.sleep(0.2)

@@ -147,7 +147,10 @@ def start_server(env: Env, kind: str, **relay_kw: Any) -> Proc:
                      ready="floor listening on", env=env_without_proxies())
     if kind == "relay":
         cfg = relay_yaml(env, **relay_kw)
-        proc = start("relay", [RELAY_BIN, "serve", "--config", str(cfg)], log_dir=env.tmp,
+        argv = [RELAY_BIN, "serve", "--config", str(cfg)]
+        if relay_kw.get("upstream_port") is not None:
+            argv.append("--check-upstream=off")  # an upstream that is down on purpose; the sink answers it
+        proc = start("relay", argv, log_dir=env.tmp,
                      ready="promptstamp-relay listening on", env=env_without_proxies())
         m = re.search(r"metrics on (\S+)", proc.ready_line)
         proc.metrics = m.group(1) if m else ""

@@ -7,6 +7,8 @@ span count comes from walking the protobuf wire format three levels deep (no ful
 stamped count from counting ``langfuse.observation.prompt.version`` in the body.
 
 ``GET /stats`` returns the counters and arrivals as JSON; ``POST /reset`` clears them.
+``GET /api/public/projects`` answers as Langfuse does for a project's keys, so ``serve``'s
+upstream check (on by default) passes against the sink as it does against Langfuse.
 
 Run: ``python -m bench.sink [--port 0]``; prints ``sink listening on 127.0.0.1:PORT``.
 """
@@ -112,6 +114,15 @@ class Stats:
 STATS = Stats()
 _OK = (b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\n"
        b"Content-Length: 0\r\n\r\n")
+# Langfuse's answer to a project key (web/src/pages/api/public/projects/index.ts, GET).
+_PROJECTS = json.dumps({"data": [{"id": "bench-project", "name": "bench",
+                                  "organization": {"id": "bench-org", "name": "bench"},
+                                  "metadata": {}}]}).encode()
+
+
+def _json_response(payload: bytes) -> bytes:
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(payload)).encode() + b"\r\n\r\n" + payload)
 
 
 def _ingest(path: str, headers: dict[str, str], body: bytes) -> None:
@@ -191,9 +202,10 @@ class _Conn(asyncio.Protocol):
     def _respond(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
         assert self.transport is not None
         if method == "GET" and path == "/stats":
-            payload = json.dumps(STATS.as_json()).encode()
-            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                                 + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+            self.transport.write(_json_response(json.dumps(STATS.as_json()).encode()))
+            return
+        if method == "GET" and path == "/api/public/projects":
+            self.transport.write(_json_response(_PROJECTS))
             return
         if method == "POST" and path == "/reset":
             STATS.__init__()  # type: ignore[misc]
