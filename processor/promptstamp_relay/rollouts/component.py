@@ -46,7 +46,8 @@ log = logging.getLogger("promptstamp_relay.rollouts")
 TIMELINE_PREFIX = "/api/v1/prompts"
 TIMELINE_SUFFIX = "/timeline"
 WEBHOOK_PATH = "/api/v1/webhooks/langfuse"
-_PRUNE_EVERY_NS = 3600 * 10**9
+_PRUNE_EVERY_NS = 3600 * 10**9  # Redis hashes: drop the fields retention has passed
+_EXPIRE_EVERY_NS = 60 * 10**9  # this relay's own view
 _JSON = "application/json"
 
 
@@ -77,7 +78,7 @@ class Rollouts:
             self.observer.expire(clock() - cfg.retention_ns)
         self._io = threading.Lock()  # one flush or shared read at a time
         self._touched: set[TimelineKey] = set()  # Redis timelines this relay wrote (pruned hourly)
-        self._last_prune_ns = clock()
+        self._last_prune_ns = self._last_expire_ns = clock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -88,7 +89,7 @@ class Rollouts:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
-        if self._thread is None and (self._table is not None or self._redis is not None):
+        if self._thread is None:  # also in memory mode: it applies retention
             self._thread = threading.Thread(target=self._loop, name="rollouts-flusher", daemon=True)
             self._thread.start()
 
@@ -123,7 +124,10 @@ class Rollouts:
         """Write what changed (SQLite: whole rows; Redis: the delta) and apply retention."""
         now = self._clock()
         horizon = now - self.cfg.retention_ns
-        gone = self.observer.expire(horizon)
+        gone: list[TimelineKey] = []
+        if now - self._last_expire_ns >= _EXPIRE_EVERY_NS:  # a walk over everything: not every round
+            self._last_expire_ns = now
+            gone = self.observer.expire(horizon)
         st = self.observer.stats
         with self._io:
             try:
