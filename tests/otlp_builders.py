@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import promptstamp_contract as c
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+import promptstamp_contract as c
 
 S = 10**9  # one second in ns
 T0 = 1_700_000_000 * S
@@ -115,3 +116,10 @@ def attrs_of(s: Span) -> dict[str, Any]:
 
 def all_spans(reqs: Iterable[Any]) -> list[Span]:
     return [sp for r in reqs for rs in getattr(r, "request", r).resource_spans for ss in rs.scope_spans for sp in ss.spans]
+
+
+def line_spans(lines: Iterable[str]) -> list[Span]:
+    """Every span of an OTLP/JSON lines file's trace requests, in order (logs and metrics skipped)."""
+    from promptstamp_relay.otlpjson import read_documents
+
+    return all_spans(d.request for d in read_documents(lines) if d.signal == "traces")

@@ -20,8 +20,8 @@ import pytest
 
 from promptstamp.testing import LangfuseServer
 from promptstamp_relay._demo.prompts import PROMPT_NAME, LangfuseApi, seed_prompts
-from promptstamp_relay.config import load_config
 from promptstamp_relay.server import RelayServer
+from tests.relays import relay_config
 
 APP_MODULE = "promptstamp_relay._demo"  # what the demo-app image's ENTRYPOINT runs
 
@@ -34,16 +34,8 @@ def langfuse() -> Iterator[LangfuseServer]:
 
 @pytest.fixture
 def relay(langfuse: LangfuseServer) -> Iterator[RelayServer]:
-    cfg = load_config(None, env={}, overrides={
-        "listen": "127.0.0.1:0",
-        "receivers.http.listen": "",  # the app exports OTLP/gRPC
-        "hold.seconds": 1.0,
-        "exporter.type": "langfuse",
-        "exporter.langfuse.base_url": langfuse.base_url,
-        "exporter.langfuse.public_key": langfuse.public_key,
-        "exporter.langfuse.secret_key": langfuse.secret_key,
-    })
-    server = RelayServer(cfg).start()
+    # The app exports OTLP/gRPC: no HTTP listener.
+    server = RelayServer(relay_config(langfuse, **{"hold.seconds": 1.0, "receivers.http.listen": ""})).start()
     try:
         yield server
     finally:

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 import pytest
 
 from promptstamp.testing import FakeOpenAI, LangfuseServer
-from promptstamp_relay.config import load_config
 from promptstamp_relay.server import RelayServer
+from tests.relays import relay_config, running
 from tests.waiting import wait_until
 
 pytest.importorskip("opentelemetry.instrumentation.openai")
@@ -83,22 +83,9 @@ def langfuse() -> Iterator[LangfuseServer]:
 
 @pytest.fixture
 def relay(langfuse: LangfuseServer) -> Iterator[RelayServer]:
-    cfg = load_config(None, env={}, overrides={
-        "listen": "127.0.0.1:0",
-        "receivers.http.listen": "",
-        "hold.seconds": 1.0,
-        "exporter.type": "langfuse",
-        "exporter.langfuse.base_url": langfuse.base_url,
-        "exporter.langfuse.public_key": langfuse.public_key,
-        "exporter.langfuse.secret_key": langfuse.secret_key,
-        "retry.initial_interval_seconds": 0.05,
-        "retry.max_interval_seconds": 0.2,
-    })
-    server = RelayServer(cfg).start()
-    try:
+    cfg = relay_config(langfuse, **{"hold.seconds": 1.0, "receivers.http.listen": ""})
+    with running(cfg, timeout=10) as server:
         yield server
-    finally:
-        server.stop(timeout=10)
 
 
 def test_tracing_only_app_is_linked_at_the_trace_tier(langfuse: LangfuseServer, relay: RelayServer) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import gzip
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,15 +109,6 @@ class HttpApp:
     def close(self) -> None:
         self.tp.shutdown()
         self.lp.shutdown()
-
-
-@pytest.fixture
-def relay(langfuse: LangfuseServer) -> Iterator[RelayServer]:
-    server = RelayServer(relay_config(langfuse)).start()
-    try:
-        yield server
-    finally:
-        server.stop(timeout=5)
 
 
 def http_base(relay: RelayServer) -> str:

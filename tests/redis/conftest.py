@@ -38,8 +38,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from promptstamp_relay.otlpjson import decode_line
-from tests.otlp_builders import attrs_of
+from tests.otlp_builders import attrs_of, line_spans
 
 REDIS_SERVER = "redis-server"
 MISSING = (
@@ -255,19 +254,9 @@ class RelayProcess:
 
     def spans(self) -> dict[bytes, dict[str, Any]]:
         """Every span exported so far: span id -> attributes."""
-        out: dict[bytes, dict[str, Any]] = {}
         if not self.out.exists():
-            return out
-        for line in self.out.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            req = decode_line(line)
-            assert isinstance(req, ExportTraceServiceRequest)
-            for rs in req.resource_spans:
-                for ss in rs.scope_spans:
-                    for sp in ss.spans:
-                        out[bytes(sp.span_id)] = attrs_of(sp)
-        return out
+            return {}
+        return {bytes(sp.span_id): attrs_of(sp) for sp in line_spans(self.out.read_text(encoding="utf-8").splitlines())}
 
     def wait_spans(self, span_ids: set[bytes], timeout: float) -> dict[bytes, dict[str, Any]]:
         deadline = time.monotonic() + timeout

@@ -10,11 +10,11 @@ import os
 from pathlib import Path
 
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 import promptstamp_contract as c
 from promptstamp_relay.cli import main
-from promptstamp_relay.otlpjson import decode_line
+from tests.otlp_builders import attrs_of, line_spans
 
 HERE = Path(__file__).parent
 KINDS = ["openllmetry", "openinference", "openai-v2"]
@@ -28,25 +28,12 @@ def run_replay(src: Path, tmp_path: Path, *extra: str) -> Path:
     return out
 
 
-def spans_by_id(lines: list[str]) -> dict[bytes, object]:
-    out: dict[bytes, object] = {}
-    for line in lines:
-        req = decode_line(line)
-        if isinstance(req, ExportTraceServiceRequest):
-            for rs in req.resource_spans:
-                for ss in rs.scope_spans:
-                    for s in ss.spans:
-                        assert s.span_id not in out, "a span came out twice"
-                        out[s.span_id] = s
+def spans_by_id(lines: list[str]) -> dict[bytes, Span]:
+    out: dict[bytes, Span] = {}
+    for s in line_spans(lines):
+        assert s.span_id not in out, "a span came out twice"
+        out[s.span_id] = s
     return out
-
-
-def attrs(span: object) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for kv in span.attributes:  # type: ignore[attr-defined]
-        which = kv.value.WhichOneof("value")
-        result[kv.key] = getattr(kv.value, which) if which else None
-    return result
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -66,7 +53,7 @@ def test_replay_stamps_each_generation_with_its_labels_version(kind: str, tmp_pa
     assert in_spans.keys() == out_spans.keys()  # every span, exactly once
     stamped = []
     for span_id, out_span in out_spans.items():
-        a_in, a_out = attrs(in_spans[span_id]), attrs(out_span)
+        a_in, a_out = attrs_of(in_spans[span_id]), attrs_of(out_span)
         added = {k: v for k, v in a_out.items() if k not in a_in}
         # Only ever adds: everything the span came with is still there, unchanged.
         assert {k: a_out[k] for k in a_in} == a_in
@@ -98,8 +85,8 @@ def test_fetch_log_arriving_after_the_spans_is_held_and_resolves_by_trace(tmp_pa
     src = tmp_path / "late.jsonl"
     src.write_text("\n".join(logs_last) + "\n")
     out = spans_by_id(run_replay(src, tmp_path).read_text().splitlines())
-    tiers = sorted(str(attrs(s).get(c.LF_META_RESOLUTION)) for s in out.values()
-                   if c.LF_META_RESOLUTION in attrs(s))
+    tiers = sorted(str(attrs_of(s).get(c.LF_META_RESOLUTION)) for s in out.values()
+                   if c.LF_META_RESOLUTION in attrs_of(s))
     # The warm-up fetch had no trace: its generation still resolves, by the instance tier.
     assert tiers == ["instance", "trace", "trace", "trace"]
 
@@ -107,7 +94,7 @@ def test_fetch_log_arriving_after_the_spans_is_held_and_resolves_by_trace(tmp_pa
 def test_shipped_example_recording_replays(tmp_path: Path) -> None:
     root = HERE.parent.parent
     out = run_replay(root / "examples" / "recordings" / "order-status.jsonl", tmp_path)
-    assert sum(c.LF_PROMPT_VERSION in attrs(s) for s in spans_by_id(out.read_text().splitlines()).values()) == 4
+    assert sum(c.LF_PROMPT_VERSION in attrs_of(s) for s in spans_by_id(out.read_text().splitlines()).values()) == 4
 
 
 @pytest.mark.parametrize(

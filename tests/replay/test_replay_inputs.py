@@ -21,7 +21,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 import promptstamp_contract as c
 from promptstamp_relay.cli import main
-from promptstamp_relay.otlpjson import decode_line, read_documents
+from promptstamp_relay.otlpjson import read_documents
+from tests.otlp_builders import attrs_of, line_spans
 
 HERE = Path(__file__).parent
 SAMPLES = HERE / "samples"
@@ -39,19 +40,7 @@ def out_lines(path: Path) -> list[str]:
 
 
 def stamped_tiers(lines: list[str]) -> list[str]:
-    tiers = []
-    for line in lines:
-        if not line.startswith('{"resourceSpans"'):
-            continue
-        req = decode_line(line)
-        assert isinstance(req, ExportTraceServiceRequest)
-        for rs in req.resource_spans:
-            for ss in rs.scope_spans:
-                for span in ss.spans:
-                    for kv in span.attributes:
-                        if kv.key == c.LF_META_RESOLUTION:
-                            tiers.append(kv.value.string_value)
-    return sorted(tiers)
+    return sorted(str(a[c.LF_META_RESOLUTION]) for a in map(attrs_of, line_spans(lines)) if c.LF_META_RESOLUTION in a)
 
 
 def compact(path: Path) -> str:

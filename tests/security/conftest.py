@@ -14,8 +14,9 @@ import grpc
 import pytest
 
 from promptstamp.testing import LangfuseServer
-from promptstamp_relay.config import Config, load_config
+from promptstamp_relay.config import Config
 from promptstamp_relay.server import RelayServer
+from tests import relays
 
 TRACES = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 LOGS = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
@@ -59,35 +60,15 @@ def call(
 
 
 def relay_config(langfuse: LangfuseServer | None = None, **overrides: object) -> Config:
-    base: dict[str, object] = {
-        "listen": "127.0.0.1:0",
-        "receivers.http.listen": "127.0.0.1:0",  # never the fixed default port in tests
-        "hold.seconds": 0.3,
-        "retry.initial_interval_seconds": 0.05,
-        "retry.max_interval_seconds": 0.2,
-        "retry.max_elapsed_seconds": 2,
-        "queue.shutdown_timeout_seconds": 3,
-    }
-    if langfuse is not None:
-        base.update({
-            "exporter.type": "langfuse",
-            "exporter.langfuse.base_url": langfuse.base_url,
-            "exporter.langfuse.public_key": langfuse.public_key,
-            "exporter.langfuse.secret_key": langfuse.secret_key,
-        })
-    else:
-        base["exporter.type"] = "debug"
-    base.update(overrides)
-    return load_config(None, env={}, overrides=base)
+    """:func:`tests.relays.relay_config` with a shorter hold, retry budget and drain."""
+    return relays.relay_config(langfuse, **{"hold.seconds": 0.3, "retry.max_elapsed_seconds": 2,
+                                            "queue.shutdown_timeout_seconds": 3, **overrides})
 
 
 @contextmanager
 def running(cfg: Config) -> Iterator[RelayServer]:
-    relay = RelayServer(cfg).start()
-    try:
+    with relays.running(cfg, timeout=3) as relay:
         yield relay
-    finally:
-        relay.stop(timeout=3)
 
 
 @pytest.fixture

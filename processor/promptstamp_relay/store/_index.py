@@ -75,11 +75,8 @@ class FetchIndex(Generic[Tie]):
         fifo.append((self._seq, tie, record, own))
         self._size += 1
         e: _Entry = (record.time_ns, tie, record)
-        if record.trace_id:
-            _insert(self._trace, (tenant, record.trace_id, record.key, record.label), e)
-        if record.instance:
-            _insert(self._instance, (tenant, record.instance, record.key, record.label), e)
-        _insert(self._label, (tenant, record.key, record.label), e)
+        for index, key in self._series(tenant, record):
+            _insert(index, key, e)
         if len(fifo) > self.max_per_tenant:
             self._evict_oldest(tenant)
         if self._size > self.max_entries:
@@ -106,11 +103,17 @@ class FetchIndex(Generic[Tie]):
         if self._known is not None:
             self._known.discard((tenant, tie))
         e: _Entry = (r.time_ns, tie, r)
+        for index, key in self._series(tenant, r):
+            _remove(index, key, e)
+
+    def _series(self, tenant: str, r: FetchRecord) -> list[tuple[dict[Hashable, _Series], Hashable]]:
+        """The series ``r`` is in, as (index, key): one place, so that eviction finds what add put."""
+        out: list[tuple[dict[Hashable, _Series], Hashable]] = [(self._label, (tenant, r.key, r.label))]
         if r.trace_id:
-            _remove(self._trace, (tenant, r.trace_id, r.key, r.label), e)
+            out.append((self._trace, (tenant, r.trace_id, r.key, r.label)))
         if r.instance:
-            _remove(self._instance, (tenant, r.instance, r.key, r.label), e)
-        _remove(self._label, (tenant, r.key, r.label), e)
+            out.append((self._instance, (tenant, r.instance, r.key, r.label)))
+        return out
 
     # -- reads -----------------------------------------------------------------------------------
     def in_trace(self, tenant: str, trace_id: bytes, key: str, label: str) -> list[FetchRecord]:
