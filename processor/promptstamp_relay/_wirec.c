@@ -585,7 +585,248 @@ done:
     return result;
 }
 
+/* ---- scan_spans: the candidate spans of one request and what stamping reads of them ------- */
+typedef struct {
+    PyObject *tuple; /* of bytes */
+    Py_ssize_t n;
+    uint64_t lens; /* bit k: some key has length k (k < 63); bit 63: some key is longer */
+} KeySet;
+
+static int keyset_init(KeySet *ks, PyObject *t) {
+    ks->tuple = t;
+    ks->n = PyTuple_GET_SIZE(t);
+    ks->lens = 0;
+    for (Py_ssize_t k = 0; k < ks->n; k++) {
+        PyObject *b = PyTuple_GET_ITEM(t, k);
+        if (!PyBytes_Check(b)) {
+            PyErr_SetString(PyExc_TypeError, "keys must be bytes");
+            return -1;
+        }
+        Py_ssize_t len = PyBytes_GET_SIZE(b);
+        ks->lens |= len < 63 ? (uint64_t)1 << len : (uint64_t)1 << 63;
+    }
+    return 0;
+}
+
+/* Index of the key equal to p[0:len] in ks, or -1. */
+static Py_ssize_t keyset_find(const KeySet *ks, const unsigned char *p, Py_ssize_t len) {
+    if (!(ks->lens & (len < 63 ? (uint64_t)1 << len : (uint64_t)1 << 63))) return -1;
+    for (Py_ssize_t k = 0; k < ks->n; k++) {
+        PyObject *b = PyTuple_GET_ITEM(ks->tuple, k);
+        if (PyBytes_GET_SIZE(b) == len && memcmp(PyBytes_AS_STRING(b), p, (size_t)len) == 0) return k;
+    }
+    return -1;
+}
+
+/* The key of the KeyValue in [start, end): its last field 1, as the decoder keeps it.
+ * 1 found, 0 none, -1 malformed. */
+static int kv_key(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, Py_ssize_t *at, Py_ssize_t *len) {
+    /* Fast path, the layout every encoder writes: the key (short), then at most the value. */
+    if (end - start >= 2 && d[start] == 0x0a && d[start + 1] < 0x80) {
+        Py_ssize_t k_end = start + 2 + d[start + 1], p = k_end;
+        if (k_end <= end) {
+            if (p < end && d[p] == 0x12) {
+                Py_ssize_t q = p + 1;
+                uint64_t n;
+                if (read_varint(d, end, &q, &n) == 0 && n == (uint64_t)(end - q)) p = end;
+            }
+            if (p == end) {
+                *at = start + 2;
+                *len = d[start + 1];
+                return 1;
+            }
+        }
+    }
+    Py_ssize_t pos = start;
+    Field g;
+    int r, got = 0;
+    while ((r = next_field(d, &pos, end, &g)) == 1)
+        if (g.field == 1 && g.wt == 2) { *at = g.start; *len = g.end - g.start; got = 1; }
+    return r < 0 ? -1 : got;
+}
+
+/* The KeyValue's value as the decoder makes it: every `value` field (2) merged, i.e. the last
+ * AnyValue oneof member set across all of them wins. *which: that member's field number (0:
+ * none, -1: malformed); for string (1) its bytes, for int (3) / double (4) its 64 bits. */
+static void kv_value(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, int *which,
+                     Py_ssize_t *s_at, Py_ssize_t *s_len, uint64_t *bits) {
+    static const int oneof_wt[8] = {-1, 2, 0, 0, 1, 2, 2, 2};
+    Py_ssize_t pos = start;
+    Field g, h;
+    int r;
+    *which = 0;
+    while ((r = next_field(d, &pos, end, &g)) == 1) {
+        if (g.field != 2 || g.wt != 2) continue;
+        Py_ssize_t vp = g.start;
+        int r2;
+        while ((r2 = next_field(d, &vp, g.end, &h)) == 1) {
+            if (h.field < 1 || h.field > 7 || oneof_wt[h.field] != h.wt) continue;
+            *which = (int)h.field;
+            if (h.field == 1) { *s_at = h.start; *s_len = h.end - h.start; }
+            else if (h.field == 3) { Py_ssize_t q = h.head; uint64_t tag; read_varint(d, h.end, &q, &tag); read_varint(d, h.end, &q, bits); }
+            else if (h.field == 4) {
+                const unsigned char *q = d + h.end - 8;
+                uint64_t u = 0;
+                for (int b = 7; b >= 0; b--) u = (u << 8) | q[b];
+                *bits = u;
+            }
+        }
+        if (r2 < 0) { *which = -1; return; }
+    }
+    if (r < 0) *which = -1;
+}
+
+static uint64_t fixed64_before(const unsigned char *d, Py_ssize_t end) {
+    const unsigned char *q = d + end - 8; /* little-endian on the wire */
+    uint64_t u = 0;
+    for (int b = 7; b >= 0; b--) u = (u << 8) | q[b];
+    return u;
+}
+
+/* One candidate span's tuple (see wire_scan_spans), or NULL with an exception set. */
+static PyObject *scan_one(const unsigned char *d, Py_ssize_t i, Py_ssize_t start, Py_ssize_t end,
+                          const KeySet *keys, PyObject *keys_s, const KeySet *nums, PyObject *nums_s) {
+    Py_ssize_t pos = start, tid_at = 0, tid_len = 0, sid_at = 0, sid_len = 0, name_at = 0, name_len = 0;
+    uint64_t start_ns = 0, end_ns = 0;
+    long status = 0;
+    Field f, g;
+    int r;
+    PyObject *found = PyDict_New(), *numbers = PyDict_New(), *result = NULL;
+    PyObject *tid = NULL, *sid = NULL, *name = NULL;
+    if (!found || !numbers) goto done;
+    while ((r = next_field(d, &pos, end, &f)) == 1) {
+        if (f.wt == 2 && f.field == 1) { tid_at = f.start; tid_len = f.end - f.start; }
+        else if (f.wt == 2 && f.field == 2) { sid_at = f.start; sid_len = f.end - f.start; }
+        else if (f.wt == 2 && f.field == 5) { name_at = f.start; name_len = f.end - f.start; }
+        else if (f.wt == 1 && f.field == 7) start_ns = fixed64_before(d, f.end);
+        else if (f.wt == 1 && f.field == 8) end_ns = fixed64_before(d, f.end);
+        else if (f.wt == 2 && f.field == 15) { /* Status, merged: its last code (field 3) wins */
+            Py_ssize_t sp = f.start;
+            int r2;
+            while ((r2 = next_field(d, &sp, f.end, &g)) == 1) {
+                if (g.field == 3 && g.wt == 0) {
+                    Py_ssize_t q = g.head;
+                    uint64_t tag, v = 0;
+                    read_varint(d, g.end, &q, &tag);
+                    read_varint(d, g.end, &q, &v);
+                    status = (long)(int32_t)(uint32_t)v; /* an int32 enum */
+                }
+            }
+            if (r2 < 0) { malformed(); goto done; }
+        } else if (f.wt == 2 && f.field == 9) {
+            Py_ssize_t key_at = 0, key_len = 0;
+            int kr = kv_key(d, f.start, f.end, &key_at, &key_len);
+            if (kr <= 0) continue;
+            Py_ssize_t k = keyset_find(keys, d + key_at, key_len), n = keyset_find(nums, d + key_at, key_len);
+            if (k < 0 && n < 0) continue;
+            int which;
+            Py_ssize_t s_at = 0, s_len = 0;
+            uint64_t bits = 0;
+            kv_value(d, f.start, f.end, &which, &s_at, &s_len, &bits);
+            if (k >= 0) {
+                PyObject *value;
+                if (which == 1) {
+                    value = PyUnicode_DecodeUTF8((const char *)d + s_at, s_len, "surrogatepass");
+                    if (!value) goto done;
+                } else {
+                    value = Py_True;
+                    Py_INCREF(value);
+                }
+                int bad = PyDict_SetItem(found, PyTuple_GET_ITEM(keys_s, k), value);
+                Py_DECREF(value);
+                if (bad) goto done;
+            }
+            if (n >= 0 && (which == 3 || which == 4)) {
+                PyObject *value;
+                if (which == 3) {
+                    value = PyLong_FromLongLong((long long)(int64_t)bits);
+                } else {
+                    double x;
+                    memcpy(&x, &bits, sizeof x);
+                    value = PyFloat_FromDouble(x);
+                }
+                if (!value) goto done;
+                int bad = PyDict_SetItem(numbers, PyTuple_GET_ITEM(nums_s, n), value);
+                Py_DECREF(value);
+                if (bad) goto done;
+            }
+        }
+    }
+    if (r < 0) { malformed(); goto done; }
+    tid = PyBytes_FromStringAndSize((const char *)d + tid_at, tid_len);
+    sid = PyBytes_FromStringAndSize((const char *)d + sid_at, sid_len);
+    name = PyUnicode_DecodeUTF8((const char *)d + name_at, name_len, "replace");
+    if (!tid || !sid || !name) goto done;
+    result = Py_BuildValue("(nOOKOOKlO)", i, found, tid, (unsigned long long)start_ns, name, sid,
+                           (unsigned long long)end_ns, status, numbers);
+done:
+    Py_XDECREF(found);
+    Py_XDECREF(numbers);
+    Py_XDECREF(tid);
+    Py_XDECREF(sid);
+    Py_XDECREF(name);
+    return result;
+}
+
+/* scan_spans(data, starts, ends, need, markers, keys_b, keys_s, nums_b, nums_s) -> list of
+ * (i, found, trace_id, start_ns, name, span_id, end_ns, status_code, numbers), in span order,
+ * for every span with an attribute keyed `need` and one keyed by any of `markers` (keys as the
+ * decoder reads them: exact, whole keys). found: as scan_span, over keys_b; numbers: each key of
+ * nums_b whose value is an int or a double -> that number (the last such occurrence wins). */
+static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    PyObject *starts, *ends, *need, *markers, *kb, *ks, *nb, *ns;
+    if (!PyArg_ParseTuple(args, "y*O!O!O!O!O!O!O!O!", &buf, &PyList_Type, &starts, &PyList_Type, &ends,
+                          &PyBytes_Type, &need, &PyTuple_Type, &markers, &PyTuple_Type, &kb,
+                          &PyTuple_Type, &ks, &PyTuple_Type, &nb, &PyTuple_Type, &ns))
+        return NULL;
+    const unsigned char *d = buf.buf;
+    PyObject *out = PyList_New(0);
+    KeySet mk, keys, nums;
+    Py_ssize_t nspans = PyList_GET_SIZE(starts);
+    const unsigned char *need_p = (const unsigned char *)PyBytes_AS_STRING(need);
+    Py_ssize_t need_len = PyBytes_GET_SIZE(need);
+    if (!out) goto fail;
+    if (PyList_GET_SIZE(ends) != nspans || PyTuple_GET_SIZE(ks) != PyTuple_GET_SIZE(kb) ||
+        PyTuple_GET_SIZE(ns) != PyTuple_GET_SIZE(nb)) {
+        PyErr_SetString(PyExc_ValueError, "starts/ends or keys differ in length");
+        goto fail;
+    }
+    if (keyset_init(&mk, markers) || keyset_init(&keys, kb) || keyset_init(&nums, nb)) goto fail;
+    for (Py_ssize_t i = 0; i < nspans; i++) {
+        Py_ssize_t s = PyLong_AsSsize_t(PyList_GET_ITEM(starts, i));
+        Py_ssize_t e = PyLong_AsSsize_t(PyList_GET_ITEM(ends, i));
+        if ((s == -1 || e == -1) && PyErr_Occurred()) goto fail;
+        if (s < 0 || e > buf.len || s > e) {
+            PyErr_SetString(PyExc_ValueError, "span range outside the data");
+            goto fail;
+        }
+        Py_ssize_t pos = s;
+        Field f;
+        int r, has_need = 0, has_marker = 0;
+        while ((r = next_field(d, &pos, e, &f)) == 1) {
+            if (f.field != 9 || f.wt != 2) continue;
+            Py_ssize_t key_at = 0, key_len = 0;
+            if (kv_key(d, f.start, f.end, &key_at, &key_len) <= 0) continue;
+            if (key_len == need_len && memcmp(d + key_at, need_p, (size_t)need_len) == 0) has_need = 1;
+            else if (!has_marker && keyset_find(&mk, d + key_at, key_len) >= 0) has_marker = 1;
+        }
+        if (r < 0) { malformed(); goto fail; }
+        if (!has_need || !has_marker) continue;
+        PyObject *one = scan_one(d, i, s, e, &keys, ks, &nums, ns);
+        if (!one || PyList_Append(out, one)) { Py_XDECREF(one); goto fail; }
+        Py_DECREF(one);
+    }
+    PyBuffer_Release(&buf);
+    return out;
+fail:
+    Py_XDECREF(out);
+    PyBuffer_Release(&buf);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"scan_spans", wire_scan_spans, METH_VARARGS, "scan_spans(data, starts, ends, need, markers, keys_b, keys_s, nums_b, nums_s) -> list"},
     {"scan_span", wire_scan_span, METH_VARARGS, "scan_span(data, start, end, keys_bytes, keys_str) -> (found, trace_id, start_ns, name)"},
     {"walk", wire_walk, METH_VARARGS, "walk(data) -> (starts, ends, scope_counts)"},
     {"marked", wire_marked, METH_VARARGS, "marked(data, starts, ends, markers, among) -> list"},

@@ -10,8 +10,8 @@ spans are scanned; the output is the input with stamps appended and held spans c
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import dataclass, field, fields
+from typing import NamedTuple, TypeVar
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
@@ -41,8 +41,13 @@ __all__ = [
 # A span stamped by a relay before is left exactly as it arrived (stamping twice must equal
 # stamping once), like one Langfuse already links (any of detect.LINK_KEYS: already_linked).
 _ALREADY_STAMPED = c.LF_META_RESOLUTION
-_KEY_MARKER = c.PROMPT_KEY.encode()
 _TYPING_CACHE_MAX = 4096
+_INPUT_TOKENS = (c.GEN_AI_USAGE_INPUT_TOKENS, c.GEN_AI_USAGE_PROMPT_TOKENS, c.LLM_TOKEN_COUNT_PROMPT)
+_OUTPUT_TOKENS = (
+    c.GEN_AI_USAGE_OUTPUT_TOKENS, c.GEN_AI_USAGE_COMPLETION_TOKENS, c.LLM_TOKEN_COUNT_COMPLETION
+)
+#: What a GenerationRecord reads of a span that was not scanned at arrival (a released one).
+_RECORD_KEYS = wire.ScanKeys(c.PROMPT_KEY, frozenset(), (), _INPUT_TOKENS + _OUTPUT_TOKENS)
 
 
 @dataclass(frozen=True)
@@ -55,12 +60,12 @@ class StampSettings:
     def __post_init__(self) -> None:
         marker_keys = self.rules.marker_keys()
         keys = self.rules.keys() | marker_keys | {c.PROMPT_KEY, c.PROMPT_LABEL, _ALREADY_STAMPED}
-        ordered = sorted(keys)
-        object.__setattr__(self, "_scan_key_pairs", (tuple(k.encode() for k in ordered), tuple(ordered)))
+        ordered = tuple(sorted(keys))
+        object.__setattr__(self, "_scan_key_pairs", (tuple(k.encode() for k in ordered), ordered))
         object.__setattr__(self, "_marker_keys", marker_keys)
-        # A key containing another as a substring adds nothing to the byte search: drop it.
-        minimal = {k for k in marker_keys if not any(o != k and o in k for o in marker_keys)}
-        object.__setattr__(self, "_generation_markers", tuple(k.encode() for k in sorted(minimal)))
+        # Candidates: a prompt key and one of the keys every generation carries (whole keys).
+        object.__setattr__(self, "_scan_keys", wire.ScanKeys(c.PROMPT_KEY, marker_keys, ordered,
+                                                             _INPUT_TOKENS + _OUTPUT_TOKENS))
         object.__setattr__(self, "_typing", {})
 
     @property
@@ -69,9 +74,9 @@ class StampSettings:
         return self._scan_key_pairs  # type: ignore[attr-defined,no-any-return]
 
     @property
-    def generation_markers(self) -> tuple[bytes, ...]:
-        """Bytes any generation's encoding contains (one of them at least)."""
-        return self._generation_markers  # type: ignore[attr-defined,no-any-return]
+    def scan_keys(self) -> wire.ScanKeys:
+        """What :func:`.wire.scan_spans` looks for: candidate spans, their keys and token counts."""
+        return self._scan_keys  # type: ignore[attr-defined,no-any-return]
 
     def is_generation(self, found: Mapping[str, object], scope: tuple[str, str], span_name: str,
                       language: str) -> bool:
@@ -118,18 +123,16 @@ class HeldSpan:
         return span
 
 
-@dataclass(frozen=True, slots=True)
-class Stamped:
-    """One generation stamped: its key, what it was stamped with, and where its bytes are
-    (``data[start:end]``, decoded only for observers)."""
+class Stamped(NamedTuple):
+    """One generation stamped: its key, what it was stamped with, and what observers are told
+    of its span: the arrival scan (``scanned``), else its bytes (decoded only for observers)."""
 
     key: SpanKey
     resolution: Resolution
     prompt_name: str
     service: str
-    data: bytes
-    start: int
-    end: int
+    scanned: wire.Candidate | None
+    span_bytes: bytes = b""
 
 
 @dataclass
@@ -247,16 +250,15 @@ class _Containers:
 
 def _generations(
     data: bytes, index: wire.RequestIndex, settings: StampSettings, spans: _Containers, tenant: str
-) -> Iterator[tuple[int, SpanKey, str, bool, str]]:
-    """(span index, key, prompt name, has a type already, service) of every span to stamp: it
-    carries a prompt key, Langfuse would type it GENERATION, and nothing links it yet (§3).
+) -> Iterator[tuple[int, SpanKey, str, bool, str, wire.Candidate]]:
+    """(span index, key, prompt name, has a type already, service, scan) of every span to stamp:
+    it carries a prompt key, Langfuse would type it GENERATION, and nothing links it yet (§3).
 
-    Marker search first (C speed): generation markers over all spans, the key marker within
-    those; only those spans are scanned, and the scanned attributes decide.
+    One scan (C speed) picks the spans with a prompt key and a generation marker key (whole
+    attribute keys) and reads them; the scanned attributes decide.
     """
-    candidates = index.marked(data, settings.generation_markers)
-    for i in sorted(index.marked(data, (_KEY_MARKER,), among=candidates)):
-        found, trace_id, start_ns, span_name = wire.scan_span(data, index, i, settings.scan_key_pairs)
+    for scanned in wire.scan_spans(data, index, settings.scan_keys):
+        i, found, trace_id, start_ns, span_name = scanned[:5]
         key = found.get(c.PROMPT_KEY)
         if not isinstance(key, str) or not key or _ALREADY_STAMPED in found:
             continue
@@ -268,7 +270,7 @@ def _generations(
             continue
         label = found.get(c.PROMPT_LABEL)
         skey = SpanKey(tenant, key, label if isinstance(label, str) else "", trace_id, instance, start_ns)
-        yield i, skey, settings.prompt_names.get(key, key), c.LF_OBSERVATION_TYPE in found, service
+        yield i, skey, settings.prompt_names.get(key, key), c.LF_OBSERVATION_TYPE in found, service, scanned
 
 
 def stamp_request(
@@ -293,7 +295,7 @@ def stamp_request(
     out = StampOutcome(spans=index.span_count)
     spans = _Containers(request, index)
     edits: dict[int, bytes] = {}
-    for i, key, name, has_type, service in _generations(data, index, settings, spans, tenant):
+    for i, key, name, has_type, service, scanned in _generations(data, index, settings, spans, tenant):
         res = resolver.at_arrival(key, name, may_hold=settings.hold_ns > 0 and len(out.held) < hold_capacity)
         if res is None:
             out.held.append(spans.hold(data, i, key, name, has_type, now_ns))
@@ -302,7 +304,7 @@ def stamp_request(
         if settings.hold_ns > 0 and res.tier != c.TIER_TRACE:
             out.overflow += 1  # it would have been held: the window is full
         edits[i] = stamp_bytes(name, key.label, res, has_type)
-        out.stamped.append(Stamped(key, res, name, service, data, index.span_starts[i], index.span_ends[i]))
+        out.stamped.append(Stamped(key, res, name, service, scanned))
     if len(out.held) < out.spans:
         out.payload = wire.splice(data, index, edits)
     return out
@@ -322,7 +324,7 @@ def release_spans(
         res = resolver.resolve(h.key, h.prompt_name, held=True)
         span = h.span
         stamp_span(span, prompt_name=h.prompt_name, label=h.key.label, resolution=res, has_type=h.has_type)
-        stamped.append(Stamped(h.key, res, h.prompt_name, h.service, h.span_bytes, 0, len(h.span_bytes)))
+        stamped.append(Stamped(h.key, res, h.prompt_name, h.service, None, h.span_bytes))
         gk = (
             h.resource.SerializeToString(deterministic=True), h.resource_schema_url,
             h.scope.SerializeToString(deterministic=True), h.scope_schema_url,
@@ -339,36 +341,34 @@ def release_spans(
     return request, stamped
 
 
-_INPUT_TOKENS = (c.GEN_AI_USAGE_INPUT_TOKENS, c.GEN_AI_USAGE_PROMPT_TOKENS, c.LLM_TOKEN_COUNT_PROMPT)
-_OUTPUT_TOKENS = (
-    c.GEN_AI_USAGE_OUTPUT_TOKENS, c.GEN_AI_USAGE_COMPLETION_TOKENS, c.LLM_TOKEN_COUNT_COMPLETION
-)
-
-
-def _tokens(attrs: Mapping[str, object], keys: tuple[str, ...]) -> int | None:
+def _tokens(numbers: Mapping[str, int | float], keys: tuple[str, ...]) -> int | None:
     for k in keys:
-        v = attrs.get(k)
-        if isinstance(v, int) and not isinstance(v, bool):
+        v = numbers.get(k)
+        if isinstance(v, int):
             return v
         if isinstance(v, float) and v.is_integer():
             return int(v)
     return None
 
 
+_ERROR = Status.STATUS_CODE_ERROR
+_RECORD_FIELDS = ("tenant", "trace_id", "span_id", "span_name", "key", "label", "prompt_name", "version",
+                  "resolution", "source", "reason", "instance", "service", "start_ns", "end_ns", "error",
+                  "input_tokens", "output_tokens")
+if tuple(f.name for f in fields(GenerationRecord)) != _RECORD_FIELDS:  # passed positionally below
+    raise ImportError("GenerationRecord's fields changed: update stamp.generation_record")
+
+
 def generation_record(g: Stamped) -> GenerationRecord:
-    """What observers are told about one stamped generation (its span decoded for it)."""
-    span = Span.FromString(g.data[g.start:g.end])
-    attrs: dict[str, object] = {}
-    for kv in span.attributes:
-        which = kv.value.WhichOneof("value")
-        if which in ("int_value", "double_value"):
-            attrs[kv.key] = getattr(kv.value, which)
-    res = g.resolution
+    """What observers are told about one stamped generation: read from its arrival scan, or
+    (a released span) from its bytes decoded."""
+    scanned = g.scanned if g.scanned is not None else wire.scan_decoded(0, Span.FromString(g.span_bytes),
+                                                                         _RECORD_KEYS)
+    _, _, trace_id, start_ns, name, span_id, end_ns, status, numbers = scanned
+    res, key = g.resolution, g.key
     return GenerationRecord(
-        tenant=g.key.tenant, trace_id=bytes(span.trace_id), span_id=bytes(span.span_id), span_name=span.name,
-        key=g.key.key, label=g.key.label, prompt_name=g.prompt_name, version=res.version, resolution=res.tier,
-        source=res.source, reason=res.reason, instance=g.key.instance, service=g.service,
-        start_ns=span.start_time_unix_nano, end_ns=span.end_time_unix_nano,
-        error=span.status.code == Status.STATUS_CODE_ERROR,
-        input_tokens=_tokens(attrs, _INPUT_TOKENS), output_tokens=_tokens(attrs, _OUTPUT_TOKENS),
-    )
+        key.tenant, trace_id, span_id, name, key.key, key.label, g.prompt_name, res.version, res.tier,
+        res.source, res.reason, key.instance, g.service, start_ns, end_ns, status == _ERROR,
+        _tokens(numbers, _INPUT_TOKENS) if numbers else None,
+        _tokens(numbers, _OUTPUT_TOKENS) if numbers else None,
+    )  # positional: in GenerationRecord's field order (the cheapest call, once per generation)

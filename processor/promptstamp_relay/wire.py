@@ -3,11 +3,13 @@
 Why: decoding every attribute of every span into Python objects is the largest cost of a
 naive relay, and re-encoding the whole request is the second. Here the request's bytes are
 walked down to the span level only (resource_spans → scope_spans → spans); spans worth a
-close look are found by searching the bytes for marker strings (C speed); and the output is
-the input with a few spans' bytes changed — appended attributes, or removed — and the
-enclosing length prefixes rewritten. Unchanged parts are copied, never re-encoded.
+close look are found by one pass over their attribute keys (:func:`scan_spans`, C speed) or by
+searching the bytes for marker strings; and the output is the input with a few spans' bytes
+changed — appended attributes, or removed — and the enclosing length prefixes rewritten.
+Unchanged parts are copied, never re-encoded.
 
-The marker prefilter can only widen, never narrow: the decoded span is always the judge.
+A marker prefilter can only widen, never narrow: the decoded (or scanned) span is the judge,
+and the scan reads keys and values exactly as the decoder does (merged fields included).
 Protobuf semantics make the splice exact: appending encoded ``attributes`` entries to a span
 appends to that repeated field and leaves every other field as it was.
 """
@@ -26,12 +28,16 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 __all__ = [
     "DELETE",
+    "Candidate",
     "Node",
     "RequestIndex",
+    "ScanKeys",
     "WireError",
     "index_request",
     "native",
+    "scan_decoded",
     "scan_span",
+    "scan_spans",
     "spans_ok",
     "splice",
     "walk",
@@ -46,7 +52,7 @@ def _load_native() -> Any:
     except ImportError:
         return None
     # A stale build from an older checkout lacks newer functions: use none of it then.
-    names = ("walk", "marked", "splice", "spans_ok", "scan_span")
+    names = ("walk", "marked", "splice", "spans_ok", "scan_span", "scan_spans")
     return module if all(hasattr(module, n) for n in names) else None
 
 
@@ -301,6 +307,72 @@ def scan_span(
             v = kv.value
             found[kv.key] = v.string_value if v.WhichOneof("value") == "string_value" else True
     return found, bytes(span.trace_id), span.start_time_unix_nano, span.name
+
+
+@dataclass(frozen=True)
+class ScanKeys:
+    """What :func:`scan_spans` looks for: spans with an attribute keyed ``need`` and one keyed by
+    any of ``markers``; of those, the string values of ``keys`` and the numbers of ``numbers``."""
+
+    need: str
+    markers: frozenset[str]
+    keys: tuple[str, ...]
+    numbers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        enc = object.__setattr__
+        enc(self, "_args", (self.need.encode(), tuple(sorted(k.encode() for k in self.markers)),
+                            tuple(k.encode() for k in self.keys), self.keys,
+                            tuple(k.encode() for k in self.numbers), self.numbers))
+        # The pure-Python prefilter: a span holding a key holds its bytes (widens, never narrows).
+        enc(self, "_needles", tuple(k.encode() for k in sorted(self.markers)))
+
+
+#: One candidate span as :func:`scan_spans` gives it: (index, found, trace id, start time, name,
+#: span id, end time, status code, numbers).
+Candidate = tuple[int, dict[str, object], bytes, int, str, bytes, int, int, dict[str, int | float]]
+
+
+def scan_spans(data: bytes, index: RequestIndex, keys: ScanKeys) -> list[Candidate]:
+    """Every span (in order) with an attribute keyed ``keys.need`` and one keyed by any of
+    ``keys.markers`` — whole keys, as the decoder reads them — with what stamping reads of it:
+    ``found`` (each of ``keys.keys`` present: its str value, or True for any other value; the
+    last occurrence wins), its trace id, start time, name, span id, end time, status code, and
+    ``numbers`` (each of ``keys.numbers`` whose value is an int or a double: that number; the
+    last such occurrence wins). One pass in C; decoded span by span in the fallback."""
+    starts, ends = index.span_starts, index.span_ends
+    if not starts:
+        return []
+    if _c is not None:
+        return _c.scan_spans(data, starts, ends, *keys._args)  # type: ignore[attr-defined,no-any-return]
+    need = keys._args[0]  # type: ignore[attr-defined]
+    needles: tuple[bytes, ...] = keys._needles  # type: ignore[attr-defined]
+    out: list[Candidate] = []
+    for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
+        if data.find(need, s, e) == -1 or all(data.find(m, s, e) == -1 for m in needles):
+            continue
+        span = Span.FromString(data[s:e])
+        present = {kv.key for kv in span.attributes}
+        if keys.need in present and not keys.markers.isdisjoint(present):
+            out.append(scan_decoded(i, span, keys))
+    return out
+
+
+def scan_decoded(i: int, span: Span, keys: ScanKeys) -> Candidate:
+    """What :func:`scan_spans` gives for span ``i``, from the decoded span (the definition the C
+    scan is checked against; ``keys.need`` and ``keys.markers`` are not looked at here)."""
+    wanted, numeric = frozenset(keys.keys), frozenset(keys.numbers)
+    found: dict[str, object] = {}
+    numbers: dict[str, int | float] = {}
+    for kv in span.attributes:
+        v = kv.value
+        which = v.WhichOneof("value")
+        if kv.key in wanted:
+            found[kv.key] = v.string_value if which == "string_value" else True
+        if kv.key in numeric and which in ("int_value", "double_value"):
+            numbers[kv.key] = getattr(v, which)
+    return (i, found, bytes(span.trace_id), span.start_time_unix_nano, span.name, bytes(span.span_id),
+            span.end_time_unix_nano, int(span.status.code), numbers)
 
 
 def spans_ok(data: bytes, max_attributes: int) -> bool | None:

@@ -1,0 +1,128 @@
+"""The one-pass span scan (``wire.scan_spans``): the C scan reads exactly what the decoder reads.
+
+Spans are built as concatenated encodings (protobuf merges them: duplicate attributes, several
+``value`` fields in one KeyValue, a key written after its value, several status messages), so
+the scan is checked against the decoder's merge rules, not only against what one encoder writes.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+import promptstamp_contract as c
+from promptstamp_relay import wire
+from promptstamp_relay.stamp import StampSettings
+
+KEYS = [c.PROMPT_KEY, c.PROMPT_LABEL, "model", "gen_ai.request.model", "retrieval.embedding.model",
+        c.GEN_AI_OPERATION_NAME, c.GEN_AI_USAGE_INPUT_TOKENS, c.LLM_TOKEN_COUNT_COMPLETION, "other", ""]
+SCAN = StampSettings().scan_keys
+
+
+def _len(n: int) -> bytes:
+    return wire.encode_varint(n)
+
+
+def _field(tag: int, body: bytes) -> bytes:
+    return bytes([tag]) + _len(len(body)) + body
+
+
+values = st.one_of(
+    st.text(max_size=6).map(lambda s: AnyValue(string_value=s)),
+    st.integers(-(2**63), 2**63 - 1).map(lambda i: AnyValue(int_value=i)),
+    st.floats(allow_nan=False).map(lambda f: AnyValue(double_value=f)),
+    st.booleans().map(lambda b: AnyValue(bool_value=b)),
+    st.just(AnyValue()),
+    st.just(AnyValue(array_value=ArrayValue(values=[AnyValue(string_value="chat")]))),
+)
+
+
+@st.composite
+def key_values(draw: st.DrawFn) -> bytes:
+    """One encoded KeyValue: the usual layout, the key after the value, or the value in parts."""
+    key = _field(0x0A, draw(st.sampled_from(KEYS)).encode())
+    parts = [_field(0x12, v.SerializeToString()) for v in draw(st.lists(values, min_size=0, max_size=3))]
+    layout = draw(st.sampled_from(["key first", "key last", "two keys"]))
+    if layout == "key first":
+        body = key + b"".join(parts)
+    elif layout == "key last":
+        body = b"".join(parts) + key
+    else:
+        body = _field(0x0A, draw(st.sampled_from(KEYS)).encode()) + b"".join(parts) + key
+    return _field(0x4A, body)
+
+
+@st.composite
+def span_bytes(draw: st.DrawFn) -> bytes:
+    out = []
+    for _ in range(draw(st.integers(1, 3))):  # pieces merged by the decoder
+        piece = Span(trace_id=draw(st.binary(min_size=16, max_size=16)), span_id=draw(st.binary(min_size=8, max_size=8)),
+                     name=draw(st.text(max_size=5)), start_time_unix_nano=draw(st.integers(0, 2**64 - 1)),
+                     end_time_unix_nano=draw(st.integers(0, 2**64 - 1)))
+        if draw(st.booleans()):
+            piece.status.code = draw(st.sampled_from([0, 1, 2]))
+            piece.status.message = draw(st.text(max_size=3))
+        raw = piece.SerializeToString()
+        if draw(st.booleans()):  # a status code as a negative int32 varint (10 bytes)
+            raw += _field(0x7A, b"\x18" + wire.encode_varint(2**64 - 5))
+        out.append(raw + b"".join(draw(st.lists(key_values(), max_size=6))))
+    if draw(st.booleans()):
+        out.append(struct.pack("<BQ", 0x41, draw(st.integers(0, 2**64 - 1))))  # end time alone, last
+    return b"".join(out)
+
+
+def request(spans: list[bytes]) -> bytes:
+    return _field(0x0A, _field(0x12, b"".join(_field(0x12, s) for s in spans)))
+
+
+def python_scan(data: bytes) -> list[wire.Candidate]:
+    saved = wire._c
+    wire._c = None
+    try:
+        return wire.scan_spans(data, wire.index_request(data), SCAN)
+    finally:
+        wire._c = saved
+
+
+def same(a: list[wire.Candidate], b: list[wire.Candidate]) -> bool:
+    """Equal, with float NaN-free values compared by their bits (-0.0 is not 0.0)."""
+    def norm(x: wire.Candidate) -> tuple[object, ...]:
+        nums = {k: (type(v), struct.pack("<d", v) if isinstance(v, float) else v) for k, v in x[8].items()}
+        return (*x[:8], nums)
+    return [norm(x) for x in a] == [norm(x) for x in b]
+
+
+@settings(max_examples=300, deadline=None)
+@given(spans=st.lists(span_bytes(), max_size=5))
+def test_the_c_scan_reads_what_the_decoder_reads(spans: list[bytes]) -> None:
+    data = request(spans)
+    req = ExportTraceServiceRequest.FromString(data)  # the relay only scans what decoded
+    python = python_scan(data)
+    decoded = [sp for rs in req.resource_spans for ss in rs.scope_spans for sp in ss.spans]
+    want = [i for i, sp in enumerate(decoded)
+            if c.PROMPT_KEY in {kv.key for kv in sp.attributes}
+            and not SCAN.markers.isdisjoint(kv.key for kv in sp.attributes)]
+    assert [x[0] for x in python] == want
+    for x in python:
+        assert x[1:8] == wire.scan_decoded(x[0], decoded[x[0]], SCAN)[1:8]
+    if not wire.native():
+        pytest.skip("pure-Python build")
+    assert same(wire.scan_spans(data, wire.index_request(data), SCAN), python)
+
+
+def test_only_whole_keys_make_a_candidate() -> None:
+    """``retrieval.embedding.model`` contains ``model`` but is not a generation marker key."""
+    kv = [_field(0x4A, _field(0x0A, c.PROMPT_KEY.encode()) + _field(0x12, AnyValue(string_value="k").SerializeToString()))]
+    other = _field(0x4A, _field(0x0A, b"retrieval.embedding.model") + _field(0x12, b"\x0a\x01x"))
+    model = _field(0x4A, _field(0x0A, b"model") + _field(0x12, b"\x0a\x01x"))
+    sid = _field(0x12, b"\x01" * 8)
+    data = request([sid + kv[0] + other, sid + kv[0] + model])
+    for got in (python_scan(data), wire.scan_spans(data, wire.index_request(data), SCAN)):
+        assert [x[0] for x in got] == [1]
+        assert got[0][1] == {c.PROMPT_KEY: "k", "model": "x"}
