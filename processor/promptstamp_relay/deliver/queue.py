@@ -333,7 +333,8 @@ class WorkerQueue(ABC):
                 log.warning("%s upstream rejected %d of %d items (partial success): %s",
                             self.name, rejected, item.items, result.message)
         else:
-            log.error("%s: %s; %d items not delivered", self.name, why, item.items)
+            log.error("%s: %s; %d %s not delivered", self.name, why, item.items,
+                      "item" if item.items == 1 else "items")
         self._settled(item)
 
     # -- shutdown ------------------------------------------------------------------------------
