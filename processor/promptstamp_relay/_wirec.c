@@ -684,16 +684,17 @@ static uint64_t fixed64_before(const unsigned char *d, Py_ssize_t end) {
 }
 
 /* One candidate span's tuple (see wire_scan_spans), or NULL with an exception set. */
-static PyObject *scan_one(const unsigned char *d, Py_ssize_t i, Py_ssize_t start, Py_ssize_t end,
+static PyObject *scan_one(const unsigned char *d, Py_ssize_t i, Py_ssize_t r_at, Py_ssize_t s_at_,
+                          Py_ssize_t start, Py_ssize_t end,
                           const KeySet *keys, PyObject *keys_s, const KeySet *nums, PyObject *nums_s) {
     Py_ssize_t pos = start, tid_at = 0, tid_len = 0, sid_at = 0, sid_len = 0, name_at = 0, name_len = 0;
     uint64_t start_ns = 0, end_ns = 0;
     long status = 0;
     Field f, g;
     int r;
-    PyObject *found = PyDict_New(), *numbers = PyDict_New(), *result = NULL;
+    PyObject *found = PyDict_New(), *numbers = NULL, *result = NULL;
     PyObject *tid = NULL, *sid = NULL, *name = NULL;
-    if (!found || !numbers) goto done;
+    if (!found) goto done;
     while ((r = next_field(d, &pos, end, &f)) == 1) {
         if (f.wt == 2 && f.field == 1) { tid_at = f.start; tid_len = f.end - f.start; }
         else if (f.wt == 2 && f.field == 2) { sid_at = f.start; sid_len = f.end - f.start; }
@@ -746,6 +747,7 @@ static PyObject *scan_one(const unsigned char *d, Py_ssize_t i, Py_ssize_t start
                     value = PyFloat_FromDouble(x);
                 }
                 if (!value) goto done;
+                if (!numbers && !(numbers = PyDict_New())) { Py_DECREF(value); goto done; }
                 int bad = PyDict_SetItem(numbers, PyTuple_GET_ITEM(nums_s, n), value);
                 Py_DECREF(value);
                 if (bad) goto done;
@@ -757,8 +759,8 @@ static PyObject *scan_one(const unsigned char *d, Py_ssize_t i, Py_ssize_t start
     sid = PyBytes_FromStringAndSize((const char *)d + sid_at, sid_len);
     name = PyUnicode_DecodeUTF8((const char *)d + name_at, name_len, "replace");
     if (!tid || !sid || !name) goto done;
-    result = Py_BuildValue("(nOOKOOKlO)", i, found, tid, (unsigned long long)start_ns, name, sid,
-                           (unsigned long long)end_ns, status, numbers);
+    result = Py_BuildValue("(nnnOOKOOKlO)", i, r_at, s_at_, found, tid, (unsigned long long)start_ns, name,
+                           sid, (unsigned long long)end_ns, status, numbers ? numbers : Py_None);
 done:
     Py_XDECREF(found);
     Py_XDECREF(numbers);
@@ -768,65 +770,106 @@ done:
     return result;
 }
 
-/* scan_spans(data, starts, ends, need, markers, keys_b, keys_s, nums_b, nums_s) -> list of
- * (i, found, trace_id, start_ns, name, span_id, end_ns, status_code, numbers), in span order,
- * for every span with an attribute keyed `need` and one keyed by any of `markers` (keys as the
- * decoder reads them: exact, whole keys). found: as scan_span, over keys_b; numbers: each key of
- * nums_b whose value is an int or a double -> that number (the last such occurrence wins). */
+/* Does the Span.Event in [start, end) have the name `want` (its last field 2)? */
+static int event_named(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, const char *want,
+                       Py_ssize_t want_len) {
+    Py_ssize_t pos = start, at = 0, len = 0;
+    Field g;
+    int r;
+    while ((r = next_field(d, &pos, end, &g)) == 1)
+        if (g.field == 2 && g.wt == 2) { at = g.start; len = g.end - g.start; }
+    return r == 0 && len == want_len && memcmp(d + at, want, (size_t)want_len) == 0;
+}
+
+/* scan_spans(data, starts, ends, scope_counts, need, markers, keys_b, keys_s, nums_b, nums_s,
+ * event) -> (candidates, event_spans).
+ * candidates: (i, r, s, found, trace_id, start_ns, name, span_id, end_ns, status_code, numbers)
+ * in span order, for every span with an attribute keyed `need` and one keyed by any of
+ * `markers` (keys as the decoder reads them: exact, whole keys); (r, s): its resource_spans and
+ * scope_spans. found: as scan_span, over keys_b; numbers: each key of nums_b whose value is an
+ * int or a double -> that number (the last such occurrence wins), None when there is none.
+ * event_spans: the spans with an event named `event` (none looked for when it is empty). */
 static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
     Py_buffer buf;
-    PyObject *starts, *ends, *need, *markers, *kb, *ks, *nb, *ns;
-    if (!PyArg_ParseTuple(args, "y*O!O!O!O!O!O!O!O!", &buf, &PyList_Type, &starts, &PyList_Type, &ends,
-                          &PyBytes_Type, &need, &PyTuple_Type, &markers, &PyTuple_Type, &kb,
-                          &PyTuple_Type, &ks, &PyTuple_Type, &nb, &PyTuple_Type, &ns))
+    PyObject *starts, *ends, *counts, *need, *markers, *kb, *ks, *nb, *ns, *event;
+    if (!PyArg_ParseTuple(args, "y*O!O!O!O!O!O!O!O!O!O!", &buf, &PyList_Type, &starts, &PyList_Type, &ends,
+                          &PyList_Type, &counts, &PyBytes_Type, &need, &PyTuple_Type, &markers,
+                          &PyTuple_Type, &kb, &PyTuple_Type, &ks, &PyTuple_Type, &nb, &PyTuple_Type, &ns,
+                          &PyBytes_Type, &event))
         return NULL;
     const unsigned char *d = buf.buf;
-    PyObject *out = PyList_New(0);
+    PyObject *out = PyList_New(0), *events = PyList_New(0), *result = NULL;
     KeySet mk, keys, nums;
     Py_ssize_t nspans = PyList_GET_SIZE(starts);
     const unsigned char *need_p = (const unsigned char *)PyBytes_AS_STRING(need);
-    Py_ssize_t need_len = PyBytes_GET_SIZE(need);
-    if (!out) goto fail;
+    Py_ssize_t need_len = PyBytes_GET_SIZE(need), event_len = PyBytes_GET_SIZE(event);
+    const char *event_p = PyBytes_AS_STRING(event);
+    /* Where span i is: resource r, scope s, `left` spans of that scope still to come. */
+    Py_ssize_t r_at = 0, s_at = -1, left = 0, nres = PyList_GET_SIZE(counts);
+    if (!out || !events) goto done;
     if (PyList_GET_SIZE(ends) != nspans || PyTuple_GET_SIZE(ks) != PyTuple_GET_SIZE(kb) ||
         PyTuple_GET_SIZE(ns) != PyTuple_GET_SIZE(nb)) {
         PyErr_SetString(PyExc_ValueError, "starts/ends or keys differ in length");
-        goto fail;
+        goto done;
     }
-    if (keyset_init(&mk, markers) || keyset_init(&keys, kb) || keyset_init(&nums, nb)) goto fail;
+    if (keyset_init(&mk, markers) || keyset_init(&keys, kb) || keyset_init(&nums, nb)) goto done;
     for (Py_ssize_t i = 0; i < nspans; i++) {
+        while (left == 0) { /* the next non-empty scope */
+            PyObject *scopes = r_at < nres ? PyList_GET_ITEM(counts, r_at) : NULL;
+            if (!scopes || !PyList_Check(scopes)) {
+                PyErr_SetString(PyExc_ValueError, "scope counts do not match the spans");
+                goto done;
+            }
+            if (++s_at >= PyList_GET_SIZE(scopes)) { r_at++; s_at = -1; continue; }
+            left = PyLong_AsSsize_t(PyList_GET_ITEM(scopes, s_at));
+            if (left < 0) {
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "negative scope count");
+                goto done;
+            }
+        }
+        left--;
         Py_ssize_t s = PyLong_AsSsize_t(PyList_GET_ITEM(starts, i));
         Py_ssize_t e = PyLong_AsSsize_t(PyList_GET_ITEM(ends, i));
-        if ((s == -1 || e == -1) && PyErr_Occurred()) goto fail;
+        if ((s == -1 || e == -1) && PyErr_Occurred()) goto done;
         if (s < 0 || e > buf.len || s > e) {
             PyErr_SetString(PyExc_ValueError, "span range outside the data");
-            goto fail;
+            goto done;
         }
         Py_ssize_t pos = s;
         Field f;
-        int r, has_need = 0, has_marker = 0;
+        int r, has_need = 0, has_marker = 0, has_event = 0;
         while ((r = next_field(d, &pos, e, &f)) == 1) {
-            if (f.field != 9 || f.wt != 2) continue;
-            Py_ssize_t key_at = 0, key_len = 0;
-            if (kv_key(d, f.start, f.end, &key_at, &key_len) <= 0) continue;
-            if (key_len == need_len && memcmp(d + key_at, need_p, (size_t)need_len) == 0) has_need = 1;
-            else if (!has_marker && keyset_find(&mk, d + key_at, key_len) >= 0) has_marker = 1;
+            if (f.wt != 2) continue;
+            if (f.field == 9) {
+                Py_ssize_t key_at = 0, key_len = 0;
+                if (kv_key(d, f.start, f.end, &key_at, &key_len) <= 0) continue;
+                if (key_len == need_len && memcmp(d + key_at, need_p, (size_t)need_len) == 0) has_need = 1;
+                else if (!has_marker && keyset_find(&mk, d + key_at, key_len) >= 0) has_marker = 1;
+            } else if (f.field == 11 && event_len && !has_event) {
+                has_event = event_named(d, f.start, f.end, event_p, event_len);
+            }
         }
-        if (r < 0) { malformed(); goto fail; }
+        if (r < 0) { malformed(); goto done; }
+        if (has_event) {
+            PyObject *idx = PyLong_FromSsize_t(i);
+            if (!idx || PyList_Append(events, idx)) { Py_XDECREF(idx); goto done; }
+            Py_DECREF(idx);
+        }
         if (!has_need || !has_marker) continue;
-        PyObject *one = scan_one(d, i, s, e, &keys, ks, &nums, ns);
-        if (!one || PyList_Append(out, one)) { Py_XDECREF(one); goto fail; }
+        PyObject *one = scan_one(d, i, r_at, s_at, s, e, &keys, ks, &nums, ns);
+        if (!one || PyList_Append(out, one)) { Py_XDECREF(one); goto done; }
         Py_DECREF(one);
     }
-    PyBuffer_Release(&buf);
-    return out;
-fail:
+    result = PyTuple_Pack(2, out, events);
+done:
     Py_XDECREF(out);
+    Py_XDECREF(events);
     PyBuffer_Release(&buf);
-    return NULL;
+    return result;
 }
 
 static PyMethodDef methods[] = {
-    {"scan_spans", wire_scan_spans, METH_VARARGS, "scan_spans(data, starts, ends, need, markers, keys_b, keys_s, nums_b, nums_s) -> list"},
+    {"scan_spans", wire_scan_spans, METH_VARARGS, "scan_spans(data, starts, ends, scope_counts, need, markers, keys_b, keys_s, nums_b, nums_s, event) -> (candidates, event_spans)"},
     {"scan_span", wire_scan_span, METH_VARARGS, "scan_span(data, start, end, keys_bytes, keys_str) -> (found, trace_id, start_ns, name)"},
     {"walk", wire_walk, METH_VARARGS, "walk(data) -> (starts, ends, scope_counts)"},
     {"marked", wire_marked, METH_VARARGS, "marked(data, starts, ends, markers, among) -> list"},

@@ -155,16 +155,20 @@ def split_fetch_log(request: ExportLogsServiceRequest) -> FetchLogBatch:
 
 
 def span_fetch_events(
-    data: bytes, index: wire.RequestIndex, request: ExportTraceServiceRequest
+    data: bytes, index: wire.RequestIndex, request: ExportTraceServiceRequest,
+    spans: Iterable[int] | None = None,
 ) -> FetchLogBatch:
     """The ``app.prompt.fetch`` span events of a trace request (``data`` is ``request`` encoded,
-    ``index`` its walk). Only spans whose bytes carry the event's name are decoded; the request
-    is left as it is (events are never removed from a span)."""
+    ``index`` its walk). Only spans whose bytes carry the event's name are decoded — or only
+    ``spans``, when the caller knows which carry such an event (``wire.scan_spans``); the
+    request is left as it is (events are never removed from a span)."""
     out = FetchLogBatch()
-    if MARKER not in data:  # a quick widening check first: the event marker's first bytes are common
-        return out
+    if spans is None:
+        if MARKER not in data:  # a quick widening check first: the event marker's first bytes are common
+            return out
+        spans = sorted(index.marked(data, (EVENT_MARKER,)))
     who: dict[int, tuple[str, str]] = {}
-    for i in sorted(index.marked(data, (EVENT_MARKER,))):
+    for i in spans:
         span = Span.FromString(data[index.span_starts[i]:index.span_ends[i]])
         for ev in span.events:
             if ev.name != c.FETCH_EVENT_NAME:

@@ -181,14 +181,15 @@ class Processor:
         """
         self._now_ns = now_ns
         data, index = wire.walk(encoded, request)
+        scan = wire.scan_spans(data, index, self.settings.scan_keys)  # one pass: fetch events, candidates
         out = TracesResult()
-        events = span_fetch_events(data, index, request)
+        events = span_fetch_events(data, index, request, scan.events)
         out.invalid = [v.message for v in events.invalid]
         out += self._take_in(tenant, events, now_ns)
         out += self.release_due(now_ns)
         outcome = stamp_request(
             data, index, request, tenant=tenant, resolver=self.resolver, settings=self.settings,
-            now_ns=now_ns, hold_capacity=self.hold_capacity(tenant),
+            now_ns=now_ns, hold_capacity=self.hold_capacity(tenant), scan=scan,
         )
         st = self.stats
         st.spans_received += outcome.spans

@@ -69,8 +69,21 @@ class Sources:
 Tier = Callable[[Sources, SpanKey, str], "Resolution | None"]
 
 
+# Answers repeat (few tiers, versions and sources): one frozen Resolution each. Bounded.
+_ANSWERS: dict[tuple[str, int | None, str], Resolution] = {}
+_ANSWERS_MAX = 4096
+
+
 def _answer(tier: str, record: FetchRecord | None) -> Resolution | None:
-    return None if record is None else Resolution(tier, record.version, record.source)
+    if record is None:
+        return None
+    k = (tier, record.version, record.source)
+    got = _ANSWERS.get(k)
+    if got is None:
+        if len(_ANSWERS) >= _ANSWERS_MAX:
+            _ANSWERS.clear()
+        got = _ANSWERS[k] = Resolution(*k)
+    return got
 
 
 def pick_in_trace(records: Sequence[FetchRecord], start_ns: int) -> FetchRecord | None:

@@ -64,8 +64,9 @@ class StampSettings:
         object.__setattr__(self, "_scan_key_pairs", (tuple(k.encode() for k in ordered), ordered))
         object.__setattr__(self, "_marker_keys", marker_keys)
         # Candidates: a prompt key and one of the keys every generation carries (whole keys).
-        object.__setattr__(self, "_scan_keys", wire.ScanKeys(c.PROMPT_KEY, marker_keys, ordered,
-                                                             _INPUT_TOKENS + _OUTPUT_TOKENS))
+        scan = wire.ScanKeys(c.PROMPT_KEY, marker_keys, ordered, _INPUT_TOKENS + _OUTPUT_TOKENS,
+                             c.FETCH_EVENT_NAME)
+        object.__setattr__(self, "_scan_keys", scan)
         object.__setattr__(self, "_typing", {})
 
     @property
@@ -249,28 +250,31 @@ class _Containers:
 
 
 def _generations(
-    data: bytes, index: wire.RequestIndex, settings: StampSettings, spans: _Containers, tenant: str
+    scan: wire.Scan, settings: StampSettings, spans: _Containers, tenant: str
 ) -> Iterator[tuple[int, SpanKey, str, bool, str, wire.Candidate]]:
-    """(span index, key, prompt name, has a type already, service, scan) of every span to stamp:
-    it carries a prompt key, Langfuse would type it GENERATION, and nothing links it yet (§3).
-
-    One scan (C speed) picks the spans with a prompt key and a generation marker key (whole
-    attribute keys) and reads them; the scanned attributes decide.
-    """
-    for scanned in wire.scan_spans(data, index, settings.scan_keys):
-        i, found, trace_id, start_ns, span_name = scanned[:5]
+    """(span index, key, prompt name, has a type already, service, its scan) of every span to
+    stamp: it carries a prompt key, Langfuse would type it GENERATION, and nothing links it yet
+    (§3). The candidates are the scan's (a prompt key and a generation marker key, whole keys);
+    their scanned attributes decide."""
+    names = settings.prompt_names
+    context: dict[tuple[int, int], tuple[str, str, str, tuple[str, str]]] = {}
+    for cand in scan.candidates:
+        found = cand[3]
         key = found.get(c.PROMPT_KEY)
         if not isinstance(key, str) or not key or _ALREADY_STAMPED in found:
-            continue
+            continue  # no prompt key, or stamped by a relay before: left as it arrived
         if not LINK_KEYS.isdisjoint(found):
             continue  # already linked: left as it arrived
-        r, s, _ = index.locate(i)
-        instance, service, language = spans.who(r)
-        if not settings.is_generation(found, spans.scope(r, s), span_name, language):
+        where = (cand[1], cand[2])
+        ctx = context.get(where)
+        if ctx is None:
+            ctx = context[where] = (*spans.who(where[0]), spans.scope(*where))
+        instance, service, language, scope = ctx
+        if not settings.is_generation(found, scope, cand[6], language):
             continue
         label = found.get(c.PROMPT_LABEL)
-        skey = SpanKey(tenant, key, label if isinstance(label, str) else "", trace_id, instance, start_ns)
-        yield i, skey, settings.prompt_names.get(key, key), c.LF_OBSERVATION_TYPE in found, service, scanned
+        skey = SpanKey(tenant, key, label if isinstance(label, str) else "", cand[4], instance, cand[5])
+        yield cand[0], skey, names.get(key, key), c.LF_OBSERVATION_TYPE in found, service, cand
 
 
 def stamp_request(
@@ -283,25 +287,30 @@ def stamp_request(
     settings: StampSettings,
     now_ns: int,
     hold_capacity: int,
+    scan: wire.Scan | None = None,
 ) -> StampOutcome:
     """Stamp the generations of one request; take out those to hold. Bytes in, bytes out.
 
     ``data`` is ``request`` encoded and ``index`` its walk (:func:`.wire.walk`); ``request`` is
-    only read. A generation with a ``trace``-tier record is stamped now. One without is held
-    (cut from the payload, returned in ``held``) while the hold window is on and
-    ``hold_capacity`` allows; past that it is stamped now (``overflow``) with what the other
-    tiers know. Every other span, and the order of the spans left, is untouched.
+    only read; ``scan``: ``wire.scan_spans(data, index, settings.scan_keys)`` if already made.
+    A generation with a ``trace``-tier record is stamped now. One without is held (cut from the
+    payload, returned in ``held``) while the hold window is on and ``hold_capacity`` allows;
+    past that it is stamped now (``overflow``) with what the other tiers know. Every other
+    span, and the order of the spans left, is untouched.
     """
     out = StampOutcome(spans=index.span_count)
     spans = _Containers(request, index)
     edits: dict[int, bytes] = {}
-    for i, key, name, has_type, service, scanned in _generations(data, index, settings, spans, tenant):
-        res = resolver.at_arrival(key, name, may_hold=settings.hold_ns > 0 and len(out.held) < hold_capacity)
+    hold_on = settings.hold_ns > 0
+    if scan is None:
+        scan = wire.scan_spans(data, index, settings.scan_keys)
+    for i, key, name, has_type, service, scanned in _generations(scan, settings, spans, tenant):
+        res = resolver.at_arrival(key, name, may_hold=hold_on and len(out.held) < hold_capacity)
         if res is None:
             out.held.append(spans.hold(data, i, key, name, has_type, now_ns))
             edits[i] = wire.DELETE
             continue
-        if settings.hold_ns > 0 and res.tier != c.TIER_TRACE:
+        if hold_on and res.tier != c.TIER_TRACE:
             out.overflow += 1  # it would have been held: the window is full
         edits[i] = stamp_bytes(name, key.label, res, has_type)
         out.stamped.append(Stamped(key, res, name, service, scanned))
@@ -362,9 +371,10 @@ if tuple(f.name for f in fields(GenerationRecord)) != _RECORD_FIELDS:  # passed 
 def generation_record(g: Stamped) -> GenerationRecord:
     """What observers are told about one stamped generation: read from its arrival scan, or
     (a released span) from its bytes decoded."""
-    scanned = g.scanned if g.scanned is not None else wire.scan_decoded(0, Span.FromString(g.span_bytes),
-                                                                         _RECORD_KEYS)
-    _, _, trace_id, start_ns, name, span_id, end_ns, status, numbers = scanned
+    scanned = g.scanned
+    if scanned is None:
+        scanned = wire.scan_decoded(0, 0, 0, Span.FromString(g.span_bytes), _RECORD_KEYS)
+    trace_id, start_ns, name, span_id, end_ns, status, numbers = scanned[4:]
     res, key = g.resolution, g.key
     return GenerationRecord(
         key.tenant, trace_id, span_id, name, key.key, key.label, g.prompt_name, res.version, res.tier,

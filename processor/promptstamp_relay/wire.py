@@ -21,7 +21,7 @@ import importlib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -31,6 +31,7 @@ __all__ = [
     "Candidate",
     "Node",
     "RequestIndex",
+    "Scan",
     "ScanKeys",
     "WireError",
     "index_request",
@@ -312,66 +313,88 @@ def scan_span(
 @dataclass(frozen=True)
 class ScanKeys:
     """What :func:`scan_spans` looks for: spans with an attribute keyed ``need`` and one keyed by
-    any of ``markers``; of those, the string values of ``keys`` and the numbers of ``numbers``."""
+    any of ``markers``; of those, the string values of ``keys`` and the numbers of ``numbers``;
+    and the spans with an event named ``event`` (none when it is empty)."""
 
     need: str
     markers: frozenset[str]
     keys: tuple[str, ...]
     numbers: tuple[str, ...] = ()
+    event: str = ""
 
     def __post_init__(self) -> None:
         enc = object.__setattr__
         enc(self, "_args", (self.need.encode(), tuple(sorted(k.encode() for k in self.markers)),
                             tuple(k.encode() for k in self.keys), self.keys,
-                            tuple(k.encode() for k in self.numbers), self.numbers))
+                            tuple(k.encode() for k in self.numbers), self.numbers, self.event.encode()))
         # The pure-Python prefilter: a span holding a key holds its bytes (widens, never narrows).
         enc(self, "_needles", tuple(k.encode() for k in sorted(self.markers)))
 
 
-#: One candidate span as :func:`scan_spans` gives it: (index, found, trace id, start time, name,
-#: span id, end time, status code, numbers).
-Candidate = tuple[int, dict[str, object], bytes, int, str, bytes, int, int, dict[str, int | float]]
+#: One candidate span as :func:`scan_spans` gives it: (index, resource_spans index, scope_spans
+#: index, found, trace id, start time, name, span id, end time, status code, numbers or None).
+Candidate = tuple[
+    int, int, int, dict[str, object], bytes, int, str, bytes, int, int, "dict[str, int | float] | None"
+]
 
 
-def scan_spans(data: bytes, index: RequestIndex, keys: ScanKeys) -> list[Candidate]:
-    """Every span (in order) with an attribute keyed ``keys.need`` and one keyed by any of
-    ``keys.markers`` — whole keys, as the decoder reads them — with what stamping reads of it:
-    ``found`` (each of ``keys.keys`` present: its str value, or True for any other value; the
-    last occurrence wins), its trace id, start time, name, span id, end time, status code, and
-    ``numbers`` (each of ``keys.numbers`` whose value is an int or a double: that number; the
-    last such occurrence wins). One pass in C; decoded span by span in the fallback."""
+class Scan(NamedTuple):
+    candidates: list[Candidate]
+    events: list[int]  # the spans with an event named ScanKeys.event, in order
+
+
+def scan_spans(data: bytes, index: RequestIndex, keys: ScanKeys) -> Scan:
+    """One pass over every span's attribute keys and event names (C speed; the fallback decodes).
+
+    ``candidates``: every span (in order) with an attribute keyed ``keys.need`` and one keyed by
+    any of ``keys.markers`` — whole keys, as the decoder reads them — with what stamping reads of
+    it (:func:`scan_decoded` is the definition). ``events``: the spans with an event named
+    ``keys.event``.
+    """
     starts, ends = index.span_starts, index.span_ends
     if not starts:
-        return []
+        return Scan([], [])
     if _c is not None:
-        return _c.scan_spans(data, starts, ends, *keys._args)  # type: ignore[attr-defined,no-any-return]
-    need = keys._args[0]  # type: ignore[attr-defined]
+        candidates, events = _c.scan_spans(data, starts, ends, index.scope_counts, *keys._args)  # type: ignore[attr-defined]
+        return Scan(candidates, events)
+    need: bytes = keys._args[0]  # type: ignore[attr-defined]
+    event: bytes = keys._args[-1]  # type: ignore[attr-defined]
     needles: tuple[bytes, ...] = keys._needles  # type: ignore[attr-defined]
-    out: list[Candidate] = []
+    out = Scan([], [])
     for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
-        if data.find(need, s, e) == -1 or all(data.find(m, s, e) == -1 for m in needles):
+        may_event = bool(event) and data.find(event, s, e) != -1
+        may_stamp = data.find(need, s, e) != -1 and any(data.find(m, s, e) != -1 for m in needles)
+        if not (may_event or may_stamp):
             continue
         span = Span.FromString(data[s:e])
+        if may_event and any(ev.name == keys.event for ev in span.events):
+            out.events.append(i)
         present = {kv.key for kv in span.attributes}
-        if keys.need in present and not keys.markers.isdisjoint(present):
-            out.append(scan_decoded(i, span, keys))
+        if may_stamp and keys.need in present and not keys.markers.isdisjoint(present):
+            r, sc, _ = index.locate(i)
+            out.candidates.append(scan_decoded(i, r, sc, span, keys))
     return out
 
 
-def scan_decoded(i: int, span: Span, keys: ScanKeys) -> Candidate:
-    """What :func:`scan_spans` gives for span ``i``, from the decoded span (the definition the C
-    scan is checked against; ``keys.need`` and ``keys.markers`` are not looked at here)."""
+def scan_decoded(i: int, r: int, s: int, span: Span, keys: ScanKeys) -> Candidate:
+    """What :func:`scan_spans` gives for span ``i`` of scope ``s`` of resource ``r``, from the
+    decoded span: the definition the C scan is checked against (``need``, ``markers`` and
+    ``event`` are not looked at here). ``found``: each of ``keys.keys`` present, its str value
+    or True for any other value; ``numbers``: each of ``keys.numbers`` whose value is an int or
+    a double, that number (None when there is none); the last occurrence wins in both."""
     wanted, numeric = frozenset(keys.keys), frozenset(keys.numbers)
     found: dict[str, object] = {}
-    numbers: dict[str, int | float] = {}
+    numbers: dict[str, int | float] | None = None
     for kv in span.attributes:
         v = kv.value
         which = v.WhichOneof("value")
         if kv.key in wanted:
             found[kv.key] = v.string_value if which == "string_value" else True
         if kv.key in numeric and which in ("int_value", "double_value"):
+            if numbers is None:
+                numbers = {}
             numbers[kv.key] = getattr(v, which)
-    return (i, found, bytes(span.trace_id), span.start_time_unix_nano, span.name, bytes(span.span_id),
+    return (i, r, s, found, bytes(span.trace_id), span.start_time_unix_nano, span.name, bytes(span.span_id),
             span.end_time_unix_nano, int(span.status.code), numbers)
 
 

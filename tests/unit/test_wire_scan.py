@@ -23,6 +23,7 @@ from promptstamp_relay.stamp import StampSettings
 KEYS = [c.PROMPT_KEY, c.PROMPT_LABEL, "model", "gen_ai.request.model", "retrieval.embedding.model",
         c.GEN_AI_OPERATION_NAME, c.GEN_AI_USAGE_INPUT_TOKENS, c.LLM_TOKEN_COUNT_COMPLETION, "other", ""]
 SCAN = StampSettings().scan_keys
+EVENTS = [c.FETCH_EVENT_NAME, "app.prompt.fetched", "exception"]
 
 
 def _len(n: int) -> bytes:
@@ -71,7 +72,9 @@ def span_bytes(draw: st.DrawFn) -> bytes:
         raw = piece.SerializeToString()
         if draw(st.booleans()):  # a status code as a negative int32 varint (10 bytes)
             raw += _field(0x7A, b"\x18" + wire.encode_varint(2**64 - 5))
-        out.append(raw + b"".join(draw(st.lists(key_values(), max_size=6))))
+        events = b"".join(_field(0x5A, b"".join(_field(0x12, n.encode()) for n in names))  # last name wins
+                          for names in draw(st.lists(st.lists(st.sampled_from(EVENTS), max_size=2), max_size=2)))
+        out.append(raw + b"".join(draw(st.lists(key_values(), max_size=6))) + events)
     if draw(st.booleans()):
         out.append(struct.pack("<BQ", 0x41, draw(st.integers(0, 2**64 - 1))))  # end time alone, last
     return b"".join(out)
@@ -81,7 +84,7 @@ def request(spans: list[bytes]) -> bytes:
     return _field(0x0A, _field(0x12, b"".join(_field(0x12, s) for s in spans)))
 
 
-def python_scan(data: bytes) -> list[wire.Candidate]:
+def python_scan(data: bytes) -> wire.Scan:
     saved = wire._c
     wire._c = None
     try:
@@ -90,12 +93,13 @@ def python_scan(data: bytes) -> list[wire.Candidate]:
         wire._c = saved
 
 
-def same(a: list[wire.Candidate], b: list[wire.Candidate]) -> bool:
-    """Equal, with float NaN-free values compared by their bits (-0.0 is not 0.0)."""
+def same(a: wire.Scan, b: wire.Scan) -> bool:
+    """Equal, with float (NaN-free) values compared by their bits (-0.0 is not 0.0)."""
     def norm(x: wire.Candidate) -> tuple[object, ...]:
-        nums = {k: (type(v), struct.pack("<d", v) if isinstance(v, float) else v) for k, v in x[8].items()}
-        return (*x[:8], nums)
-    return [norm(x) for x in a] == [norm(x) for x in b]
+        nums = None if x[10] is None else {
+            k: (type(v), struct.pack("<d", v) if isinstance(v, float) else v) for k, v in x[10].items()}
+        return (*x[:10], nums)
+    return [norm(x) for x in a.candidates] == [norm(x) for x in b.candidates] and a.events == b.events
 
 
 @settings(max_examples=300, deadline=None)
@@ -108,9 +112,10 @@ def test_the_c_scan_reads_what_the_decoder_reads(spans: list[bytes]) -> None:
     want = [i for i, sp in enumerate(decoded)
             if c.PROMPT_KEY in {kv.key for kv in sp.attributes}
             and not SCAN.markers.isdisjoint(kv.key for kv in sp.attributes)]
-    assert [x[0] for x in python] == want
-    for x in python:
-        assert x[1:8] == wire.scan_decoded(x[0], decoded[x[0]], SCAN)[1:8]
+    assert [x[0] for x in python.candidates] == want
+    assert python.events == [i for i, sp in enumerate(decoded) if any(ev.name == c.FETCH_EVENT_NAME for ev in sp.events)]
+    for x in python.candidates:
+        assert x == wire.scan_decoded(x[0], 0, 0, decoded[x[0]], SCAN)
     if not wire.native():
         pytest.skip("pure-Python build")
     assert same(wire.scan_spans(data, wire.index_request(data), SCAN), python)
@@ -124,5 +129,17 @@ def test_only_whole_keys_make_a_candidate() -> None:
     sid = _field(0x12, b"\x01" * 8)
     data = request([sid + kv[0] + other, sid + kv[0] + model])
     for got in (python_scan(data), wire.scan_spans(data, wire.index_request(data), SCAN)):
-        assert [x[0] for x in got] == [1]
-        assert got[0][1] == {c.PROMPT_KEY: "k", "model": "x"}
+        assert [x[0] for x in got.candidates] == [1]
+        assert got.candidates[0][3] == {c.PROMPT_KEY: "k", "model": "x"}
+
+
+def test_candidates_say_where_they_are() -> None:
+    """(resource_spans, scope_spans) of each candidate, empty containers included."""
+    gen = _field(0x4A, _field(0x0A, c.PROMPT_KEY.encode()) + _field(0x12, b"\x0a\x01k")) + \
+        _field(0x4A, _field(0x0A, b"model") + _field(0x12, b"\x0a\x01x"))
+    scope = lambda *spans: _field(0x12, b"".join(_field(0x12, sp) for sp in spans))  # noqa: E731
+    data = _field(0x0A, scope(b"", gen) + scope() + scope(gen)) + _field(0x0A, b"") + _field(0x0A, scope(gen))
+    idx = wire.index_request(data)
+    for got in (python_scan(data), wire.scan_spans(data, idx, SCAN)):
+        assert [x[:3] for x in got.candidates] == [(1, 0, 0), (2, 0, 2), (3, 2, 0)]
+        assert [idx.locate(x[0])[:2] for x in got.candidates] == [(0, 0), (0, 2), (2, 0)]
