@@ -683,18 +683,40 @@ static uint64_t fixed64_before(const unsigned char *d, Py_ssize_t end) {
     return u;
 }
 
+#define MAX_NUMBER_KEYS 32
+
+/* The first of keys [from, to) whose value is an int, or a double with an integral value, as a
+ * Python int; None when there is none. which/bits: each key's last numeric value (0: none). */
+static PyObject *first_count(const int *which, const uint64_t *bits, Py_ssize_t from, Py_ssize_t to) {
+    for (Py_ssize_t k = from; k < to; k++) {
+        if (which[k] == 3) return PyLong_FromLongLong((long long)(int64_t)bits[k]);
+        if (which[k] == 4) {
+            double x;
+            memcpy(&x, &bits[k], sizeof x);
+            /* float.is_integer: finite, and integral (every double from 2**52 up is) */
+            if (x - x == 0 && (x >= 4503599627370496.0 || x <= -4503599627370496.0 || x == (double)(long long)x))
+                return PyLong_FromDouble(x);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 /* One candidate span's tuple (see wire_scan_spans), or NULL with an exception set. */
 static PyObject *scan_one(const unsigned char *d, Py_ssize_t i, Py_ssize_t r_at, Py_ssize_t s_at_,
                           Py_ssize_t start, Py_ssize_t end,
-                          const KeySet *keys, PyObject *keys_s, const KeySet *nums, PyObject *nums_s) {
+                          const KeySet *keys, PyObject *keys_s, const KeySet *nums, PyObject *groups) {
+    int num_which[MAX_NUMBER_KEYS] = {0};
+    uint64_t num_bits[MAX_NUMBER_KEYS];
     Py_ssize_t pos = start, tid_at = 0, tid_len = 0, sid_at = 0, sid_len = 0, name_at = 0, name_len = 0;
     uint64_t start_ns = 0, end_ns = 0;
     long status = 0;
     Field f, g;
     int r;
-    PyObject *found = PyDict_New(), *numbers = NULL, *result = NULL;
+    PyObject *local[64] = {NULL};
+    PyObject **slot = keys->n <= 64 ? local : PyMem_Calloc((size_t)keys->n, sizeof(PyObject *));
+    PyObject *found = NULL, *counts = NULL, *result = NULL;
     PyObject *tid = NULL, *sid = NULL, *name = NULL;
-    if (!found) goto done;
+    if (!slot) { PyErr_NoMemory(); return NULL; }
     while ((r = next_field(d, &pos, end, &f)) == 1) {
         if (f.wt == 2 && f.field == 1) { tid_at = f.start; tid_len = f.end - f.start; }
         else if (f.wt == 2 && f.field == 2) { sid_at = f.start; sid_len = f.end - f.start; }
@@ -733,24 +755,11 @@ static PyObject *scan_one(const unsigned char *d, Py_ssize_t i, Py_ssize_t r_at,
                     value = Py_True;
                     Py_INCREF(value);
                 }
-                int bad = PyDict_SetItem(found, PyTuple_GET_ITEM(keys_s, k), value);
-                Py_DECREF(value);
-                if (bad) goto done;
+                Py_XSETREF(slot[k], value); /* the last occurrence wins */
             }
-            if (n >= 0 && (which == 3 || which == 4)) {
-                PyObject *value;
-                if (which == 3) {
-                    value = PyLong_FromLongLong((long long)(int64_t)bits);
-                } else {
-                    double x;
-                    memcpy(&x, &bits, sizeof x);
-                    value = PyFloat_FromDouble(x);
-                }
-                if (!value) goto done;
-                if (!numbers && !(numbers = PyDict_New())) { Py_DECREF(value); goto done; }
-                int bad = PyDict_SetItem(numbers, PyTuple_GET_ITEM(nums_s, n), value);
-                Py_DECREF(value);
-                if (bad) goto done;
+            if (n >= 0 && (which == 3 || which == 4)) { /* the last numeric occurrence wins */
+                num_which[n] = which;
+                num_bits[n] = bits;
             }
         }
     }
@@ -759,11 +768,33 @@ static PyObject *scan_one(const unsigned char *d, Py_ssize_t i, Py_ssize_t r_at,
     sid = PyBytes_FromStringAndSize((const char *)d + sid_at, sid_len);
     name = PyUnicode_DecodeUTF8((const char *)d + name_at, name_len, "replace");
     if (!tid || !sid || !name) goto done;
+    Py_ssize_t nfound = 0, at = 0;
+    for (Py_ssize_t k = 0; k < keys->n; k++) nfound += slot[k] != NULL;
+    found = PyTuple_New(nfound); /* (key, value) pairs, in the order of keys */
+    if (!found) goto done;
+    for (Py_ssize_t k = 0; k < keys->n; k++) {
+        if (!slot[k]) continue;
+        PyObject *pair = PyTuple_Pack(2, PyTuple_GET_ITEM(keys_s, k), slot[k]);
+        if (!pair) goto done;
+        PyTuple_SET_ITEM(found, at++, pair);
+    }
+    Py_ssize_t ngroups = PyTuple_GET_SIZE(groups), from = 0;
+    counts = PyTuple_New(ngroups);
+    if (!counts) goto done;
+    for (Py_ssize_t k = 0; k < ngroups; k++) {
+        Py_ssize_t to = from + PyLong_AsSsize_t(PyTuple_GET_ITEM(groups, k));
+        PyObject *count = first_count(num_which, num_bits, from, to);
+        if (!count) goto done;
+        PyTuple_SET_ITEM(counts, k, count);
+        from = to;
+    }
     result = Py_BuildValue("(nnnOOKOOKlO)", i, r_at, s_at_, found, tid, (unsigned long long)start_ns, name,
-                           sid, (unsigned long long)end_ns, status, numbers ? numbers : Py_None);
+                           sid, (unsigned long long)end_ns, status, counts);
 done:
+    for (Py_ssize_t k = 0; k < keys->n; k++) Py_XDECREF(slot[k]);
+    if (slot != local) PyMem_Free(slot);
     Py_XDECREF(found);
-    Py_XDECREF(numbers);
+    Py_XDECREF(counts);
     Py_XDECREF(tid);
     Py_XDECREF(sid);
     Py_XDECREF(name);
@@ -781,13 +812,14 @@ static int event_named(const unsigned char *d, Py_ssize_t start, Py_ssize_t end,
     return r == 0 && len == want_len && memcmp(d + at, want, (size_t)want_len) == 0;
 }
 
-/* scan_spans(data, starts, ends, scope_counts, need, markers, keys_b, keys_s, nums_b, nums_s,
+/* scan_spans(data, starts, ends, scope_counts, need, markers, keys_b, keys_s, nums_b, groups,
  * event) -> (candidates, event_spans).
- * candidates: (i, r, s, found, trace_id, start_ns, name, span_id, end_ns, status_code, numbers)
+ * candidates: (i, r, s, found, trace_id, start_ns, name, span_id, end_ns, status_code, counts)
  * in span order, for every span with an attribute keyed `need` and one keyed by any of
  * `markers` (keys as the decoder reads them: exact, whole keys); (r, s): its resource_spans and
- * scope_spans. found: as scan_span, over keys_b; numbers: each key of nums_b whose value is an
- * int or a double -> that number (the last such occurrence wins), None when there is none.
+ * scope_spans. found: as scan_span, over keys_b, but as (key, value) pairs in keys' order. counts: per group of nums_b (groups: their
+ * sizes, in order; a key in one group only), the value of the group's first key whose last int
+ * or double value is an int or integral (see first_count), else None.
  * event_spans: the spans with an event named `event` (none looked for when it is empty). */
 static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
     Py_buffer buf;
@@ -808,8 +840,21 @@ static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
     Py_ssize_t r_at = 0, s_at = -1, left = 0, nres = PyList_GET_SIZE(counts);
     if (!out || !events) goto done;
     if (PyList_GET_SIZE(ends) != nspans || PyTuple_GET_SIZE(ks) != PyTuple_GET_SIZE(kb) ||
-        PyTuple_GET_SIZE(ns) != PyTuple_GET_SIZE(nb)) {
-        PyErr_SetString(PyExc_ValueError, "starts/ends or keys differ in length");
+        PyTuple_GET_SIZE(nb) > MAX_NUMBER_KEYS) {
+        PyErr_SetString(PyExc_ValueError, "starts/ends or keys differ in length, or too many number keys");
+        goto done;
+    }
+    Py_ssize_t grouped = 0;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(ns); k++) {
+        Py_ssize_t size = PyLong_AsSsize_t(PyTuple_GET_ITEM(ns, k));
+        if (size < 0) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "negative group size");
+            goto done;
+        }
+        grouped += size;
+    }
+    if (grouped != PyTuple_GET_SIZE(nb)) {
+        PyErr_SetString(PyExc_ValueError, "groups do not cover the number keys");
         goto done;
     }
     if (keyset_init(&mk, markers) || keyset_init(&keys, kb) || keyset_init(&nums, nb)) goto done;
@@ -869,7 +914,7 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"scan_spans", wire_scan_spans, METH_VARARGS, "scan_spans(data, starts, ends, scope_counts, need, markers, keys_b, keys_s, nums_b, nums_s, event) -> (candidates, event_spans)"},
+    {"scan_spans", wire_scan_spans, METH_VARARGS, "scan_spans(data, starts, ends, scope_counts, need, markers, keys_b, keys_s, nums_b, groups, event) -> (candidates, event_spans)"},
     {"scan_span", wire_scan_span, METH_VARARGS, "scan_span(data, start, end, keys_bytes, keys_str) -> (found, trace_id, start_ns, name)"},
     {"walk", wire_walk, METH_VARARGS, "walk(data) -> (starts, ends, scope_counts)"},
     {"marked", wire_marked, METH_VARARGS, "marked(data, starts, ends, markers, among) -> list"},

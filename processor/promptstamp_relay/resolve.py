@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import promptstamp_contract as c
 
@@ -33,9 +34,9 @@ __all__ = [
 ApiLookup = Callable[[str, str, str], "int | None"]
 
 
-@dataclass(frozen=True, slots=True)
-class SpanKey:
-    """What resolution needs to know about one generation span."""
+class SpanKey(NamedTuple):
+    """What resolution needs to know about one generation span (a named tuple: one is made
+    per generation stamped, and a tuple is the cheapest immutable record to make)."""
 
     tenant: str
     key: str

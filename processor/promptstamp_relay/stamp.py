@@ -42,12 +42,16 @@ __all__ = [
 # stamping once), like one Langfuse already links (any of detect.LINK_KEYS: already_linked).
 _ALREADY_STAMPED = c.LF_META_RESOLUTION
 _TYPING_CACHE_MAX = 4096
+_MISS = object()
+#: What :meth:`StampSettings.judge` says of a span to stamp: prompt key, label, prompt name,
+#: and whether it has a ``langfuse.observation.type`` already.
+Verdict = tuple[str, str, str, bool]
 _INPUT_TOKENS = (c.GEN_AI_USAGE_INPUT_TOKENS, c.GEN_AI_USAGE_PROMPT_TOKENS, c.LLM_TOKEN_COUNT_PROMPT)
 _OUTPUT_TOKENS = (
     c.GEN_AI_USAGE_OUTPUT_TOKENS, c.GEN_AI_USAGE_COMPLETION_TOKENS, c.LLM_TOKEN_COUNT_COMPLETION
 )
 #: What a GenerationRecord reads of a span that was not scanned at arrival (a released one).
-_RECORD_KEYS = wire.ScanKeys(c.PROMPT_KEY, frozenset(), (), _INPUT_TOKENS + _OUTPUT_TOKENS)
+_RECORD_KEYS = wire.ScanKeys(c.PROMPT_KEY, frozenset(), (), (_INPUT_TOKENS, _OUTPUT_TOKENS))
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class StampSettings:
         object.__setattr__(self, "_scan_key_pairs", (tuple(k.encode() for k in ordered), ordered))
         object.__setattr__(self, "_marker_keys", marker_keys)
         # Candidates: a prompt key and one of the keys every generation carries (whole keys).
-        scan = wire.ScanKeys(c.PROMPT_KEY, marker_keys, ordered, _INPUT_TOKENS + _OUTPUT_TOKENS,
+        scan = wire.ScanKeys(c.PROMPT_KEY, marker_keys, ordered, (_INPUT_TOKENS, _OUTPUT_TOKENS),
                              c.FETCH_EVENT_NAME)
         object.__setattr__(self, "_scan_keys", scan)
         object.__setattr__(self, "_typing", {})
@@ -79,21 +83,39 @@ class StampSettings:
         """What :func:`.wire.scan_spans` looks for: candidate spans, their keys and token counts."""
         return self._scan_keys  # type: ignore[attr-defined,no-any-return]
 
-    def is_generation(self, found: Mapping[str, object], scope: tuple[str, str], span_name: str,
-                      language: str) -> bool:
-        """``detect.is_generation`` with these rules, remembered per distinct input (spans of
-        one instrumentation repeat it: the table is evaluated once for them). Bounded."""
-        if self._marker_keys.isdisjoint(found):  # type: ignore[attr-defined]
-            return False  # every generation carries one of these keys
-        cache: dict[tuple[object, ...], bool] = self._typing  # type: ignore[attr-defined]
-        k = (tuple(found.items()), scope, span_name, language)
-        got = cache.get(k)
-        if got is None:
+    def judge(self, found: tuple[tuple[str, object], ...], scope: tuple[str, str], span_name: str,
+              language: str) -> Verdict | None:
+        """Whether to stamp a span with these scanned attributes (``found``, as
+        :func:`.wire.scan_spans` gives them), in this scope, with this name, from an SDK of this
+        language: (prompt key, label, prompt name, has a type already), or None. It must carry a
+        prompt key, not be stamped or linked yet, and be a generation to Langfuse (§3)."""
+        attrs = dict(found)
+        key = attrs.get(c.PROMPT_KEY)
+        if not isinstance(key, str) or not key or _ALREADY_STAMPED in attrs:
+            return None  # no prompt key, or stamped by a relay before: left as it arrived
+        if not LINK_KEYS.isdisjoint(attrs):
+            return None  # already linked: left as it arrived
+        if self._marker_keys.isdisjoint(attrs):  # type: ignore[attr-defined]
+            return None  # every generation carries one of these keys
+        if not is_generation(attrs, self.rules, scope_name=scope[0], scope_version=scope[1],
+                             span_name=span_name, sdk_language=language):
+            return None
+        label = attrs.get(c.PROMPT_LABEL)
+        return key, label if isinstance(label, str) else "", self.prompt_names.get(key, key), \
+            c.LF_OBSERVATION_TYPE in attrs
+
+    def judged(self, found: tuple[tuple[str, object], ...], scope: tuple[str, str], span_name: str,
+               language: str) -> Verdict | None:
+        """:meth:`judge`, remembered per distinct input (spans of one instrumentation repeat it:
+        the typing table runs once for them). Bounded."""
+        cache: dict[tuple[object, ...], Verdict | None] = self._typing  # type: ignore[attr-defined]
+        k = (found, scope, span_name, language)
+        got = cache.get(k, _MISS)
+        if got is _MISS:
             if len(cache) >= _TYPING_CACHE_MAX:
                 cache.clear()
-            got = cache[k] = is_generation(found, self.rules, scope_name=scope[0], scope_version=scope[1],
-                                           span_name=span_name, sdk_language=language)
-        return got
+            got = cache[k] = self.judge(found, scope, span_name, language)
+        return got  # type: ignore[return-value]
 
 
 @dataclass(slots=True)
@@ -253,28 +275,21 @@ def _generations(
     scan: wire.Scan, settings: StampSettings, spans: _Containers, tenant: str
 ) -> Iterator[tuple[int, SpanKey, str, bool, str, wire.Candidate]]:
     """(span index, key, prompt name, has a type already, service, its scan) of every span to
-    stamp: it carries a prompt key, Langfuse would type it GENERATION, and nothing links it yet
-    (§3). The candidates are the scan's (a prompt key and a generation marker key, whole keys);
-    their scanned attributes decide."""
-    names = settings.prompt_names
+    stamp (:meth:`StampSettings.judge`). The candidates are the scan's (a prompt key and a
+    generation marker key, whole keys); their scanned attributes decide."""
     context: dict[tuple[int, int], tuple[str, str, str, tuple[str, str]]] = {}
+    judged = settings.judged
     for cand in scan.candidates:
-        found = cand[3]
-        key = found.get(c.PROMPT_KEY)
-        if not isinstance(key, str) or not key or _ALREADY_STAMPED in found:
-            continue  # no prompt key, or stamped by a relay before: left as it arrived
-        if not LINK_KEYS.isdisjoint(found):
-            continue  # already linked: left as it arrived
         where = (cand[1], cand[2])
         ctx = context.get(where)
         if ctx is None:
             ctx = context[where] = (*spans.who(where[0]), spans.scope(*where))
         instance, service, language, scope = ctx
-        if not settings.is_generation(found, scope, cand[6], language):
-            continue
-        label = found.get(c.PROMPT_LABEL)
-        skey = SpanKey(tenant, key, label if isinstance(label, str) else "", cand[4], instance, cand[5])
-        yield cand[0], skey, names.get(key, key), c.LF_OBSERVATION_TYPE in found, service, cand
+        verdict = judged(cand[3], scope, cand[6], language)
+        if verdict is not None:
+            key, label, name, has_type = verdict
+            skey = SpanKey(tenant, key, label, cand[4], instance, cand[5])
+            yield cand[0], skey, name, has_type, service, cand
 
 
 def stamp_request(
@@ -350,16 +365,6 @@ def release_spans(
     return request, stamped
 
 
-def _tokens(numbers: Mapping[str, int | float], keys: tuple[str, ...]) -> int | None:
-    for k in keys:
-        v = numbers.get(k)
-        if isinstance(v, int):
-            return v
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
-    return None
-
-
 _ERROR = Status.STATUS_CODE_ERROR
 _RECORD_FIELDS = ("tenant", "trace_id", "span_id", "span_name", "key", "label", "prompt_name", "version",
                   "resolution", "source", "reason", "instance", "service", "start_ns", "end_ns", "error",
@@ -374,11 +379,10 @@ def generation_record(g: Stamped) -> GenerationRecord:
     scanned = g.scanned
     if scanned is None:
         scanned = wire.scan_decoded(0, 0, 0, Span.FromString(g.span_bytes), _RECORD_KEYS)
-    trace_id, start_ns, name, span_id, end_ns, status, numbers = scanned[4:]
+    trace_id, start_ns, name, span_id, end_ns, status, (input_tokens, output_tokens) = scanned[4:]
     res, key = g.resolution, g.key
     return GenerationRecord(
         key.tenant, trace_id, span_id, name, key.key, key.label, g.prompt_name, res.version, res.tier,
         res.source, res.reason, key.instance, g.service, start_ns, end_ns, status == _ERROR,
-        _tokens(numbers, _INPUT_TOKENS) if numbers else None,
-        _tokens(numbers, _OUTPUT_TOKENS) if numbers else None,
+        input_tokens, output_tokens,
     )  # positional: in GenerationRecord's field order (the cheapest call, once per generation)

@@ -313,28 +313,33 @@ def scan_span(
 @dataclass(frozen=True)
 class ScanKeys:
     """What :func:`scan_spans` looks for: spans with an attribute keyed ``need`` and one keyed by
-    any of ``markers``; of those, the string values of ``keys`` and the numbers of ``numbers``;
-    and the spans with an event named ``event`` (none when it is empty)."""
+    any of ``markers``; of those, the values of ``keys`` and one count per group of ``counts``
+    (e.g. the keys an input token count may be under, in order of preference); and the spans
+    with an event named ``event`` (none when it is empty)."""
 
     need: str
     markers: frozenset[str]
     keys: tuple[str, ...]
-    numbers: tuple[str, ...] = ()
+    counts: tuple[tuple[str, ...], ...] = ()
     event: str = ""
 
     def __post_init__(self) -> None:
+        flat = [k for group in self.counts for k in group]
+        if len(set(flat)) != len(flat) or len(flat) > 32:
+            raise ValueError("count keys: at most 32, each in one group only")
         enc = object.__setattr__
         enc(self, "_args", (self.need.encode(), tuple(sorted(k.encode() for k in self.markers)),
                             tuple(k.encode() for k in self.keys), self.keys,
-                            tuple(k.encode() for k in self.numbers), self.numbers, self.event.encode()))
+                            tuple(k.encode() for k in flat), tuple(len(g) for g in self.counts),
+                            self.event.encode()))
         # The pure-Python prefilter: a span holding a key holds its bytes (widens, never narrows).
         enc(self, "_needles", tuple(k.encode() for k in sorted(self.markers)))
 
 
 #: One candidate span as :func:`scan_spans` gives it: (index, resource_spans index, scope_spans
-#: index, found, trace id, start time, name, span id, end time, status code, numbers or None).
+#: index, found, trace id, start time, name, span id, end time, status code, counts).
 Candidate = tuple[
-    int, int, int, dict[str, object], bytes, int, str, bytes, int, int, "dict[str, int | float] | None"
+    int, int, int, tuple[tuple[str, object], ...], bytes, int, str, bytes, int, int, tuple["int | None", ...]
 ]
 
 
@@ -379,23 +384,35 @@ def scan_spans(data: bytes, index: RequestIndex, keys: ScanKeys) -> Scan:
 def scan_decoded(i: int, r: int, s: int, span: Span, keys: ScanKeys) -> Candidate:
     """What :func:`scan_spans` gives for span ``i`` of scope ``s`` of resource ``r``, from the
     decoded span: the definition the C scan is checked against (``need``, ``markers`` and
-    ``event`` are not looked at here). ``found``: each of ``keys.keys`` present, its str value
-    or True for any other value; ``numbers``: each of ``keys.numbers`` whose value is an int or
-    a double, that number (None when there is none); the last occurrence wins in both."""
-    wanted, numeric = frozenset(keys.keys), frozenset(keys.numbers)
+    ``event`` are not looked at here). ``found``: (key, value) for each of ``keys.keys``
+    present, in that order: its str value, or True for any other value (the last occurrence
+    wins); the same attributes give the same tuple (hashable: a cache key). ``counts``: per group of
+    ``keys.counts``, the first key whose last int or double value is an int, or a float with
+    an integral value (as an int); None when no key of the group has one."""
+    wanted = frozenset(keys.keys)
+    numeric = {k for group in keys.counts for k in group}
     found: dict[str, object] = {}
-    numbers: dict[str, int | float] | None = None
+    numbers: dict[str, int | float] = {}
     for kv in span.attributes:
         v = kv.value
         which = v.WhichOneof("value")
         if kv.key in wanted:
             found[kv.key] = v.string_value if which == "string_value" else True
         if kv.key in numeric and which in ("int_value", "double_value"):
-            if numbers is None:
-                numbers = {}
             numbers[kv.key] = getattr(v, which)
-    return (i, r, s, found, bytes(span.trace_id), span.start_time_unix_nano, span.name, bytes(span.span_id),
-            span.end_time_unix_nano, int(span.status.code), numbers)
+    items = tuple((k, found[k]) for k in keys.keys if k in found)
+    return (i, r, s, items, bytes(span.trace_id), span.start_time_unix_nano, span.name, bytes(span.span_id),
+            span.end_time_unix_nano, int(span.status.code), tuple(_count(numbers, g) for g in keys.counts))
+
+
+def _count(numbers: Mapping[str, int | float], group: tuple[str, ...]) -> int | None:
+    for k in group:
+        v = numbers.get(k)
+        if isinstance(v, int):
+            return v
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+    return None
 
 
 def spans_ok(data: bytes, max_attributes: int) -> bool | None:
