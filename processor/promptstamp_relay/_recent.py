@@ -41,6 +41,23 @@ class RecentKeys(Generic[K]):
         keys[key] = None
         return True
 
+    def add_all(self, tenant: str, keys: list[K]) -> list[bool]:
+        """:meth:`add` for each of ``keys`` in order (one call for a request's worth)."""
+        out: list[bool] = []
+        seen = self._keys.get(tenant)
+        limit = self._per_tenant
+        for key in keys:
+            if seen is not None and len(seen) < limit:  # the common case: no eviction
+                if key in seen:
+                    out.append(False)
+                else:
+                    seen[key] = None
+                    out.append(True)
+                continue
+            out.append(self.add(tenant, key))  # a new tenant, or one at its bound
+            seen = self._keys.get(tenant)
+        return out
+
     def __contains__(self, item: tuple[str, K]) -> bool:
         tenant, key = item
         keys = self._keys.get(tenant)

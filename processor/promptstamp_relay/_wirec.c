@@ -816,7 +816,8 @@ static int event_named(const unsigned char *d, Py_ssize_t start, Py_ssize_t end,
  * event) -> (candidates, event_spans).
  * candidates: (i, r, s, found, trace_id, start_ns, name, span_id, end_ns, status_code, counts)
  * in span order, for every span with an attribute keyed `need` and one keyed by any of
- * `markers` (keys as the decoder reads them: exact, whole keys); (r, s): its resource_spans and
+ * `markers` (keys as the decoder reads them: exact, whole keys), or every span when `need` is
+ * empty; (r, s): its resource_spans and
  * scope_spans. found: as scan_span, over keys_b, but as (key, value) pairs in keys' order. counts: per group of nums_b (groups: their
  * sizes, in order; a key in one group only), the value of the group's first key whose last int
  * or double value is an int or integral (see first_count), else None.
@@ -900,7 +901,7 @@ static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
             if (!idx || PyList_Append(events, idx)) { Py_XDECREF(idx); goto done; }
             Py_DECREF(idx);
         }
-        if (!has_need || !has_marker) continue;
+        if (need_len && (!has_need || !has_marker)) continue; /* need empty: every span */
         PyObject *one = scan_one(d, i, r_at, s_at, s, e, &keys, ks, &nums, ns);
         if (!one || PyList_Append(out, one)) { Py_XDECREF(one); goto done; }
         Py_DECREF(one);

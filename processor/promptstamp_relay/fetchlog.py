@@ -8,7 +8,7 @@ way. The processor deduplicates the two forms of one fetch.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -38,6 +38,10 @@ MARKER = c.FETCH_EVENT_NAME.encode()
 EVENT_MARKER = b"\x12" + bytes([len(MARKER)]) + MARKER
 
 _KNOWN_SOURCES = frozenset({c.SOURCE_LANGFUSE, c.SOURCE_CACHE, c.SOURCE_FALLBACK})
+if tuple(f.name for f in fields(FetchRecord)) != (
+    "key", "label", "version", "source", "time_ns", "trace_id", "span_id", "instance", "error_type", "service"
+):
+    raise ImportError("FetchRecord's fields changed: update fetchlog._parse")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,11 @@ def parse_fetch(
     service: str,
 ) -> FetchRecord | Invalid:
     """One fetch record from its attributes, or why it is rejected."""
+    return _parse(attributes, time_ns, trace_id, span_id, instance, service)
+
+
+def _parse(attributes: Iterable[KeyValue], time_ns: int, trace_id: bytes, span_id: bytes, instance: str,
+           service: str) -> FetchRecord | Invalid:
     key = label = source = ""
     error_type: str | None = None
     version: int | None = None
@@ -101,10 +110,9 @@ def parse_fetch(
         return Invalid("version_not_positive", f"{c.PROMPT_VERSION} must be a positive int, got {version}")
     if len(trace_id) not in (0, 16) or len(span_id) not in (0, 8):
         return Invalid("bad_ids", "trace_id/span_id of wrong length")
-    return FetchRecord(
-        key=key, label=label, version=version, source=source, time_ns=time_ns, trace_id=bytes(trace_id),
-        span_id=bytes(span_id), instance=instance, error_type=error_type, service=service,
-    )
+    # positional, in FetchRecord's field order (checked at import): once per fetch record
+    return FetchRecord(key, label, version, source, time_ns, bytes(trace_id), bytes(span_id), instance,
+                       error_type, service)
 
 
 def _is_fetch(rec: LogRecord) -> bool:
@@ -137,12 +145,17 @@ def split_fetch_log(request: ExportLogsServiceRequest) -> FetchLogBatch:
                 take.append(i)
                 if who is None:
                     who = resource_instance(rl.resource), resource_service(rl.resource)
-                _add(out, parse_fetch(
-                    rec.attributes, time_ns=rec.time_unix_nano or rec.observed_time_unix_nano,
-                    trace_id=rec.trace_id, span_id=rec.span_id, instance=who[0], service=who[1],
-                ))
-            for i in reversed(take):
-                del sl.log_records[i]
+                parsed = _parse(rec.attributes, rec.time_unix_nano or rec.observed_time_unix_nano,
+                                rec.trace_id, rec.span_id, who[0], who[1])
+                if isinstance(parsed, Invalid):
+                    out.invalid.append(parsed)
+                else:
+                    out.records.append(parsed)
+            if len(take) == len(sl.log_records):
+                del sl.log_records[:]  # all of them (the usual case): one call
+            else:
+                for i in reversed(take):
+                    del sl.log_records[i]
     if out.records or out.invalid:
         for r in range(len(request.resource_logs) - 1, -1, -1):
             rl = request.resource_logs[r]

@@ -143,7 +143,7 @@ class Processor:
         st = self.stats
         st.fetch_invalid += len(batch.invalid)
         st.fetch_invalid_reasons.update(v.code for v in batch.invalid)
-        new = [r for r in batch.records if self._first_time(tenant, r)]
+        new = self._first_time(tenant, batch.records)
         st.fetch_duplicates += len(batch.records) - len(new)
         if not new:
             return []
@@ -160,12 +160,15 @@ class Processor:
         arrived = {(tenant, r.trace_id, r.key, r.label) for r in versioned if r.trace_id}
         return self._release(self.hold.pop_matching(arrived), now_ns)
 
-    def _first_time(self, tenant: str, r: FetchRecord) -> bool:
-        """False for the second form of one fetch (its log record and its span event)."""
-        if not r.trace_id:
-            return True  # no span was active: a log record only, never twice
-        identity = (r.trace_id, r.span_id, r.key, r.label, r.version, r.source, r.time_ns)
-        return self._taken.add(tenant, identity)
+    def _first_time(self, tenant: str, records: list[FetchRecord]) -> list[FetchRecord]:
+        """``records`` without the second form of one fetch (its log record and its span event).
+        A record with no trace (no span was active) is a log record only, never twice."""
+        traced = [r for r in records if r.trace_id]
+        if not traced:
+            return records
+        firsts = iter(self._taken.add_all(tenant, [
+            (r.trace_id, r.span_id, r.key, r.label, r.version, r.source, r.time_ns) for r in traced]))
+        return [r for r in records if not r.trace_id or next(firsts)]
 
     # -- traces -----------------------------------------------------------------------------------
     def consume_traces(

@@ -313,9 +313,9 @@ def scan_span(
 @dataclass(frozen=True)
 class ScanKeys:
     """What :func:`scan_spans` looks for: spans with an attribute keyed ``need`` and one keyed by
-    any of ``markers``; of those, the values of ``keys`` and one count per group of ``counts``
-    (e.g. the keys an input token count may be under, in order of preference); and the spans
-    with an event named ``event`` (none when it is empty)."""
+    any of ``markers`` (every span when ``need`` is empty); of those, the values of ``keys`` and
+    one count per group of ``counts`` (e.g. the keys an input token count may be under, in order
+    of preference); and the spans with an event named ``event`` (none when it is empty)."""
 
     need: str
     markers: frozenset[str]
@@ -368,14 +368,15 @@ def scan_spans(data: bytes, index: RequestIndex, keys: ScanKeys) -> Scan:
     out = Scan([], [])
     for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
         may_event = bool(event) and data.find(event, s, e) != -1
-        may_stamp = data.find(need, s, e) != -1 and any(data.find(m, s, e) != -1 for m in needles)
+        may_stamp = not need or (
+            data.find(need, s, e) != -1 and any(data.find(m, s, e) != -1 for m in needles))
         if not (may_event or may_stamp):
             continue
         span = Span.FromString(data[s:e])
         if may_event and any(ev.name == keys.event for ev in span.events):
             out.events.append(i)
         present = {kv.key for kv in span.attributes}
-        if may_stamp and keys.need in present and not keys.markers.isdisjoint(present):
+        if may_stamp and (not need or (keys.need in present and not keys.markers.isdisjoint(present))):
             r, sc, _ = index.locate(i)
             out.candidates.append(scan_decoded(i, r, sc, span, keys))
     return out

@@ -86,11 +86,11 @@ def request(spans: list[bytes]) -> bytes:
     return _field(0x0A, _field(0x12, b"".join(_field(0x12, s) for s in spans)))
 
 
-def python_scan(data: bytes) -> wire.Scan:
+def python_scan(data: bytes, keys: wire.ScanKeys = SCAN) -> wire.Scan:
     saved = wire._c
     wire._c = None
     try:
-        return wire.scan_spans(data, wire.index_request(data), SCAN)
+        return wire.scan_spans(data, wire.index_request(data), keys)
     finally:
         wire._c = saved
 
@@ -112,6 +112,9 @@ def test_the_c_scan_reads_what_the_decoder_reads(spans: list[bytes]) -> None:
     if not wire.native():
         pytest.skip("pure-Python build")
     assert wire.scan_spans(data, wire.index_request(data), SCAN) == python
+    every = wire.ScanKeys("", frozenset(), SCAN.keys, SCAN.counts)  # no need key: every span
+    assert [x[0] for x in python_scan(data, every).candidates] == list(range(len(decoded)))
+    assert wire.scan_spans(data, wire.index_request(data), every) == python_scan(data, every)
 
 
 def test_only_whole_keys_make_a_candidate() -> None:
