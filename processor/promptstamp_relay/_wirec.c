@@ -77,10 +77,20 @@ static int skip_group(const unsigned char *d, Py_ssize_t end, Py_ssize_t *pos, u
 }
 
 /* 1: a field was read into f; 0: end reached exactly; -1: malformed. */
-static int next_field(const unsigned char *d, Py_ssize_t *pos, Py_ssize_t end, Field *f) {
+static inline int next_field(const unsigned char *d, Py_ssize_t *pos, Py_ssize_t end, Field *f) {
     uint64_t tag, v;
     if (*pos >= end) return *pos == end ? 0 : -1;
     f->head = *pos;
+    /* Fast path, most fields: a one-byte tag of a length-delimited field shorter than 128. */
+    if (end - *pos >= 2 && (d[*pos] & 0x87) == 0x02 && d[*pos + 1] < 0x80) {
+        Py_ssize_t n = d[*pos + 1], s = *pos + 2;
+        if (n > end - s) return -1;
+        f->field = (uint32_t)(d[*pos] >> 3);
+        f->wt = 2;
+        f->start = s;
+        f->end = *pos = s + n;
+        return 1;
+    }
     if (read_varint(d, end, pos, &tag)) return -1;
     f->field = (uint32_t)(tag >> 3);
     f->wt = (int)(tag & 7);

@@ -344,15 +344,19 @@ def release_spans(
     request = ExportTraceServiceRequest()
     stamped: list[Stamped] = []
     groups: dict[tuple[bytes, str, bytes, str], ScopeSpans] = {}
+    encoded: dict[int, bytes] = {}  # id -> encoding of the resources and scopes seen (alive meanwhile)
     for h in held:
         res = resolver.resolve(h.key, h.prompt_name, held=True)
         span = h.span
         stamp_span(span, prompt_name=h.prompt_name, label=h.key.label, resolution=res, has_type=h.has_type)
         stamped.append(Stamped(h.key, res, h.prompt_name, h.service, None, h.span_bytes))
-        gk = (
-            h.resource.SerializeToString(deterministic=True), h.resource_schema_url,
-            h.scope.SerializeToString(deterministic=True), h.scope_schema_url,
-        )
+        r_enc = encoded.get(id(h.resource))
+        if r_enc is None:  # spans held from one container share its resource and scope objects
+            r_enc = encoded[id(h.resource)] = h.resource.SerializeToString(deterministic=True)
+        s_enc = encoded.get(id(h.scope))
+        if s_enc is None:
+            s_enc = encoded[id(h.scope)] = h.scope.SerializeToString(deterministic=True)
+        gk = (r_enc, h.resource_schema_url, s_enc, h.scope_schema_url)
         ss = groups.get(gk)
         if ss is None:
             rs = request.resource_spans.add()
