@@ -43,9 +43,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 # -- 1. in-process ----------------------------------------------------------------------------------
 def breakdown(n: int, sink_port: int) -> dict[str, Any]:
-    import promptstamp_contract as c
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+    import promptstamp_contract as c
     from promptstamp_relay.config import Config
     from promptstamp_relay.export import LangfuseExporter
     from promptstamp_relay.export import langfuse as lf_module

@@ -7,7 +7,6 @@ import time
 from collections.abc import Iterator
 
 import grpc
-import promptstamp_contract as c
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -18,6 +17,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+import promptstamp_contract as c
 from promptstamp.testing import LangfuseServer
 from promptstamp_relay.server import RelayServer
 

@@ -7,11 +7,11 @@ length, nesting deeper than a parser allows.
 
 from __future__ import annotations
 
-import promptstamp_contract as c
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+import promptstamp_contract as c
 from tests.otlp_builders import T0, S, kvs, sid, tid
 
 

@@ -11,9 +11,9 @@ import time
 from collections.abc import Iterator
 
 import grpc
-import promptstamp_contract as c
 import pytest
 
+import promptstamp_contract as c
 from promptstamp.testing import LangfuseServer
 from promptstamp_relay.server import RelayServer
 from tests.otlp_builders import fetch_record, gen_attrs, logs, sid, span, traces

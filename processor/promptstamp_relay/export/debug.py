@@ -6,8 +6,9 @@ import sys
 import threading
 from typing import TextIO
 
-import promptstamp_contract as c
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+import promptstamp_contract as c
 
 from ._base import OK, ExportResult
 
