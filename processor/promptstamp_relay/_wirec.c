@@ -77,7 +77,7 @@ static int skip_group(const unsigned char *d, Py_ssize_t end, Py_ssize_t *pos, u
 }
 
 /* 1: a field was read into f; 0: end reached exactly; -1: malformed. */
-static inline int next_field(const unsigned char *d, Py_ssize_t *pos, Py_ssize_t end, Field *f) {
+static inline __attribute__((always_inline)) int next_field(const unsigned char *d, Py_ssize_t *pos, Py_ssize_t end, Field *f) {
     uint64_t tag, v;
     if (*pos >= end) return *pos == end ? 0 : -1;
     f->head = *pos;
@@ -597,34 +597,55 @@ done:
 
 /* ---- scan_spans: the candidate spans of one request and what stamping reads of them ------- */
 typedef struct {
-    PyObject *tuple; /* of bytes */
     Py_ssize_t n;
-    uint64_t lens; /* bit k: some key has length k (k < 63); bit 63: some key is longer */
+    Py_ssize_t head[64]; /* by key length (63: 63 and longer): the first key of that length, or -1 */
+    Py_ssize_t *next;    /* the next key of the same length bucket, or -1 */
+    const char **ptr;
+    Py_ssize_t *len;
 } KeySet;
 
+static void keyset_free(KeySet *ks) {
+    PyMem_Free(ks->next);
+    PyMem_Free(ks->ptr);
+    PyMem_Free(ks->len);
+    ks->next = NULL;
+    ks->ptr = NULL;
+    ks->len = NULL;
+}
+
+/* t: a tuple of bytes, alive while ks is used. 0 ok, -1 with an exception set. */
 static int keyset_init(KeySet *ks, PyObject *t) {
-    ks->tuple = t;
     ks->n = PyTuple_GET_SIZE(t);
-    ks->lens = 0;
-    for (Py_ssize_t k = 0; k < ks->n; k++) {
+    for (int b = 0; b < 64; b++) ks->head[b] = -1;
+    size_t m = (size_t)(ks->n ? ks->n : 1);
+    ks->next = PyMem_Malloc(m * sizeof(Py_ssize_t));
+    ks->ptr = PyMem_Malloc(m * sizeof(char *));
+    ks->len = PyMem_Malloc(m * sizeof(Py_ssize_t));
+    if (!ks->next || !ks->ptr || !ks->len) {
+        keyset_free(ks);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = ks->n - 1; k >= 0; k--) { /* built backwards: each bucket in key order */
         PyObject *b = PyTuple_GET_ITEM(t, k);
         if (!PyBytes_Check(b)) {
+            keyset_free(ks);
             PyErr_SetString(PyExc_TypeError, "keys must be bytes");
             return -1;
         }
-        Py_ssize_t len = PyBytes_GET_SIZE(b);
-        ks->lens |= len < 63 ? (uint64_t)1 << len : (uint64_t)1 << 63;
+        ks->ptr[k] = PyBytes_AS_STRING(b);
+        ks->len[k] = PyBytes_GET_SIZE(b);
+        Py_ssize_t bucket = ks->len[k] < 63 ? ks->len[k] : 63;
+        ks->next[k] = ks->head[bucket];
+        ks->head[bucket] = k;
     }
     return 0;
 }
 
-/* Index of the key equal to p[0:len] in ks, or -1. */
-static Py_ssize_t keyset_find(const KeySet *ks, const unsigned char *p, Py_ssize_t len) {
-    if (!(ks->lens & (len < 63 ? (uint64_t)1 << len : (uint64_t)1 << 63))) return -1;
-    for (Py_ssize_t k = 0; k < ks->n; k++) {
-        PyObject *b = PyTuple_GET_ITEM(ks->tuple, k);
-        if (PyBytes_GET_SIZE(b) == len && memcmp(PyBytes_AS_STRING(b), p, (size_t)len) == 0) return k;
-    }
+/* Index of the (first) key equal to p[0:len] in ks, or -1. */
+static inline Py_ssize_t keyset_find(const KeySet *ks, const unsigned char *p, Py_ssize_t len) {
+    for (Py_ssize_t k = ks->head[len < 63 ? len : 63]; k >= 0; k = ks->next[k])
+        if (ks->len[k] == len && memcmp(ks->ptr[k], p, (size_t)len) == 0) return k;
     return -1;
 }
 
@@ -842,7 +863,7 @@ static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
         return NULL;
     const unsigned char *d = buf.buf;
     PyObject *out = PyList_New(0), *events = PyList_New(0), *result = NULL;
-    KeySet mk, keys, nums;
+    KeySet mk = {0}, keys = {0}, nums = {0};
     Py_ssize_t nspans = PyList_GET_SIZE(starts);
     const unsigned char *need_p = (const unsigned char *)PyBytes_AS_STRING(need);
     Py_ssize_t need_len = PyBytes_GET_SIZE(need), event_len = PyBytes_GET_SIZE(event);
@@ -918,6 +939,9 @@ static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
     }
     result = PyTuple_Pack(2, out, events);
 done:
+    keyset_free(&mk);
+    keyset_free(&keys);
+    keyset_free(&nums);
     Py_XDECREF(out);
     Py_XDECREF(events);
     PyBuffer_Release(&buf);

@@ -51,7 +51,7 @@ _OUTPUT_TOKENS = (
     c.GEN_AI_USAGE_OUTPUT_TOKENS, c.GEN_AI_USAGE_COMPLETION_TOKENS, c.LLM_TOKEN_COUNT_COMPLETION
 )
 #: What a GenerationRecord reads of a span that was not scanned at arrival (a released one).
-_RECORD_KEYS = wire.ScanKeys("", frozenset(), (), (_INPUT_TOKENS, _OUTPUT_TOKENS))
+_RECORD_KEYS = wire.ScanKeys(c.PROMPT_KEY, frozenset(), (), (_INPUT_TOKENS, _OUTPUT_TOKENS))
 
 
 @dataclass(frozen=True)
@@ -382,8 +382,7 @@ def generation_record(g: Stamped) -> GenerationRecord:
     (a released span) from a scan of its bytes."""
     scanned = g.scanned
     if scanned is None:
-        one = wire.RequestIndex([0], [len(g.span_bytes)], [[1]])
-        scanned = wire.scan_spans(g.span_bytes, one, _RECORD_KEYS).candidates[0]
+        scanned = wire.scan_one(g.span_bytes, _RECORD_KEYS)
     trace_id, start_ns, name, span_id, end_ns, status, (input_tokens, output_tokens) = scanned[4:]
     res, key = g.resolution, g.key
     return GenerationRecord(

@@ -37,6 +37,7 @@ __all__ = [
     "index_request",
     "native",
     "scan_decoded",
+    "scan_one",
     "scan_span",
     "scan_spans",
     "spans_ok",
@@ -380,6 +381,16 @@ def scan_spans(data: bytes, index: RequestIndex, keys: ScanKeys) -> Scan:
             r, sc, _ = index.locate(i)
             out.candidates.append(scan_decoded(i, r, sc, span, keys))
     return out
+
+
+def scan_one(span: bytes, keys: ScanKeys) -> Candidate:
+    """What :func:`scan_spans` gives for one encoded span alone (index, resource and scope 0),
+    whatever ``keys.need`` and ``keys.markers`` say."""
+    if _c is not None:
+        args = (b"", (), *keys._args[2:])  # type: ignore[attr-defined]
+        candidates, _ = _c.scan_spans(span, [0], [len(span)], [[1]], *args)
+        return candidates[0]  # type: ignore[no-any-return]
+    return scan_decoded(0, 0, 0, Span.FromString(span), keys)
 
 
 def scan_decoded(i: int, r: int, s: int, span: Span, keys: ScanKeys) -> Candidate:
