@@ -7,13 +7,22 @@
    a loopback sink, and the fetch-log path. Single thread, no gRPC: the sum is what one request
    costs with no contention; the live CPU per request minus this sum is gRPC, threads and locks.
    A cProfile pass over ``consume_traces`` splits the processor further.
-2. **py-spy on the live relay** (``--pyspy``): ``promptstamp-relay serve`` under the benchmark
+2. **Processing cost against another checkout** (``--processing --against DIR``): the
+   processor alone (``consume_logs`` / ``consume_traces`` / the late ``consume_logs``, decoding
+   outside the measured region) on the same pre-encoded batches, in this checkout and in DIR
+   (each with its own ``.venv``), rounds interleaved; CPU µs (``thread_time``) per 512-span batch,
+   median, with a plain upb parse of the same request as a reference for the machine's state,
+   and, when valgrind is installed, instructions per batch (callgrind: deterministic, unlike a
+   shared machine's timings). ``--observer noop|rollouts``: with a do-nothing observer (the cost
+   of building GenerationRecords) or the rollouts observer attached (this checkout only).
+3. **py-spy on the live relay** (``--pyspy``): ``promptstamp-relay serve`` under the benchmark
    load (N clients), sampled by py-spy (``--gil``: only the thread holding the GIL, i.e. where
    the one core the Python code can use goes; and all non-idle threads), stacks folded into
    categories.
 
 Run: ``python -m bench.profile_relay [--breakdown] [--pyspy] [--clients 4,16]``. Writes
-``bench/results/profile.md`` and ``bench/results/raw-profile-<timestamp>.json``.
+``bench/results/profile.md`` and ``bench/results/raw-profile-<timestamp>.json``;
+``--processing --against DIR`` writes ``bench/results/processing.md`` instead.
 """
 
 from __future__ import annotations
@@ -190,7 +199,120 @@ def _top(prof: cProfile.Profile, n: int, k: int = 14) -> list[dict[str, Any]]:
     return top
 
 
-# -- 2. py-spy on the live relay --------------------------------------------------------------------
+# -- 2. processing cost against another checkout ---------------------------------------------------
+# Run as ``python -c _CHILD <checkout> <observer> <phase> <batches>`` by the checkout's own venv: it
+# uses only what every checkout since the native walk has (build_processor, decode_*, the workload).
+_CHILD = r"""
+import functools, json, statistics, sys, time
+tree, observer, phase, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+sys.path.insert(0, tree)
+from bench.workload import build, patch
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from promptstamp_relay.config import Config
+from promptstamp_relay.limits import decode_logs, decode_traces
+from promptstamp_relay.server import build_processor
+cfg = Config()
+observers = []
+if observer == "noop":
+    class Noop:
+        def on_fetch_records(self, tenant, records, now_ns): pass
+        def on_generations(self, records, now_ns): pass
+    observers = [Noop()]
+elif observer == "rollouts":
+    from promptstamp_relay.receive.auth import Authenticator
+    from promptstamp_relay.rollouts.component import Rollouts
+    observers = [Rollouts(cfg.rollouts, prompt_names=cfg.prompt_names, journal=None, redis_url="",
+                          authenticator=Authenticator(cfg.auth, default_has_keys=True), clock=time.time_ns).observer]
+p = build_processor(cfg, observers=observers) if observers else build_processor(cfg)
+wl = build("mixed", 512, 8)
+toggle = lambda f: functools.reduce(lambda _, g: g(), [f], None)  # callgrind collects inside reduce only
+pc = time.thread_time
+t = {"logs": [], "traces": [], "late": [], "reference parse": []}
+now0 = 1_764_000_000_000_000_000
+for i in range(20 + n):
+    b = wl.batches[i % len(wl.batches)]
+    stamp = (0x7F000000 | i).to_bytes(4, "big")
+    now = now0 + i * 10_000_000
+    logs = decode_logs(patch(b.logs_before, b.before_offsets, stamp, b.before_time_offsets, now_ns=now), cfg.limits)
+    data = patch(b.traces, b.trace_offsets, stamp)
+    traces = decode_traces(data, cfg.limits)
+    late = b.logs_after and decode_logs(patch(b.logs_after, b.after_offsets, stamp, b.after_time_offsets, now_ns=now),
+                                         cfg.limits)
+    steps = [("logs", lambda: p.consume_logs(logs, now)),
+             ("traces", lambda: p.consume_traces(traces, now, encoded=data)),
+             ("late", (lambda: p.consume_logs(late, now)) if late else None),
+             ("reference parse", lambda: ExportTraceServiceRequest.FromString(data))]
+    for name, f in steps:
+        if f is None:
+            continue
+        t0 = pc()
+        toggle(f) if i >= 20 and name == phase else f()
+        if i >= 20:
+            t[name].append((pc() - t0) * 1e6)
+print(json.dumps({k: statistics.median(v) for k, v in t.items() if v}))
+"""
+
+
+def _child(tree: Path, observer: str, phase: str, n: int, callgrind: bool) -> dict[str, float]:
+    py = str(tree / ".venv" / "bin" / "python")
+    cmd = [py, "-c", _CHILD, str(tree), observer, phase, str(n)]
+    if callgrind:
+        cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no", "--toggle-collect=functools_reduce",
+               "--callgrind-out-file=/dev/null", *cmd]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, timeout=900, check=True)
+    out: dict[str, float] = json.loads(run.stdout.strip().splitlines()[-1])
+    if callgrind:
+        collected = [line for line in run.stderr.splitlines() if "Collected" in line]
+        out = {"instructions": int(collected[-1].split()[-1].replace(",", "")) / n}
+    return out
+
+
+def processing(against: Path, observers: list[str], rounds: int, n: int) -> dict[str, Any]:
+    """This checkout (with each observer setting) against ``against`` (no observer), interleaved."""
+    here = Path(__file__).resolve().parent.parent
+    runs: dict[str, list[dict[str, float]]] = {}
+    setups = [("before", against, "none"), *((f"now, observer {o}", here, o) for o in observers)]
+    for _ in range(rounds):
+        for name, tree, obs in setups:
+            if name != "before" and obs == "rollouts" and not (tree / "processor/promptstamp_relay/rollouts").exists():
+                continue
+            runs.setdefault(name, []).append(_child(tree, obs, "-", n, callgrind=False))
+    timings = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
+    instructions: dict[str, dict[str, float]] = {}
+    if shutil.which("valgrind"):
+        for name, tree, obs in setups:
+            instructions[name] = {ph: _child(tree, obs, ph, min(n, 40), callgrind=True)["instructions"]
+                                  for ph in ("logs", "traces", "late")}
+    return {"against": str(against), "rounds": rounds, "batches": n, "timings_us": timings,
+            "all_runs": runs, "instructions": instructions}
+
+
+def render_processing(raw: dict[str, Any]) -> str:
+    pr = raw["processing"]
+    lines = [f"# Processing cost against {pr['against']} — {raw['started']}", "",
+             f"Load average before / after: {' '.join(raw['loadavg_before'])} / {' '.join(raw['loadavg_after'])}.",
+             "Per 512-span batch of the bench workload: the fetch-log request before it (`logs`, ~61 "
+             "records), the trace request (`traces`), the late fetch-log request (`late`, ~3 records "
+             "releasing held spans). Decoding is outside the measured region.", ""]
+    before = pr["timings_us"]["before"]
+    lines += [f"CPU µs, median of {pr['rounds']} interleaved rounds of {pr['batches']} batches "
+              "(reference: a plain upb parse of the same trace request, for the machine's state):", "",
+              "| checkout | logs | traces | late | reference parse | traces / before |", "|---|---|---|---|---|---|"]
+    for name, m in pr["timings_us"].items():
+        lines.append(f"| {name} | {m['logs']:,.0f} | {m['traces']:,.0f} | {m['late']:,.0f} | "
+                     f"{m['reference parse']:,.0f} | {m['traces'] / before['traces']:.2f}× |")
+    if pr["instructions"]:
+        b = pr["instructions"]["before"]
+        lines += ["", "Instructions per batch (callgrind, deterministic):", "",
+                  "| checkout | logs | traces | late | logs / before | traces / before | late / before |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, m in pr["instructions"].items():
+            lines.append(f"| {name} | {m['logs'] / 1e6:.2f} M | {m['traces'] / 1e6:.2f} M | {m['late'] / 1e6:.2f} M | "
+                         f"{m['logs'] / b['logs']:.2f}× | {m['traces'] / b['traces']:.2f}× | {m['late'] / b['late']:.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
+# -- 3. py-spy on the live relay --------------------------------------------------------------------
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     # first match from the leaf upwards wins; patterns are matched against "function (path:line)"
     ("gzip", ("gzip.py", "igzip", "zlib")),
@@ -354,7 +476,26 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--clients", default="4,16")
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--processing", action="store_true")
+    ap.add_argument("--against", type=Path, help="the other checkout (with its own .venv) for --processing")
+    ap.add_argument("--observer", default="none,noop", help="for --processing: none, noop, rollouts (comma-separated)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batches", type=int, default=250)
     args = ap.parse_args()
+    if args.processing:
+        if args.against is None:
+            ap.error("--processing needs --against DIR")
+        raw = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+               "loadavg_before": Path("/proc/loadavg").read_text().split()[:3]}
+        raw["processing"] = processing(args.against.resolve(), args.observer.split(","), args.rounds, args.batches)
+        raw["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"raw-processing-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(
+            json.dumps(raw, indent=1), encoding="utf-8")
+        md = render_processing(raw)
+        (RESULTS / "processing.md").write_text(md, encoding="utf-8")
+        print(md)
+        return 0
     if not args.breakdown and not args.pyspy:
         args.breakdown = args.pyspy = True
     raw: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
