@@ -15,11 +15,11 @@ import importlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from .admit import Admission, AdmissionStats, Intake
 from .apitier import LabelPointers
-from .config import Config
+from .config import Config, LogsExporterConfig, MetricsExporterConfig
 from .deliver import DeliveryQueue, build_queue
 from .deliver.journal import Journal
 from .detect import GenerationRules
@@ -123,25 +123,23 @@ def build_trace_exporter(cfg: Config) -> Exporter:
 
 
 def build_logs_exporter(cfg: Config) -> Exporter | None:
-    lx = cfg.logs_exporter
-    if lx.type == "otlp_grpc":
-        g = lx.otlp_grpc
-        return OtlpGrpcExporter(g.endpoint, signal="logs", insecure=g.insecure, headers=g.headers,
-                                timeout=g.timeout_seconds, compression=g.compression)
-    if lx.type == "file":
-        return FileExporter(lx.file, signal="logs")
-    return None
+    """Where log records other than the fetch log go (``logs_exporter``); None: dropped."""
+    return _signal_exporter(cfg.logs_exporter, "logs")
 
 
 def build_metrics_exporter(cfg: Config) -> Exporter | None:
     """Where OTLP metrics go unchanged (``metrics_exporter``); None: counted and dropped."""
-    mx = cfg.metrics_exporter
-    if mx.type == "otlp_grpc":
-        g = mx.otlp_grpc
-        return OtlpGrpcExporter(g.endpoint, signal="metrics", insecure=g.insecure, headers=g.headers,
+    return _signal_exporter(cfg.metrics_exporter, "metrics")
+
+
+def _signal_exporter(section: LogsExporterConfig | MetricsExporterConfig,
+                     signal: Literal["logs", "metrics"]) -> Exporter | None:
+    if section.type == "otlp_grpc":
+        g = section.otlp_grpc
+        return OtlpGrpcExporter(g.endpoint, signal=signal, insecure=g.insecure, headers=g.headers,
                                 timeout=g.timeout_seconds, compression=g.compression)
-    if mx.type == "file":
-        return FileExporter(mx.file, signal="metrics")
+    if section.type == "file":
+        return FileExporter(section.file, signal=signal)
     return None
 
 
