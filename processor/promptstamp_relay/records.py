@@ -41,7 +41,10 @@ def resource_service(resource: Resource) -> str:
     return str(name)
 
 
-@dataclass(frozen=True, slots=True)
+# Not ``frozen``: a frozen dataclass sets every field through ``object.__setattr__`` (2.6 µs for
+# 18 fields against 0.3 µs), and the relay builds one record per fetch and per generation on its
+# hot path. Records are still values: nothing mutates one after it is built, and they hash by field.
+@dataclass(slots=True, unsafe_hash=True)
 class FetchRecord:
     """One ``app.prompt.fetch`` log record (contract §2), already validated.
 
@@ -71,7 +74,7 @@ class FetchRecord:
 UnresolvedReason = Literal["no_fetch_record", "fallback_only", "hold_expired"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class GenerationRecord:
     """One generation span as the relay stamped it (contract §3), for observers: per-version
     metrics, the label timeline, replay summaries and test assertions."""

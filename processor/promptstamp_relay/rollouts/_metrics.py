@@ -12,8 +12,8 @@ label="other"`` of its tenant; ``promptstamp_rollout_series_folded_total{tenant}
 generations folded so. So there are never more than about twice ``max_series`` series.
 
 Threads: :meth:`GenerationMetrics.add` is called by the rollouts observer under its lock (on
-the processing path: O(1), no I/O); :meth:`GenerationMetrics.families` at scrape time, under
-the same lock.
+the processing path: once per series in a request, no I/O); :meth:`GenerationMetrics.families`
+at scrape time, under the same lock.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from ..records import GenerationRecord
+from ._model import GenerationBatch
 
 __all__ = ["DURATION_BUCKETS", "OTHER", "GenerationMetrics"]
 
@@ -34,6 +34,7 @@ OTHER = "other"
 NONE = "none"
 #: Seconds; LLM calls run from tens of milliseconds to minutes.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
+_BUCKETS_NS = tuple(round(b * 1e9) for b in DURATION_BUCKETS)  # compared with integer durations
 
 SeriesKey = tuple[str, str, str, str]  # tenant, prompt, version, label
 
@@ -61,34 +62,33 @@ class GenerationMetrics:
     def __len__(self) -> int:
         return len(self._series)
 
-    def _key(self, g: GenerationRecord) -> SeriesKey:
-        version = NONE if g.version is None else str(g.version)
-        key = (g.tenant, g.prompt_name, version, g.label)
+    def _key(self, tenant: str, prompt: str, version: int | None, label: str, n: int) -> SeriesKey:
+        key = (tenant, prompt, NONE if version is None else str(version), label)
         if key in self._series:
             return key
         if self._own < self.max_series:
             self._own += 1
-            self._triples.add((g.tenant, g.prompt_name, g.label))
+            self._triples.add((tenant, prompt, label))
             return key
-        self.folded[g.tenant] += 1
-        if (g.tenant, g.prompt_name, g.label) in self._triples:
-            return (g.tenant, g.prompt_name, OTHER, g.label)
-        return (g.tenant, OTHER, OTHER, OTHER)
+        self.folded[tenant] += n
+        if (tenant, prompt, label) in self._triples:
+            return (tenant, prompt, OTHER, label)
+        return (tenant, OTHER, OTHER, OTHER)
 
-    def add(self, g: GenerationRecord) -> None:
-        key = self._key(g)
+    def add(self, tenant: str, prompt: str, label: str, version: int | None, batch: GenerationBatch) -> None:
+        """Count a request's generations of one series."""
+        key = self._key(tenant, prompt, version, label, batch.count)
         s = self._series.get(key)
         if s is None:
             s = self._series[key] = _Series()
-        if g.error:
-            s.error += 1
-        else:
-            s.ok += 1
-        s.input_tokens += g.input_tokens or 0
-        s.output_tokens += g.output_tokens or 0
-        seconds = max(0, g.end_ns - g.start_ns) / 1e9
-        s.buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
-        s.seconds += seconds
+        s.error += batch.errors
+        s.ok += batch.count - batch.errors
+        s.input_tokens += batch.input_tokens
+        s.output_tokens += batch.output_tokens
+        buckets = s.buckets
+        for d in batch.durations_ns:
+            buckets[bisect.bisect_left(_BUCKETS_NS, d)] += 1
+        s.seconds += sum(batch.durations_ns) / 1e9
 
     def families(self) -> Iterator[Metric]:
         """The metric families as they stand (call under the owner's lock)."""

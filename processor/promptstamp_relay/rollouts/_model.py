@@ -19,13 +19,15 @@ true one.
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 __all__ = [
+    "GenerationBatch",
     "InstanceStats",
     "Timeline",
     "VersionStats",
@@ -49,12 +51,14 @@ _MAX_BUCKET = 200  # ~9.7 h
 UNKNOWN_INSTANCE = "(unknown)"
 
 
+#: The sketch's bucket edges in whole ns: bucket ``i`` holds durations in [r^i, r^(i+1)) ms.
+#: Rounded up, so an integer duration falls where the exact edge puts it, and compared as ints.
+_EDGES_NS = tuple(math.ceil(_RATIO ** i * 1e6) for i in range(_MIN_BUCKET + 1, _MAX_BUCKET + 1))
+
+
 def duration_bucket(duration_ns: int) -> int:
-    """The sketch bucket of a duration: ``floor(log_r(ms))``, clamped."""
-    ms = duration_ns / 1e6
-    if ms <= 0:
-        return _MIN_BUCKET
-    return max(_MIN_BUCKET, min(_MAX_BUCKET, math.floor(math.log(ms) / _LOG_RATIO)))
+    """The sketch bucket of a duration: ``floor(log_r(ms))``, clamped to the sketch's range."""
+    return _MIN_BUCKET + bisect.bisect_right(_EDGES_NS, duration_ns)
 
 
 def _bucket_ms(i: int) -> float:
@@ -81,6 +85,20 @@ def _lo(a: int, b: int) -> int:
 
 
 @dataclass(slots=True)
+class GenerationBatch:
+    """What one request's generations of one version add to its aggregates (built once, read by
+    the timeline and the metrics alike)."""
+
+    count: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+    first_start_ns: int
+    last_start_ns: int
+    durations_ns: list[int]  # one per generation, never negative
+
+
+@dataclass(slots=True)
 class VersionStats:
     """One version under one label. Times are ns since the epoch; 0: none yet."""
 
@@ -95,21 +113,22 @@ class VersionStats:
     output_tokens: int = 0
     durations: dict[int, int] = field(default_factory=dict)  # sketch bucket -> generations
 
-    def add_fetch(self, time_ns: int) -> None:
-        self.first_ns = _lo(self.first_ns, time_ns)
-        self.last_ns = max(self.last_ns, time_ns)
-        self.fetches += 1
+    def add_fetches(self, first_ns: int, last_ns: int, count: int) -> None:
+        self.first_ns = _lo(self.first_ns, first_ns)
+        self.last_ns = max(self.last_ns, last_ns)
+        self.fetches += count
 
-    def add_generation(self, start_ns: int, end_ns: int, error: bool, input_tokens: int | None,
-                       output_tokens: int | None) -> None:
-        self.gen_first_ns = _lo(self.gen_first_ns, start_ns)
-        self.gen_last_ns = max(self.gen_last_ns, start_ns)
-        self.generations += 1
-        self.errors += error
-        self.input_tokens += input_tokens or 0
-        self.output_tokens += output_tokens or 0
-        b = duration_bucket(max(0, end_ns - start_ns))
-        self.durations[b] = self.durations.get(b, 0) + 1
+    def add_generations(self, batch: GenerationBatch) -> None:
+        self.gen_first_ns = _lo(self.gen_first_ns, batch.first_start_ns)
+        self.gen_last_ns = max(self.gen_last_ns, batch.last_start_ns)
+        self.generations += batch.count
+        self.errors += batch.errors
+        self.input_tokens += batch.input_tokens
+        self.output_tokens += batch.output_tokens
+        durations, edges, at = self.durations, _EDGES_NS, bisect.bisect_right
+        for d in batch.durations_ns:
+            b = _MIN_BUCKET + at(edges, d)  # duration_bucket(d), inlined: one call per generation
+            durations[b] = durations.get(b, 0) + 1
 
     @property
     def seen_first_ns(self) -> int:
@@ -144,10 +163,10 @@ class InstanceStats:
     fetches: int = 0
     since_ns: int = 0
 
-    def add(self, time_ns: int) -> None:
-        self.first_ns = _lo(self.first_ns, time_ns)
-        self.last_ns = max(self.last_ns, time_ns)
-        self.fetches += 1
+    def add_fetches(self, first_ns: int, last_ns: int, count: int) -> None:
+        self.first_ns = _lo(self.first_ns, first_ns)
+        self.last_ns = max(self.last_ns, last_ns)
+        self.fetches += count
 
     def merge(self, o: InstanceStats) -> None:
         self.first_ns = _lo(self.first_ns, o.first_ns)
@@ -167,18 +186,27 @@ class Timeline:
     #: instance -> (version, time) of its latest hand-out: an index over ``served``, not stored.
     latest: dict[str, tuple[int, int]] = field(default_factory=dict)
 
-    def add_fetch(self, instance: str, version: int, time_ns: int, service: str) -> None:
-        """One hand-out; a switch of ``instance`` from another version is dated."""
-        self.version(version).add_fetch(time_ns)
+    def add_fetches(self, instance: str, version: int, times_ns: Sequence[int], service: str) -> int:
+        """Hand-outs of ``version`` to ``instance`` (``times_ns`` in arrival order, not empty).
+
+        The instance's switch from another version is dated by the first hand-out at or after its
+        latest one; that time is returned (0: no switch). Taking the hand-outs one by one in order
+        gives the same result: this is that, in one step.
+        """
+        first, last = min(times_ns), max(times_ns)
+        self.version(version).add_fetches(first, last, len(times_ns))
         stats = self.instance(instance, version)
-        stats.add(time_ns)
+        stats.add_fetches(first, last, len(times_ns))
+        switched = 0
         prev = self.latest.get(instance)
-        if prev is None or time_ns >= prev[1]:
+        if prev is None or last >= prev[1]:
             if prev is not None and prev[0] != version:
-                stats.since_ns = max(stats.since_ns, time_ns)
-            self.latest[instance] = (version, time_ns)
+                switched = next(t for t in times_ns if t >= prev[1])
+                stats.since_ns = max(stats.since_ns, switched)
+            self.latest[instance] = (version, last)
         if service:
             self.services[instance] = service
+        return switched
 
     def reindex(self) -> None:
         """Rebuild ``latest`` from ``served`` (after a load, a merge or a prune)."""

@@ -2,9 +2,10 @@
 
 Threads: the :class:`~promptstamp_relay.pipeline.Processor` calls :meth:`RolloutObserver.
 on_fetch_records` and :meth:`~RolloutObserver.on_generations` synchronously, under the relay's
-processing lock: they only update dictionaries (O(1) per record) under this object's own short
-lock, never do I/O. The flusher thread, HTTP handlers and Prometheus scrapes take the same lock
-to copy what they need, and do their I/O after releasing it.
+processing lock: they group a request's records (O(1) per record) and update dictionaries once
+per group under this object's own short lock, never do I/O. The flusher thread, HTTP handlers
+and Prometheus scrapes take the same lock to copy what they need, and do their I/O after
+releasing it.
 
 State: ``timelines`` is everything this relay knows (what it loaded at start plus what it saw);
 with a shared store, ``pending`` is what it saw since the last flush to Redis (a delta that adds
@@ -17,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -25,7 +27,7 @@ from prometheus_client.registry import Collector
 from ..records import FetchRecord, GenerationRecord
 from ._config import RolloutsConfig
 from ._metrics import GenerationMetrics
-from ._model import UNKNOWN_INSTANCE, Timeline, dump_timeline, load_timeline, merge, prune
+from ._model import UNKNOWN_INSTANCE, GenerationBatch, Timeline, dump_timeline, load_timeline, merge, prune
 
 __all__ = ["RolloutObserver", "RolloutStats", "TimelineKey"]
 
@@ -56,36 +58,66 @@ class RolloutObserver:
         self.stats = RolloutStats()
 
     # -- the processing path ----------------------------------------------------------------------
+    # A request holds few distinct prompts, labels and instances: records are grouped first, and
+    # the timelines and series are touched once per group, not once per record.
     def on_fetch_records(self, tenant: str, records: Sequence[FetchRecord], now_ns: int) -> None:
+        groups: dict[tuple[str, str, str], list[FetchRecord]] = {}
+        names = self._names
+        for r in records:
+            if r.version is None:
+                continue  # a fallback prompt: no version to put on the timeline
+            group = (names.get(r.key, r.key), r.label, r.instance or r.service or UNKNOWN_INSTANCE)
+            got = groups.get(group)
+            if got is None:
+                groups[group] = [r]
+            else:
+                got.append(r)
         with self.lock:
-            for r in records:
-                if r.version is None:
-                    continue  # a fallback prompt: no version to put on the timeline
-                key = (tenant, self._names.get(r.key, r.key), r.label)
-                instance = r.instance or r.service or UNKNOWN_INSTANCE
-                targets = self._targets(key)
+            for (name, label, instance), rs in groups.items():
+                targets = self._targets((tenant, name, label), len(rs))
                 if not targets:
                     continue
-                # The switch is dated from the whole local timeline; the Redis delta gets it too.
-                full = targets[0]
-                prev = full.latest.get(instance)
-                for tl in targets:
-                    self._room_for(tl, r.version, instance)
-                    tl.add_fetch(instance, r.version, r.time_ns, r.service)
-                if len(targets) > 1 and prev is not None and prev[0] != r.version and r.time_ns >= prev[1]:
-                    delta = targets[1].served[(instance, r.version)]
-                    delta.since_ns = max(delta.since_ns, r.time_ns)
+                version = rs[0].version
+                if all(r.version == version for r in rs):
+                    self._add_fetches(targets, instance, rs)
+                else:  # the label moved within this request: one version at a time, in order
+                    for r in rs:
+                        self._add_fetches(targets, instance, [r])
+
+    def _add_fetches(self, targets: list[Timeline], instance: str, rs: list[FetchRecord]) -> None:
+        """``rs``: one instance's hand-outs of one version under one label, in arrival order."""
+        version = rs[0].version
+        assert version is not None
+        times = [r.time_ns for r in rs]
+        service = next((r.service for r in reversed(rs) if r.service), "")
+        for tl in targets:
+            self._room_for(tl, version, instance)
+        # The switch is dated from the whole local timeline; the Redis delta gets it too.
+        switched = targets[0].add_fetches(instance, version, times, service)
+        if len(targets) > 1:
+            targets[1].add_fetches(instance, version, times, service)
+            if switched:
+                delta = targets[1].served[(instance, version)]
+                delta.since_ns = max(delta.since_ns, switched)
 
     def on_generations(self, records: Sequence[GenerationRecord], now_ns: int) -> None:
+        groups: dict[tuple[str, str, str, int | None], list[GenerationRecord]] = {}
+        for g in records:
+            group = (g.tenant, g.prompt_name, g.label, g.version)
+            got = groups.get(group)
+            if got is None:
+                groups[group] = [g]
+            else:
+                got.append(g)
+        batches = [(group, _batch(gs)) for group, gs in groups.items()]
         with self.lock:
-            for g in records:
-                self.metrics.add(g)
-                if g.version is None:
+            for (tenant, prompt, label, version), batch in batches:
+                self.metrics.add(tenant, prompt, label, version, batch)
+                if version is None:
                     continue
-                for tl in self._targets((g.tenant, g.prompt_name, g.label)):
-                    self._room_for(tl, g.version, None)
-                    tl.version(g.version).add_generation(g.start_ns, g.end_ns, g.error, g.input_tokens,
-                                                         g.output_tokens)
+                for tl in self._targets((tenant, prompt, label), batch.count):
+                    self._room_for(tl, version, None)
+                    tl.version(version).add_generations(batch)
 
     def add_move(self, key: TimelineKey, version: int, at_ns: int) -> bool:
         """A label move Langfuse reported (webhook). False past ``max_timelines``."""
@@ -95,12 +127,13 @@ class RolloutObserver:
                 tl.moves[at_ns] = version
             return bool(targets)
 
-    def _targets(self, key: TimelineKey) -> list[Timeline]:
-        """The timelines to update for ``key`` (local, and the Redis delta); [] past the bound."""
+    def _targets(self, key: TimelineKey, records: int = 1) -> list[Timeline]:
+        """The timelines to update with ``records`` records for ``key`` (local, and the Redis
+        delta); [] past the bound."""
         tl = self.timelines.get(key)
         if tl is None:
             if len(self.timelines) >= self.cfg.max_timelines:
-                self.stats.timelines_dropped += 1
+                self.stats.timelines_dropped += records
                 return []
             tl = self.timelines[key] = Timeline()
         self.dirty.add(key)
@@ -183,6 +216,20 @@ class RolloutObserver:
 
     def collector(self) -> Collector:
         return _Collector(self)
+
+
+_START, _END, _ERROR, _INPUT, _OUTPUT = (
+    attrgetter(f) for f in ("start_ns", "end_ns", "error", "input_tokens", "output_tokens"))
+
+
+def _batch(gs: list[GenerationRecord]) -> GenerationBatch:
+    starts: list[int] = list(map(_START, gs))
+    ends = map(_END, gs)
+    return GenerationBatch(count=len(gs), errors=sum(map(_ERROR, gs)),
+                           input_tokens=sum(filter(None, map(_INPUT, gs))),
+                           output_tokens=sum(filter(None, map(_OUTPUT, gs))),
+                           first_start_ns=min(starts), last_start_ns=max(starts),
+                           durations_ns=[e - s if e > s else 0 for s, e in zip(starts, ends, strict=True)])
 
 
 def _merged(a: Timeline, b: Timeline) -> Timeline:
