@@ -12,9 +12,8 @@
    outside the measured region) on the same pre-encoded batches, in this checkout and in DIR
    (each with its own ``.venv``), rounds interleaved; CPU µs (``thread_time``) per 512-span batch,
    median, with a plain upb parse of the same request as a reference for the machine's state,
-   and, when valgrind is installed, instructions per whole batch (the three phases and what an
-   observer queued and applies in bulk; callgrind: deterministic, unlike a shared machine's
-   timings). ``--observer noop|rollouts``: with a do-nothing observer (the cost
+   and, when valgrind is installed, instructions per whole batch (the three phases; callgrind:
+   deterministic, unlike a shared machine's timings). ``--observer noop|rollouts``: with a do-nothing observer (the cost
    of building GenerationRecords) or the rollouts observer attached (this checkout only).
 3. **py-spy on the live relay** (``--pyspy``): ``promptstamp-relay serve`` under the benchmark
    load (N clients), sampled by py-spy (``--gil``: only the thread holding the GIL, i.e. where
@@ -251,15 +250,8 @@ for i in range(20 + n):
         toggle(f) if i >= 20 and counted else f()
         if i >= 20:
             t[name].append((pc() - t0) * 1e6)
-# An observer that queues records and applies them in bulk (the rollouts observer) has work left:
-# it is part of the batches' cost, so it is counted, spread over them.
-sync = [o.sync for o in observers if hasattr(o, "sync")]
-t0 = pc()
-for f in sync:
-    toggle(f) if phase == "batch" else f()
-tail_us = (pc() - t0) * 1e6
 out = {k: statistics.median(v) for k, v in t.items() if v}
-out["batch"] = (sum(t["logs"]) + sum(t["traces"]) + sum(t["late"]) + tail_us) / n
+out["batch"] = (sum(t["logs"]) + sum(t["traces"]) + sum(t["late"])) / n
 print(json.dumps(out))
 """
 
@@ -290,7 +282,7 @@ def processing(against: Path, observers: list[str], rounds: int, n: int) -> dict
             runs.setdefault(name, []).append(_child(tree, obs, "-", n, callgrind=False))
     timings = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
     instructions: dict[str, dict[str, float]] = {}
-    if shutil.which("valgrind"):  # the whole batch: an observer's bulk work lands in any phase
+    if shutil.which("valgrind"):  # whole batches: one process per setup, not three
         for name, tree, obs in setups:
             instructions[name] = {"batch": _child(tree, obs, "batch", min(n, 60), callgrind=True)["instructions"]}
     return {"against": str(against), "rounds": rounds, "batches": n, "timings_us": timings,
@@ -312,14 +304,11 @@ def render_processing(raw: dict[str, Any]) -> str:
     for name, m in pr["timings_us"].items():
         lines.append(f"| {name} | {m['logs']:,.0f} | {m['traces']:,.0f} | {m['late']:,.0f} | {m['batch']:,.0f} | "
                      f"{m['batch'] / before['batch']:.2f}× | {m['reference parse']:,.0f} |")
-    lines += ["", "The phases are medians; the whole batch is the mean of the three phases' sum, with the work an "
-              "observer queued and applies in bulk (the rollouts observer, every "
-              "`rollouts._observer.APPLY_AT` records) counted in it: that work lands in whichever phase "
-              "crosses the bound, so compare whole batches."]
+    lines += ["", "The phases are medians; the whole batch is the mean of the three phases' sum."]
     if pr["instructions"]:
         b = pr["instructions"]["before"]
-        lines += ["", "Instructions per whole batch (callgrind, deterministic; the three phases and the "
-                  "observer's last bulk apply, over 60 batches):", "",
+        lines += ["", "Instructions per whole batch (callgrind, deterministic; the three phases, over 60 "
+                  "batches):", "",
                   "| checkout | instructions per batch | / before |", "|---|---|---|"]
         for name, m in pr["instructions"].items():
             lines.append(f"| {name} | {m['batch'] / 1e6:.2f} M | {m['batch'] / b['batch']:.2f}× |")

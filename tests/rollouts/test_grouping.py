@@ -16,7 +16,7 @@ from prometheus_client.metrics_core import Metric
 from promptstamp_relay.config import load_config
 from promptstamp_relay.records import FetchRecord, GenerationRecord
 from promptstamp_relay.rollouts._model import dump_timeline
-from promptstamp_relay.rollouts._observer import APPLY_AT, RolloutObserver
+from promptstamp_relay.rollouts._observer import RolloutObserver
 
 T0 = 1_764_000_000_000_000_000
 MS = 1_000_000
@@ -57,7 +57,6 @@ def _samples(families: list[Metric]) -> dict[tuple[Any, ...], float]:
 
 
 def _state(o: RolloutObserver) -> tuple[Any, ...]:
-    o.sync()
     def dumped(tls: Any) -> dict[Any, Any]:  # entry order within a timeline is not part of it
         return {k: {f: sorted(v) if isinstance(v, list) else v for f, v in dump_timeline(tl).items()}
                 for k, tl in tls.items()}
@@ -77,41 +76,9 @@ def test_a_request_at_once_is_its_records_one_by_one(reqs: list[Any], shared: bo
         grouped.on_generations(gs, T0)
         for f in fs:
             single.on_fetch_records(tenant, [f], T0)
-            single.sync()
         for g in gs:
             single.on_generations([g], T0)
-            single.sync()
     assert _state(grouped) == _state(single)
-
-
-def test_the_processing_path_applies_the_queue_itself_past_its_bound() -> None:
-    """No reader needed: the queue never holds more than APPLY_AT records."""
-    o = _observer(shared=False)
-    rec = FetchRecord("answer", "production", 3, "langfuse", T0, b"", b"", "pod-1")
-    for _ in range(APPLY_AT - 1):
-        o.on_fetch_records("default", [rec], T0)
-    assert not o.timelines  # still queued: a reader would apply it first
-    o.on_fetch_records("default", [rec], T0)
-    with o.lock:
-        assert o.timelines[("default", "answer", "production")].versions[3].fetches == APPLY_AT
-
-
-def test_every_reader_applies_the_queue_first() -> None:
-    o = _observer(shared=True)
-    o.on_fetch_records("default", [FetchRecord("answer", "production", 3, "langfuse", T0, b"", b"", "pod-1")], T0)
-    assert o.local("default", "answer")["production"].versions[3].fetches == 1
-    o.on_fetch_records("default", [FetchRecord("answer", "production", 4, "langfuse", T0, b"", b"", "pod-1")], T0)
-    assert 4 in o.pending_for("default", "answer")["production"].versions
-    o.on_generations([GenerationRecord("default", b"", b"", "chat", "answer", "production", "answer", 4, "trace",
-                                       "langfuse", None, "pod-1", "agent", T0, T0 + MS, False, 1, 2)], T0)
-    samples = _samples(list(o.collector().collect()))
-    assert samples[("promptstamp_generations_total", (("label", "production"), ("outcome", "ok"),
-                                                       ("prompt", "answer"), ("tenant", "default"),
-                                                       ("version", "4")))] == 1
-    o.on_fetch_records("default", [FetchRecord("answer", "production", 5, "langfuse", T0, b"", b"", "pod-1")], T0)
-    assert 5 in o.take_pending()[("default", "answer", "production")].versions
-    o.on_fetch_records("default", [FetchRecord("answer", "production", 6, "langfuse", T0, b"", b"", "pod-1")], T0)
-    assert 6 in o.take_dirty()[("default", "answer", "production")].versions
 
 
 def test_a_label_move_inside_one_request_is_dated_as_record_by_record() -> None:
@@ -120,7 +87,7 @@ def test_a_label_move_inside_one_request_is_dated_as_record_by_record() -> None:
     rec = [FetchRecord("answer", "production", v, "langfuse", T0 + t * MS, b"", b"", "pod-1")
            for v, t in ((1, 0), (2, 10), (2, 5), (1, 20))]
     o.on_fetch_records("default", rec, T0)
-    tl = o.local("default", "answer")["production"]
+    tl = o.timelines[("default", "answer", "production")]
     assert tl.latest["pod-1"] == (1, T0 + 20 * MS)
     assert tl.served[("pod-1", 2)].since_ns == T0 + 10 * MS
     assert tl.served[("pod-1", 1)].since_ns == T0 + 20 * MS

@@ -159,7 +159,8 @@ def test_fallback_fetches_and_unresolved_generations_stay_off_the_timeline() -> 
     cluster.generate("pod-a", T0 + S, 500)  # unresolved: only a fallback record in its trace
     cluster.processor.release_all(T0 + 10 * S)
     assert cluster.rollouts.render("default", PROMPT)[0] is None
-    families = {m.name: m for m in cluster.rollouts.observer.collector().collect()}
+    with cluster.rollouts.observer.lock:
+        families = {m.name: m for m in cluster.rollouts.observer.metrics.families()}
     versions = {s.labels["version"] for s in families["promptstamp_generations"].samples}
     assert versions == {"none"}
 
@@ -177,8 +178,8 @@ def test_merging_two_views_adds_them_up_and_the_stored_form_round_trips() -> Non
     a, b = Cluster(), Cluster()
     rollout(a)
     rollout(b)
-    ta = a.rollouts.observer.local("default", PROMPT)["production"]
-    tb = b.rollouts.observer.local("default", PROMPT)["production"]
+    ta = a.rollouts.observer.timelines[("default", PROMPT, "production")]
+    tb = b.rollouts.observer.timelines[("default", PROMPT, "production")]
     both = merge(load_timeline(dump_timeline(ta)), tb)
     assert both.versions[13].generations == 84 and both.versions[13].fetches == 84
     assert both.versions[13].first_ns == T0

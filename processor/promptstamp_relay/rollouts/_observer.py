@@ -2,20 +2,15 @@
 
 Threads: the :class:`~promptstamp_relay.pipeline.Processor` calls :meth:`RolloutObserver.
 on_fetch_records` and :meth:`~RolloutObserver.on_generations` synchronously, under the relay's
-processing lock. They queue the request's records (one append under this object's short lock)
-and never do I/O. Every :data:`APPLY_AT` queued records, the processing path applies them; every
-reader (the flusher thread, HTTP handlers, Prometheus scrapes) applies what is queued first,
-under the same lock, so nothing it reads is stale. Applying groups the records (O(1) each) and
-updates the timelines and series once per group: a few hundred requests hold few distinct
-prompts, labels and instances. Readers copy what they need and do their I/O after releasing it.
+processing lock: they group a request's records (O(1) per record) and update dictionaries once
+per group under this object's own short lock, never do I/O. The flusher thread, HTTP handlers
+and Prometheus scrapes take the same lock to copy what they need, and do their I/O after
+releasing it.
 
-State (current after :meth:`RolloutObserver.sync`, read under ``lock``): ``timelines`` is
-everything this relay knows (what it loaded at start plus what it saw); with a shared store,
-``pending`` is what it saw since the last flush to Redis (a delta that adds up with the other
-relays' deltas there); ``dirty`` names the timelines changed since the last write to SQLite.
-Every aggregate merges by min, max or sum, so applying a queue's fetch records before its
-generations ends where record-by-record arrival would (only which entry a full bound evicts
-first can depend on the order).
+State: ``timelines`` is everything this relay knows (what it loaded at start plus what it saw);
+with a shared store, ``pending`` is what it saw since the last flush to Redis (a delta that adds
+up with the other relays' deltas there); ``dirty`` names the timelines changed since the last
+write to SQLite.
 """
 
 from __future__ import annotations
@@ -34,12 +29,9 @@ from ._config import RolloutsConfig
 from ._metrics import GenerationMetrics
 from ._model import UNKNOWN_INSTANCE, GenerationBatch, Timeline, dump_timeline, load_timeline, merge, prune
 
-__all__ = ["APPLY_AT", "RolloutObserver", "RolloutStats", "TimelineKey"]
+__all__ = ["RolloutObserver", "RolloutStats", "TimelineKey"]
 
 TimelineKey = tuple[str, str, str]  # tenant, prompt name, label
-#: Queued records the processing path applies at once (about 30 bench requests' worth: ~1 ms of
-#: work under the lock, amortised; the queue holds at most this many records).
-APPLY_AT = 2048
 
 
 @dataclass
@@ -64,78 +56,33 @@ class RolloutObserver:
         self.dirty: set[TimelineKey] = set()
         self.metrics = GenerationMetrics(cfg.max_series)
         self.stats = RolloutStats()
-        self._queued_fetches: list[tuple[str, Sequence[FetchRecord]]] = []
-        self._queued_generations: list[Sequence[GenerationRecord]] = []
-        self._queued = 0
 
     # -- the processing path ----------------------------------------------------------------------
+    # A request holds few distinct prompts, labels and instances: records are grouped first, and
+    # the timelines and series are touched once per group, not once per record.
     def on_fetch_records(self, tenant: str, records: Sequence[FetchRecord], now_ns: int) -> None:
-        if records:
-            with self.lock:
-                self._queued_fetches.append((tenant, records))
-                self._queued += len(records)
-                if self._queued >= APPLY_AT:
-                    self._apply()
-
-    def on_generations(self, records: Sequence[GenerationRecord], now_ns: int) -> None:
-        if records:
-            with self.lock:
-                self._queued_generations.append(records)
-                self._queued += len(records)
-                if self._queued >= APPLY_AT:
-                    self._apply()
-
-    def sync(self) -> None:
-        """Apply the queued records now (every reader below does it first)."""
-        with self.lock:
-            self._apply()
-
-    def _apply(self) -> None:
-        """The queued records into the timelines and series (under ``lock``)."""
-        if not self._queued:
-            return
-        fetch_batches, generation_batches = self._queued_fetches, self._queued_generations
-        self._queued_fetches, self._queued_generations, self._queued = [], [], 0
+        groups: dict[tuple[str, str, str], list[FetchRecord]] = {}
         names = self._names
-        fetches: dict[tuple[str, str, str, str], list[FetchRecord]] = {}
-        for tenant, records in fetch_batches:
-            for r in records:
-                if r.version is None:
-                    continue  # a fallback prompt: no version to put on the timeline
-                instance = r.instance or r.service or UNKNOWN_INSTANCE
-                group = (tenant, names.get(r.key, r.key), r.label, instance)
-                got = fetches.get(group)
-                if got is None:
-                    fetches[group] = [r]
-                else:
-                    got.append(r)
-        for (tenant, name, label, instance), rs in fetches.items():
-            targets = self._targets((tenant, name, label), len(rs))
-            if not targets:
-                continue
-            version = rs[0].version
-            if all(r.version == version for r in rs):
-                self._add_fetches(targets, instance, rs)
-            else:  # the label moved meanwhile: one version at a time, in arrival order
-                for r in rs:
-                    self._add_fetches(targets, instance, [r])
-        generations: dict[tuple[str, str, str, int | None], list[GenerationRecord]] = {}
-        for batch_records in generation_batches:
-            for g in batch_records:
-                key = (g.tenant, g.prompt_name, g.label, g.version)
-                same = generations.get(key)
-                if same is None:
-                    generations[key] = [g]
-                else:
-                    same.append(g)
-        for (tenant, prompt, label, version), gs in generations.items():
-            batch = _batch(gs)
-            self.metrics.add(tenant, prompt, label, version, batch)
-            if version is None:
-                continue
-            for tl in self._targets((tenant, prompt, label), batch.count):
-                self._room_for(tl, version, None)
-                tl.version(version).add_generations(batch)
+        for r in records:
+            if r.version is None:
+                continue  # a fallback prompt: no version to put on the timeline
+            group = (names.get(r.key, r.key), r.label, r.instance or r.service or UNKNOWN_INSTANCE)
+            got = groups.get(group)
+            if got is None:
+                groups[group] = [r]
+            else:
+                got.append(r)
+        with self.lock:
+            for (name, label, instance), rs in groups.items():
+                targets = self._targets((tenant, name, label), len(rs))
+                if not targets:
+                    continue
+                version = rs[0].version
+                if all(r.version == version for r in rs):
+                    self._add_fetches(targets, instance, rs)
+                else:  # the label moved within this request: one version at a time, in order
+                    for r in rs:
+                        self._add_fetches(targets, instance, [r])
 
     def _add_fetches(self, targets: list[Timeline], instance: str, rs: list[FetchRecord]) -> None:
         """``rs``: one instance's hand-outs of one version under one label, in arrival order."""
@@ -153,10 +100,28 @@ class RolloutObserver:
                 delta = targets[1].served[(instance, version)]
                 delta.since_ns = max(delta.since_ns, switched)
 
+    def on_generations(self, records: Sequence[GenerationRecord], now_ns: int) -> None:
+        groups: dict[tuple[str, str, str, int | None], list[GenerationRecord]] = {}
+        for g in records:
+            group = (g.tenant, g.prompt_name, g.label, g.version)
+            got = groups.get(group)
+            if got is None:
+                groups[group] = [g]
+            else:
+                got.append(g)
+        batches = [(group, _batch(gs)) for group, gs in groups.items()]
+        with self.lock:
+            for (tenant, prompt, label, version), batch in batches:
+                self.metrics.add(tenant, prompt, label, version, batch)
+                if version is None:
+                    continue
+                for tl in self._targets((tenant, prompt, label), batch.count):
+                    self._room_for(tl, version, None)
+                    tl.version(version).add_generations(batch)
+
     def add_move(self, key: TimelineKey, version: int, at_ns: int) -> bool:
         """A label move Langfuse reported (webhook). False past ``max_timelines``."""
         with self.lock:
-            self._apply()
             targets = self._targets(key)
             for tl in targets:
                 tl.moves[at_ns] = version
@@ -196,14 +161,12 @@ class RolloutObserver:
     def take_pending(self) -> dict[TimelineKey, Timeline]:
         """The Redis delta so far; a new one starts."""
         with self.lock:
-            self._apply()
             got, self.pending = (self.pending or {}), ({} if self.pending is not None else None)
             return got
 
     def give_back(self, delta: Mapping[TimelineKey, Timeline]) -> None:
         """A delta that could not be flushed: merged back, so nothing is lost (only late)."""
         with self.lock:
-            self._apply()
             if self.pending is None:
                 return
             for key, tl in delta.items():
@@ -213,7 +176,6 @@ class RolloutObserver:
     def take_dirty(self) -> dict[TimelineKey, Timeline]:
         """Copies of the timelines changed since the last call (for SQLite)."""
         with self.lock:
-            self._apply()
             keys, self.dirty = self.dirty, set()
             return {k: load_timeline(dump_timeline(self.timelines[k])) for k in keys if k in self.timelines}
 
@@ -221,7 +183,6 @@ class RolloutObserver:
         """Forget what was last seen before ``horizon_ns``; the timelines left empty (removed)."""
         gone: list[TimelineKey] = []
         with self.lock:
-            self._apply()
             for key, tl in list(self.timelines.items()):
                 n = prune(tl, horizon_ns)
                 self.stats.entries_expired += n
@@ -236,7 +197,6 @@ class RolloutObserver:
     def load(self, timelines: Mapping[TimelineKey, Timeline]) -> None:
         """What persistence kept (at start)."""
         with self.lock:
-            self._apply()
             for key, tl in timelines.items():
                 if key in self.timelines or len(self.timelines) < self.cfg.max_timelines:
                     mine = self.timelines.get(key)
@@ -245,13 +205,11 @@ class RolloutObserver:
     def local(self, tenant: str, prompt: str) -> dict[str, Timeline]:
         """Copies of this relay's timelines of ``tenant``'s ``prompt``, by label."""
         with self.lock:
-            self._apply()
             return {label: load_timeline(dump_timeline(tl)) for (t, p, label), tl in self.timelines.items()
                     if t == tenant and p == prompt}
 
     def pending_for(self, tenant: str, prompt: str) -> dict[str, Timeline]:
         with self.lock:
-            self._apply()
             pending = self.pending or {}
             return {label: load_timeline(dump_timeline(tl)) for (t, p, label), tl in pending.items()
                     if t == tenant and p == prompt}
@@ -286,7 +244,6 @@ class _Collector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self._o.lock:
-            self._o._apply()
             families = list(self._o.metrics.families())
             st = self._o.stats
             counts = [("timelines_dropped", "Records for a new timeline past rollouts.max_timelines",
