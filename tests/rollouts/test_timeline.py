@@ -25,12 +25,7 @@ from promptstamp_relay.rollouts._model import (
 from promptstamp_relay.rollouts.component import Rollouts
 from promptstamp_relay.wiring import build_processor
 from tests.otlp_builders import T0, S, fetch_record, gen_attrs, logs, span, traces
-
-PROMPT = "order-status-answer"
-
-
-def pod(name: str) -> dict[str, Any]:
-    return {c.SERVICE_NAME: "order-agent", c.SERVICE_INSTANCE_ID: name}
+from tests.rollouts.conftest import PROMPT, pod
 
 
 class Cluster:

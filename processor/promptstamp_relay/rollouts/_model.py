@@ -45,7 +45,6 @@ __all__ = [
 ]
 
 _RATIO = 2 ** (1 / 8)
-_LOG_RATIO = math.log(_RATIO)
 _MIN_BUCKET = -80  # ~1 µs
 _MAX_BUCKET = 200  # ~9.7 h
 UNKNOWN_INSTANCE = "(unknown)"
