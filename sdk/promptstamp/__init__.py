@@ -29,6 +29,7 @@ fallback policy (details in ``sdk/README.md`` and ``docs/fetch-policy.md``):
 from ._configure import configure
 from ._context import PromptScope, prompt
 from ._errors import PromptError, PromptNotFoundError, PromptUnavailableError, PromptVariableError
+from ._export_filter import should_export_span
 from ._handle import ChatPrompt, TextPrompt
 from ._install import install
 from ._split import label_for
@@ -47,6 +48,7 @@ __all__ = [
     "install",
     "label_for",
     "prompt",
+    "should_export_span",
 ]
 
 # Show the public names as ``promptstamp.X`` (reprs, tracebacks, docs, pickling), as httpx does:

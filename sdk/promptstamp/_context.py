@@ -6,12 +6,16 @@
         messages = p.compile(query=query, region=region)
         answer = call_the_model(messages)   # its spans carry app.prompt.key / app.prompt.label
 
-On entry the prompt is resolved (see ``_fetch`` for the cache and the fallback policy), one
-fetch log record is emitted and the fetch is recorded on the active span; then the two
-``app.prompt.*`` baggage entries are attached to the current context. On exit — also when the
-block raises — they are detached again. The entries live in a ``contextvars`` context, so
-threads and asyncio tasks each see their own: a label set in one task never leaks into another,
-and nested ``prompt()`` blocks restore the outer prompt on exit.
+On entry, when no span is active, a ``promptstamp.prompt`` span is started for the scope; the
+prompt is resolved inside a short ``promptstamp.fetch`` span (see ``_fetch`` for the cache and
+the fallback policy), which records the version handed out and ends at once (``_fetchlog``);
+then the two ``app.prompt.*`` baggage entries are attached to the current context. On exit —
+also when the block raises — they are detached again and the scope span, if any, ends. The
+entries live in a ``contextvars`` context: asyncio tasks and ``asyncio.to_thread`` see the
+scope they were started in, nested ``prompt()`` blocks restore the outer prompt on exit, and a
+label set in one task never leaks into another. Threads of a ``ThreadPoolExecutor`` (and
+``loop.run_in_executor``) do **not** inherit it: submit
+``contextvars.copy_context().run`` (see ``sdk/README.md``).
 
 ``async with`` works the same; a fetch that needs the network then runs in a worker thread
 (``asyncio.to_thread``) so the event loop is not blocked.
@@ -22,18 +26,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from contextvars import Token
 from types import TracebackType
 from typing import Generic, Literal, TypeVar, overload
 
-from opentelemetry import context as otel_context
-from opentelemetry.context import Context
-
-from ._baggage import with_prompt
-from ._errors import PromptNotFoundError, PromptUnavailableError
 from ._fetch import Resolution, check_seconds
+from ._fetchlog import Fetching
 from ._handle import ChatPrompt, TextPrompt, _Prompt
 from ._install import RUNTIME
+from ._scope import Entered, Usage, enter, leave, open_span_if_none
 from ._template import PromptType, Template, from_fallback
 from ._validate import validate_key, validate_label
 
@@ -63,12 +63,14 @@ class PromptScope(Generic[P]):
         self._max_stale = max_stale_seconds
         self._fallback = fallback
         self._entered = False
-        self._token: Token[Context] | None = None
+        self._scope: Entered | None = None
 
-    def _begin(self) -> None:
+    def _begin(self) -> Fetching:
         if self._entered:
             raise RuntimeError("a promptstamp.prompt() scope can only be entered once")
         self._entered = True
+        self._scope = open_span_if_none(RUNTIME.fetch_log.tracer(), self._name, self._label)
+        return RUNTIME.fetch_log.begin(self._name, self._label)
 
     def _resolve(self) -> Resolution:
         return RUNTIME.fetcher.resolve(
@@ -80,34 +82,40 @@ class PromptScope(Generic[P]):
             fallback=self._fallback,
         )
 
-    def _failed(self, error: PromptNotFoundError | PromptUnavailableError) -> None:
+    def _failed(self, error: BaseException, fetching: Fetching) -> None:
+        error_type = getattr(error, "error_type", None) or type(error).__name__
         try:
-            RUNTIME.fetch_log.failed(error.error_type)
+            RUNTIME.fetch_log.failed(error_type, fetching)
         except Exception:  # telemetry must not replace the app's real error
             _log.warning("promptstamp: could not record a failed fetch", exc_info=True)
+        if self._scope is not None:
+            leave(self._scope, error)
 
-    def _open(self, resolution: Resolution) -> P:
+    def _open(self, resolution: Resolution, fetching: Fetching) -> P:
+        usage = Usage(self._name)
         try:
-            RUNTIME.fetch_log.handed_out(self._name, self._label, resolution)
+            RUNTIME.fetch_log.handed_out(self._name, self._label, resolution, fetching)
+            usage.recorded_in.add(fetching.span.get_span_context().trace_id)
             RUNTIME.check_at_first_hand_out()
         except Exception:
             _log.warning("promptstamp: could not record the prompt fetch", exc_info=True)
-        self._token = otel_context.attach(with_prompt(self._name, self._label))
-        return self._handle_type(self._name, self._label, resolution)
+        assert self._scope is not None
+        enter(self._scope, self._name, self._label, usage)
+        return self._handle_type(self._name, self._label, resolution, usage)
 
-    def _close(self) -> None:
-        token, self._token = self._token, None
-        if token is not None:
-            otel_context.detach(token)
+    def _close(self, exc: BaseException | None) -> None:
+        scope, self._scope = self._scope, None
+        if scope is not None:
+            leave(scope, exc)
 
     def __enter__(self) -> P:
-        self._begin()
+        fetching = self._begin()
         try:
             resolution = self._resolve()
-        except (PromptNotFoundError, PromptUnavailableError) as error:
-            self._failed(error)
+        except BaseException as error:
+            self._failed(error, fetching)
             raise
-        return self._open(resolution)
+        return self._open(resolution, fetching)
 
     def __exit__(
         self,
@@ -115,18 +123,18 @@ class PromptScope(Generic[P]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._close()
+        self._close(exc)
 
     async def __aenter__(self) -> P:
-        self._begin()
+        fetching = self._begin()
         try:
             resolution = RUNTIME.fetcher.fresh(self._name, self._label, self._type, self._ttl)
             if resolution is None:
                 resolution = await asyncio.to_thread(self._resolve)
-        except (PromptNotFoundError, PromptUnavailableError) as error:
-            self._failed(error)
+        except BaseException as error:
+            self._failed(error, fetching)
             raise
-        return self._open(resolution)
+        return self._open(resolution, fetching)
 
     async def __aexit__(
         self,
@@ -134,7 +142,7 @@ class PromptScope(Generic[P]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._close()
+        self._close(exc)
 
 
 @overload

@@ -1,22 +1,83 @@
-"""What ``with promptstamp.prompt(...) as p`` gives the app: one prompt version, and its origin."""
+"""What ``with promptstamp.prompt(...) as p`` gives the app: one prompt version, and its origin.
+
+A handle can be re-entered, ``with p:``, around a model call made after the scope closed (the
+tutorial's helper shape: fetch and compile in one function, call the model in another): the
+spans inside carry the prompt again, and no second fetch is made. When the call runs in a trace
+that has no record of this hand-out yet, re-entering records one there (a fetch span of no
+duration with the same version), so the relay links it at the ``trace`` tier.
+"""
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+import logging
+import weakref
+from contextvars import ContextVar
+from types import TracebackType
+from typing import Any, TypeVar
 
 from ._fetch import Resolution
+from ._scope import Entered, Usage, enter, leave, open_span_if_none, trace_id_now, usage_check
+
+# The ``with p:`` scopes open in this context, innermost last (a handle may be re-entered by
+# several threads or tasks at once: each context keeps its own).
+_log = logging.getLogger("promptstamp")
+_P = TypeVar("_P", bound="_Prompt")
+
+_REENTERED: ContextVar[tuple[tuple[int, Entered], ...]] = ContextVar("promptstamp_reentered", default=())
 
 
 class _Prompt:
-    """A prompt handed out by ``promptstamp.prompt()``. Read-only; safe to pass around."""
+    """A prompt handed out by ``promptstamp.prompt()``. Read-only; safe to pass around and to
+    re-enter (``with p:``) from any thread or task."""
 
-    __slots__ = ("_label", "_name", "_resolution")
+    __slots__ = ("__weakref__", "_label", "_name", "_resolution", "_usage")
 
-    def __init__(self, name: str, label: str, resolution: Resolution) -> None:
+    def __init__(self, name: str, label: str, resolution: Resolution, usage: Usage | None = None) -> None:
         self._name = name
         self._label = label
         self._resolution = resolution
+        self._usage = usage if usage is not None else Usage(name)
+
+    def _compiled(self) -> None:
+        usage = self._usage
+        if not usage.compiled:
+            usage.compiled = True
+            # checked when the handle is collected: by then any re-entry has happened
+            weakref.finalize(self, usage_check, usage)
+
+    def __enter__(self: _P) -> _P:
+        """Put the prompt back in scope around a later call, without fetching again."""
+        from ._install import RUNTIME
+
+        fetch_log = RUNTIME.fetch_log
+        entered = open_span_if_none(fetch_log.tracer(), self._name, self._label)
+        try:
+            trace_id = trace_id_now()
+            with self._usage.lock:
+                new_trace = trace_id not in self._usage.recorded_in
+                self._usage.recorded_in.add(trace_id)
+            if new_trace:
+                fetch_log.reused(self._name, self._label, self._resolution)
+        except Exception:  # telemetry must not break the app's call
+            _log.warning("promptstamp: could not record the re-entered prompt", exc_info=True)
+        enter(entered, self._name, self._label, self._usage)
+        _REENTERED.set((*_REENTERED.get(), (id(self), entered)))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack = _REENTERED.get()
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i][0] == id(self):
+                entered = stack[i][1]
+                _REENTERED.set(stack[:i] + stack[i + 1:])
+                leave(entered, exc)
+                return
 
     @property
     def name(self) -> str:
@@ -83,6 +144,7 @@ class ChatPrompt(_Prompt):
 
         A chat placeholder takes a list of message dicts, inserted as given.
         """
+        self._compiled()
         return self._resolution.template.compile_chat(variables)
 
 
@@ -100,4 +162,5 @@ class TextPrompt(_Prompt):
 
     def compile(self, **variables: object) -> str:
         """Fill the template. Raises ``PromptVariableError`` naming every missing variable."""
+        self._compiled()
         return self._resolution.template.compile_text(variables)

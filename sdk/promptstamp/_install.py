@@ -36,6 +36,7 @@ class _Runtime:
         self.fetch_log = FetchLog()
         self.providers: weakref.WeakSet[Any] = weakref.WeakSet()
         self.checked_at_hand_out = False
+        self.explicit_tracer_provider = False  # install() was given one: fetch spans go there
 
     def check_at_first_hand_out(self) -> None:
         """The Langfuse check again, once, at the first prompt handed out."""
@@ -148,6 +149,9 @@ def install(
         added = [_add_processor(p) for p in providers]
         traced = added[0]  # the app's own provider
         RUNTIME.fetch_log.use(logger_provider)
+        if tracer_provider is not None or not RUNTIME.explicit_tracer_provider:
+            RUNTIME.fetch_log.use_tracer_provider(tracer_provider, fallback=langfuse_provider)
+            RUNTIME.explicit_tracer_provider = tracer_provider is not None
         if langfuse is not None:
             RUNTIME.fetcher.set_client(langfuse)
         settings = RUNTIME.fetcher.settings
@@ -168,6 +172,7 @@ def _reset_for_tests() -> None:
         RUNTIME.fetcher = Fetcher(settings=FetchSettings())
         RUNTIME.fetch_log = FetchLog()
         RUNTIME.checked_at_hand_out = False
+        RUNTIME.explicit_tracer_provider = False
         RUNTIME.providers = weakref.WeakSet()
         _set_inbound_trust(True)
     _setup.reset()

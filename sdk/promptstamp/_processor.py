@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from opentelemetry.context import Context
+from opentelemetry.context import Context, get_value
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ._baggage import prompt_attributes
+from ._scope import SCOPE_USAGE
 
 _log = logging.getLogger("promptstamp")
 
@@ -17,8 +18,9 @@ class PromptBaggageSpanProcessor(SpanProcessor):
 
     ``on_start`` is called synchronously by the OTel SDK on the thread that starts the span
     (inside ``Tracer.start_span``, before it returns), so it only reads the parent context's
-    baggage and sets at most two attributes: it never blocks, does no I/O, takes no lock of
-    its own and never raises into the app. Spans started outside any ``prompt()`` (and with
+    baggage and sets at most two attributes, and counts the span for the ``prompt()`` scope it
+    starts in (a private context value; see ``_scope.Usage``): it never blocks, does no I/O,
+    takes no lock and never raises into the app. Spans started outside any ``prompt()`` (and with
     no such inbound baggage) are left untouched. ``on_end``, ``shutdown`` and ``force_flush``
     have nothing to do.
     """
@@ -28,6 +30,9 @@ class PromptBaggageSpanProcessor(SpanProcessor):
             attributes = prompt_attributes(parent_context)
             if attributes:
                 span.set_attributes(attributes)
+                usage = get_value(SCOPE_USAGE, parent_context)
+                if usage is not None:
+                    usage.spans += 1  # type: ignore[attr-defined]
         except Exception:  # never let telemetry break the app
             _log.debug("promptstamp: could not copy prompt baggage onto a span", exc_info=True)
 

@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["check_langfuse_processors", "logs_deliverable", "reset", "warn_once"]
+__all__ = ["check_langfuse_processors", "logs_deliverable", "reset", "traces_deliverable", "warn_once"]
 
 _log = logging.getLogger("promptstamp")
 _lock = threading.Lock()
@@ -36,13 +36,11 @@ _warned: set[str] = set()
 LANGFUSE_OTLP_PATH = "/api/public/otel/v1/traces"
 
 NO_DELIVERY = (
-    "promptstamp: a prompt was handed out with no LoggerProvider set and no recording span "
-    "active, so its fetch record (which version the app received) reaches nobody, and the "
-    "relay will leave this app's generations unresolved. Add one of: a span around the call "
-    "(e.g. `with tracer.start_as_current_span('handle_request'):` around `promptstamp.prompt()`, "
-    "with an SDK TracerProvider exporting to the relay), or an OTel Logs SDK LoggerProvider "
-    "exporting OTLP to the relay (`opentelemetry._logs.set_logger_provider(LoggerProvider(...))` "
-    "or `promptstamp.install(logger_provider=...)`); `promptstamp.configure()` sets up both."
+    "promptstamp: a prompt was handed out with no OpenTelemetry SDK TracerProvider and no "
+    "LoggerProvider set, so its fetch record (which version the app received) reaches nobody "
+    "and the relay cannot link the generations that used it. Set up an SDK TracerProvider "
+    "exporting OTLP to the relay before the first prompt() (or pass it as "
+    "`promptstamp.install(tracer_provider=...)`); `promptstamp.configure()` sets one up."
 )
 NO_PROVIDERS = (
     "promptstamp.install(): there is no OpenTelemetry SDK TracerProvider and no LoggerProvider, "
@@ -53,17 +51,19 @@ NO_PROVIDERS = (
 )
 
 
-def warn_once(problem: str, message: str, *, stacklevel: int = 2) -> bool:
+def warn_once(problem: str, message: str, *, stacklevel: int = 2, warn: bool = True) -> bool:
     """Report ``message`` unless ``problem`` was reported before; ``True`` when it was now.
 
     ``stacklevel`` as for ``warnings.warn`` seen from the caller: 1 is the caller itself.
+    ``warn=False``: the log line only (from a finalizer, where a raised warning would be lost).
     """
     with _lock:
         if problem in _warned:
             return False
         _warned.add(problem)
     _log.warning("%s", message)
-    warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
+    if warn:
+        warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
     return True
 
 
@@ -71,6 +71,16 @@ def reset() -> None:
     """Forget what was reported (tests only)."""
     with _lock:
         _warned.clear()
+
+
+def traces_deliverable(provider: Any) -> bool:
+    """Whether spans started on ``provider`` can be recorded and exported.
+
+    The API package's own providers (its no-op, and the proxy ``get_tracer_provider()`` returns
+    until one is set) record nothing; anything else (the SDK's) is taken as real. A span that
+    an SDK provider does not record was sampled out, and so were the generations of its trace.
+    """
+    return provider is not None and not type(provider).__module__.startswith("opentelemetry.trace")
 
 
 def logs_deliverable(provider: Any) -> bool:
@@ -142,9 +152,37 @@ def _other_otlp_exporters(processors: tuple[Any, ...]) -> Iterator[Any]:
             yield exporter
 
 
+def _drops_promptstamp_spans(processor: Any) -> bool:
+    """Whether Langfuse's span filter on ``processor`` would drop promptstamp's fetch span
+    (asked of the filter itself, with a span of promptstamp's instrumentation scope)."""
+    decide = getattr(processor, "_should_export_span", None)
+    if not callable(decide):
+        return False
+    try:
+        from opentelemetry.sdk.trace import ReadableSpan
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        probe = ReadableSpan(name="promptstamp.fetch",
+                             instrumentation_scope=InstrumentationScope("promptstamp"))
+        return not decide(probe)
+    except Exception:  # a filter that cannot judge a bare span: nothing to say
+        return False
+
+
+FILTERED_OUT = (
+    "promptstamp.install(): the Langfuse SDK's span processor on this TracerProvider exports only "
+    "the spans its filter keeps (Langfuse's own, gen_ai.* and known LLM instrumentations), so "
+    "promptstamp's fetch span, which carries the version each prompt() handed out, never "
+    "leaves the app and the relay cannot link any generation. Pass promptstamp's filter, which "
+    "keeps everything Langfuse's default keeps plus promptstamp's spans: "
+    "`Langfuse(span_exporter=..., should_export_span=promptstamp.should_export_span)`. "
+    "See docs/langfuse-sdk.md."
+)
+
+
 def check_langfuse_processors(tracer_provider: Any, *, stacklevel: int = 2) -> None:
-    """Warn once if Langfuse's span processor on ``tracer_provider`` bypasses the relay, or if
-    it and another OTLP exporter on the same provider would each export the same spans."""
+    """Warn once if Langfuse's span processor on ``tracer_provider`` bypasses the relay, drops
+    promptstamp's fetch spans, or shares the spans with another OTLP exporter."""
     processors = _span_processors(tracer_provider)
     langfuse = [p for p in processors if _is_langfuse_processor(p)]
     if not langfuse:
@@ -169,6 +207,8 @@ def check_langfuse_processors(tracer_provider: Any, *, stacklevel: int = 2) -> N
             stacklevel=stacklevel + 1,
         )
         return
+    if any(_drops_promptstamp_spans(p) for p in langfuse):
+        warn_once("langfuse-filter", FILTERED_OUT, stacklevel=stacklevel + 1)
     if any(True for _ in _other_otlp_exporters(processors)):
         warn_once(
             "langfuse-double-export",

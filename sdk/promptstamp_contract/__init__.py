@@ -16,6 +16,9 @@ PROMPT_VERSION = "app.prompt.version"
 FETCH_SOURCE = "app.prompt.fetch.source"
 FETCH_ERROR_TYPE = "app.prompt.fetch.error_type"
 CACHE_FALLBACK_EVENT = "prompt.cache_fallback"
+# §2 — the fetch record on a span of its own, and the span a scope opened with no active span gets.
+FETCH_SPAN_NAME = "promptstamp.fetch"
+SCOPE_SPAN_NAME = "promptstamp.prompt"
 
 SOURCE_LANGFUSE = "langfuse"
 SOURCE_CACHE = "cache"
@@ -77,6 +80,7 @@ __all__ = [
     "FETCH_ERROR_TYPE",
     "FETCH_EVENT_NAME",
     "FETCH_SOURCE",
+    "FETCH_SPAN_NAME",
     "GEN_AI_OPERATION_NAME",
     "GEN_AI_REQUEST_MODEL",
     "GEN_AI_RESPONSE_MODEL",
@@ -106,6 +110,7 @@ __all__ = [
     "PROMPT_KEY",
     "PROMPT_LABEL",
     "PROMPT_VERSION",
+    "SCOPE_SPAN_NAME",
     "SERVICE_INSTANCE_ID",
     "SERVICE_NAME",
     "SOURCE_CACHE",

@@ -162,9 +162,9 @@ def test_no_span_lost(result: DemoResult) -> None:
     assert Counter(received) == Counter(sent)
     assert result.rejected == []
     assert result.relay_lost == 0
-    # Per run: root, workflow.run, three nodes and the model call.
+    # Per run: root, workflow.run, three nodes, the fetch span and the model call.
     per_trace = Counter(s["trace_id"] for s in result.sent_spans)
-    assert sorted(per_trace.values()) == [6] * len(EXPECTED)
+    assert sorted(per_trace.values()) == [7] * len(EXPECTED)
 
 
 def test_only_generations_are_stamped(result: DemoResult) -> None:

@@ -52,12 +52,17 @@ APP = textwrap.dedent(
     # base_url (LANGFUSE_BASE_URL) stays Langfuse: prompts come from there; spans go to the relay.
     if os.environ.get("UNDOCUMENTED"):  # Langfuse's own exporter, straight to Langfuse
         langfuse = Langfuse()
-    elif os.environ["EXPORTER"] == "grpc":
+    elif os.environ.get("NO_FILTER"):  # to the relay, with Langfuse's default span filter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         langfuse = Langfuse(span_exporter=OTLPSpanExporter(endpoint=os.environ["RELAY"], insecure=True))
+    elif os.environ["EXPORTER"] == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        langfuse = Langfuse(span_exporter=OTLPSpanExporter(endpoint=os.environ["RELAY"], insecure=True),
+                            should_export_span=promptstamp.should_export_span)
     else:  # OTLP/HTTP, to the relay's /v1/traces or its Langfuse path
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        langfuse = Langfuse(span_exporter=OTLPSpanExporter(endpoint=os.environ["RELAY"]))
+        langfuse = Langfuse(span_exporter=OTLPSpanExporter(endpoint=os.environ["RELAY"]),
+                            should_export_span=promptstamp.should_export_span)
     promptstamp.install(langfuse=langfuse)
     OpenAIInstrumentor().instrument()
     client = OpenAI(base_url=os.environ["OPENAI_BASE_URL"], api_key="sk-test")
@@ -156,7 +161,7 @@ def test_langfuse_sdk_app_through_the_relay_is_linked_and_ingested_once(
         assert gen.scope_name is not None and gen.scope_name.startswith("opentelemetry.instrumentation.openai")
         assert (gen.prompt_name, gen.prompt_version) == (PROMPT, 1)
         assert gen.metadata["prompt_label"] == "production"
-        assert gen.metadata["prompt_resolution"] == "trace"  # from the span event on handle_request
+        assert gen.metadata["prompt_resolution"] == "trace"  # from the fetch span
         assert gen.attributes["user.id"] == "user-7"  # Langfuse's propagate_attributes kept
         assert gen.attributes["session.id"] == "session-1"
     assert {g.trace_id for g in generations} == {r.trace_id for r in roots}
@@ -164,7 +169,9 @@ def test_langfuse_sdk_app_through_the_relay_is_linked_and_ingested_once(
 
     assert relay.stop(timeout=10) == 0
     counts = _ingested_span_counts(langfuse)
-    assert len(counts) == len(observations) == 2 * REQUESTS
+    # per request: handle_request, promptstamp.fetch (kept by promptstamp.should_export_span), the generation
+    assert len(counts) == len(observations) == 3 * REQUESTS
+    assert sum(o.name == "promptstamp.fetch" for o in observations) == REQUESTS
     assert set(counts.values()) == {1}  # every span ingested exactly once
     # Only the relay sent them: Langfuse's own exporter was never used.
     assert {r.headers.get("x-langfuse-sdk-name") for r in langfuse.ingest_requests} == {None}
@@ -179,6 +186,19 @@ def test_langfuse_exporting_straight_to_langfuse_stops_the_app_at_install(
     assert proc.returncode != 0
     assert "promptstamp.install(): the Langfuse SDK's span processor" in proc.stderr
     assert f"straight to {langfuse.base_url}/api/public/otel/v1/traces" in proc.stderr
+    assert openai_fake.requests == []
+
+
+def test_langfuse_default_span_filter_is_reported_at_install(
+    langfuse: LangfuseServer, relay: RelayServer, openai_fake: FakeOpenAI
+) -> None:
+    """Langfuse's default filter would drop the fetch span: ``install()`` says so and names
+    ``should_export_span=promptstamp.should_export_span`` (here turned into an error). True:
+    without it no fetch record leaves the app (the linked test above passes only with it)."""
+    proc = _run_app(langfuse, {"RELAY": f"http://{relay.address}", "EXPORTER": "grpc",
+                               "OPENAI_BASE_URL": openai_fake.base_url, "NO_FILTER": "1"})
+    assert proc.returncode != 0
+    assert "should_export_span=promptstamp.should_export_span" in proc.stderr
     assert openai_fake.requests == []
 
 

@@ -98,7 +98,7 @@ def test_a_langfuse_client_built_after_install_is_reported_at_the_first_prompt(
 
 def test_the_documented_set_up_is_not_reported(server: LangfuseServer, provider: TracerProvider) -> None:
     exporter = OTLPSpanExporter(endpoint="127.0.0.1:1", insecure=True)  # the relay's address
-    client = _client(server, provider, span_exporter=exporter)
+    client = _client(server, provider, span_exporter=exporter, should_export_span=promptstamp.should_export_span)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         promptstamp.install(provider, langfuse=client, fetch_timeout_seconds=FETCH_TIMEOUT)
@@ -107,12 +107,28 @@ def test_the_documented_set_up_is_not_reported(server: LangfuseServer, provider:
     assert _ours(caught) == []
 
 
+def test_langfuses_default_span_filter_is_reported(server: LangfuseServer, provider: TracerProvider) -> None:
+    """True: Langfuse's default filter drops the fetch span (asked of the filter itself)."""
+    exported = InMemorySpanExporter()
+    client = _client(server, provider, span_exporter=exported)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        promptstamp.install(provider, langfuse=client, fetch_timeout_seconds=FETCH_TIMEOUT)
+        with provider.get_tracer("app").start_as_current_span("handle"), promptstamp.prompt(PROMPT):
+            pass
+    client.flush()
+    [message] = _ours(caught)
+    assert "should_export_span=promptstamp.should_export_span" in message
+    assert [s.name for s in exported.get_finished_spans() if s.name == "promptstamp.fetch"] == []
+
+
 def test_langfuse_beside_another_otlp_exporter_is_reported_as_double_export(
     server: LangfuseServer, provider: TracerProvider
 ) -> None:
     app_exporter = OTLPSpanExporter(endpoint="127.0.0.1:1", insecure=True)
     provider.add_span_processor(BatchSpanProcessor(app_exporter))
-    client = _client(server, provider, span_exporter=InMemorySpanExporter())
+    client = _client(server, provider, span_exporter=InMemorySpanExporter(),
+                     should_export_span=promptstamp.should_export_span)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         promptstamp.install(provider, langfuse=client)
@@ -127,7 +143,7 @@ def test_spans_langfuse_exports_carry_the_prompt_and_the_fetch_event(
     exported = InMemorySpanExporter()  # stands in for the exporter to the relay
     if order == "promptstamp_first":
         promptstamp.install(provider)
-    client = _client(server, provider, span_exporter=exported)
+    client = _client(server, provider, span_exporter=exported, should_export_span=promptstamp.should_export_span)
     promptstamp.install(provider, langfuse=client, fetch_timeout_seconds=FETCH_TIMEOUT)
 
     @langfuse.observe(name="handle_request")
@@ -149,14 +165,17 @@ def test_spans_langfuse_exports_carry_the_prompt_and_the_fetch_event(
     assert handle("where is my order?") == "answer"
     client.flush()
     spans: dict[str, ReadableSpan] = {s.name: s for s in exported.get_finished_spans()}
-    assert set(spans) == {"handle_request", "llm", "openai.chat"}
+    # promptstamp.should_export_span keeps the fetch span, which Langfuse's default filter drops
+    assert set(spans) == {"handle_request", "promptstamp.fetch", "llm", "openai.chat"}
     for name in ("llm", "openai.chat"):
         attributes = spans[name].attributes or {}
         assert (attributes["app.prompt.key"], attributes["app.prompt.label"]) == (PROMPT, "production")
         assert attributes["user.id"] == "user-7"  # Langfuse's own propagation still works
     root = spans["handle_request"]
     assert "app.prompt.key" not in (root.attributes or {})  # started before prompt()
-    [event] = [e for e in root.events if e.name == "app.prompt.fetch"]
+    fetch = spans["promptstamp.fetch"]
+    assert fetch.parent is not None and fetch.parent.span_id == root.get_span_context().span_id
+    [event] = [e for e in fetch.events if e.name == "app.prompt.fetch"]
     assert dict(event.attributes or {}) == {
         "app.prompt.key": PROMPT,
         "app.prompt.label": "production",

@@ -94,12 +94,12 @@ def test_install_is_idempotent(langfuse_client: Any) -> None:
     ours = [p for p in provider.added if isinstance(p, PromptBaggageSpanProcessor)]
     assert len(ours) == 1
 
-    # No LoggerProvider and no span at fetch time: the fetch record reaches nobody (warned).
-    with pytest.warns(UserWarning, match="no LoggerProvider"), promptstamp.prompt(PROMPT), \
-            provider.get_tracer("t").start_as_current_span("s"):
+    # No LoggerProvider and no span at fetch time: the scope span carries the fetch record.
+    with promptstamp.prompt(PROMPT), provider.get_tracer("t").start_as_current_span("s"):
         pass
-    [span] = exporter.get_finished_spans()
-    assert span.attributes == {KEY: PROMPT, LABEL: "production"}
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"promptstamp.prompt", "promptstamp.fetch", "s"}
+    assert spans["s"].attributes == {KEY: PROMPT, LABEL: "production"}
 
 
 def test_install_uses_the_global_tracer_provider(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -50,6 +50,7 @@ def test_exported_names() -> None:
         "install",
         "label_for",
         "prompt",
+        "should_export_span",
     ]
     for name in promptstamp.__all__:
         assert getattr(promptstamp, name) is not None

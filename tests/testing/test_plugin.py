@@ -194,7 +194,7 @@ def test_live_relay_links_a_real_apps_generations(
         ("model call", "greeting", 1, "production", "trace", "langfuse")] * 2
     assert_all_linked(promptstamp_relay, tier="trace")
     names = {o.name for o in promptstamp_relay.received_spans()}
-    assert names == {"greet Ada", "greet Grace", "model call"}
+    assert names == {"greet Ada", "greet Grace", "model call", "promptstamp.fetch"}
 
 
 def test_live_relay_reports_a_span_langfuse_types_as_an_agent(promptstamp_relay: LiveRelay, app_factory: Any) -> None:
