@@ -97,6 +97,29 @@ def fetch_record(
     return rec
 
 
+def fetch_span(
+    key: str = "order-status-answer",
+    label: str = "production",
+    version: int | None = 3,
+    *,
+    source: str = "langfuse",
+    time: int = T0,
+    trace: int = 1,
+    span_id: int = 90,
+    name: str = c.FETCH_SPAN_NAME,
+) -> Span:
+    """The fetch record as the SDK sends it (contract §2): a short span named
+    ``promptstamp.fetch`` ending when the fetch resolved, with one ``app.prompt.fetch`` event and
+    the record's attributes. ``name``: another span carrying the event (older SDKs)."""
+    attrs: dict[str, Any] = {c.PROMPT_KEY: key, c.PROMPT_LABEL: label, c.FETCH_SOURCE: source}
+    if version is not None:
+        attrs[c.PROMPT_VERSION] = version
+    out = Span(trace_id=tid(trace), span_id=sid(span_id), name=name, start_time_unix_nano=time - S // 100,
+               end_time_unix_nano=time, attributes=kvs(attrs))
+    out.events.add(name=c.FETCH_EVENT_NAME, time_unix_nano=time, attributes=kvs(attrs))
+    return out
+
+
 def logs(records: Iterable[LogRecord], resource: Mapping[str, Any] | None = None) -> ExportLogsServiceRequest:
     req = ExportLogsServiceRequest()
     rl = req.resource_logs.add()

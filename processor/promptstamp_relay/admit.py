@@ -28,15 +28,17 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 import promptstamp_contract as c
 
+from ._ratelog import RateLimitedLog
 from .config import LimitsConfig
 from .counters import Counters
 from .deliver import DeliveryItem, DeliveryQueue
 from .deliver.journal import Journal, JournalError
 from .export import JsonLinesWriter
+from .fetchlog import CORRECT_RECORD
 from .fetchlog import MARKER as FETCH_MARKER
 from .hold_persistent import take_held
 from .limits import Violation, decode_logs, decode_traces
-from .pipeline import Outgoing, Processor
+from .pipeline import Notices, Outgoing, Processor
 from .receive.auth import Authenticator, Unauthenticated
 from .receive.budget import ByteBudget
 
@@ -156,6 +158,7 @@ class Intake:
         self._clock = clock
         self._retry_after = retry_after
         self._lock = threading.Lock()
+        self._say = RateLimitedLog(log)
 
     def queues(self) -> Sequence[DeliveryQueue]:
         return [q for q in (self.trace_queue, self.logs_queue, self.metrics_queue) if q is not None]
@@ -208,6 +211,8 @@ class Intake:
         with self._lock:
             out = self.processor.consume_traces(req, now, tenant, encoded=data)
         self._enqueue(out)
+        if out.notices:
+            self.report(out.notices, tenant)
 
     def logs(self, req: ExportLogsServiceRequest, data: bytes, n: int, tenant: str) -> None:
         if self._recorder is not None:
@@ -220,12 +225,44 @@ class Intake:
         now = self._clock()
         with self._lock:
             result = self.processor.consume_logs(req, now, tenant)
-        if result.invalid:
-            log.warning("%d malformed fetch-log records rejected, first: %s",
-                        len(result.invalid), result.invalid[0])
+        if result.notices:
+            self.report(result.notices, tenant)
         self._enqueue(result.released)
         if result.passthrough is not None:
             self._pass_logs(result.passthrough, None, count_logs(result.passthrough), tenant)
+
+    def report(self, notices: Notices, tenant: str) -> None:
+        """Log what the processor noticed, at most one line per kind every 10 s (the rest are
+        counted in that line and in the metrics)."""
+        if notices.invalid:
+            v = notices.invalid[0]
+            self._say.log(logging.WARNING, "invalid",
+                          "fetch record from service.name=%r (tenant %r) rejected, %d in this request: %s "
+                          "(%s); a correct record has %s",
+                          v.service, tenant, len(notices.invalid), v.message, v.code, CORRECT_RECORD)
+        for late in notices.late:
+            if late.verdict == "agreed":
+                continue
+            was = (f"linked to version {late.written_version} by the {late.written_tier!r} tier"
+                   if late.written_version is not None else "sent unresolved")
+            self._say.log(logging.WARNING, f"late-{late.verdict}",
+                          "trace %s: generation %s (service.name=%r) was %s; its trace's fetch record "
+                          "for %r label %r arrived %.1f s later and names version %d%s. Raise "
+                          "hold.seconds above the delay between the app's fetch span and its "
+                          "generations reaching the relay (the fetch record's export delay) to "
+                          "prevent this (promptstamp_late_fetch_records_total)",
+                          late.trace_id.hex(), late.span_id.hex(), late.service, was, late.key, late.label,
+                          late.late_ns / 1e9, late.record_version,
+                          "" if late.verdict == "was_unresolved" else ": the link is wrong")
+            break
+        if notices.conflicts:
+            x = notices.conflicts[0]
+            self._say.log(logging.WARNING, "conflict",
+                          "trace %s: generation %s (service.name=%r) arrived linked to %r version %r, "
+                          "but its trace's fetch record for %r label %r names version %d; kept as it "
+                          "arrived (promptstamp_prompt_conflicts_total, %d in this request)",
+                          x.trace_id.hex(), x.span_id.hex(), x.service, x.linked_name, x.linked_version,
+                          x.key, x.label, x.evidence_version, len(notices.conflicts))
 
     def metrics(self, data: bytes, n: int, tenant: str) -> None:
         """Metrics go on unchanged (the bytes as they came) when there is a metrics exporter."""

@@ -128,7 +128,8 @@ class ReceiversConfig:
 
 @dataclass
 class HoldConfig:
-    seconds: float = 2.0
+    # covers an OTel SDK's default 5 s export delay across services (bench/hold_window.py)
+    seconds: float = 8.0
     max_spans: int = 100_000
     max_spans_per_tenant: int = 25_000  # with auth or passthrough: one tenant's share
 

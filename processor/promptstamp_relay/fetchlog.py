@@ -22,6 +22,7 @@ from . import wire
 from .records import FetchRecord, resource_instance, resource_service
 
 __all__ = [
+    "CORRECT_RECORD",
     "EVENT_MARKER",
     "MARKER",
     "FetchLogBatch",
@@ -44,13 +45,23 @@ if tuple(f.name for f in fields(FetchRecord)) != (
     raise ImportError("FetchRecord's fields changed: update fetchlog._parse")
 
 
+#: What a correct fetch record looks like (quoted in the log line of a rejected one).
+CORRECT_RECORD = (
+    f"{c.PROMPT_KEY} (string), {c.PROMPT_LABEL} (string), {c.PROMPT_VERSION} (OTLP intValue > 0; "
+    f"absent only when {c.FETCH_SOURCE} is fallback), {c.FETCH_SOURCE} "
+    f"({c.SOURCE_LANGFUSE}|{c.SOURCE_CACHE}|{c.SOURCE_FALLBACK}), see docs/contract.md §2"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Invalid:
     """A rejected fetch record: ``code`` is short and stable (a metric label), ``message`` says
-    what was wrong (logged; it quotes at most a short prefix of what the sender wrote)."""
+    what was wrong (logged; it quotes at most a short prefix of what the sender wrote),
+    ``service`` who sent it (its resource's ``service.name``)."""
 
     code: str
     message: str
+    service: str = ""
 
 
 @dataclass
@@ -58,6 +69,9 @@ class FetchLogBatch:
     records: list[FetchRecord] = field(default_factory=list)  # valid; ``fallback`` ones have no version
     invalid: list[Invalid] = field(default_factory=list)
     other_logs: int = 0  # log records that are not fetch records, left in the request
+    #: prompt keys whose records came on a fetch span (``promptstamp.fetch``): the SDK that sent
+    #: them puts every scope's record in the scope's own trace (contract §2)
+    fetch_span_keys: set[str] = field(default_factory=set)
 
 
 def parse_fetch(
@@ -93,23 +107,27 @@ def _parse(attributes: Iterable[KeyValue], time_ns: int, trace_id: bytes, span_i
             version_seen = True
             if v.WhichOneof("value") != "int_value":
                 got = v.WhichOneof("value")
-                return Invalid("version_not_int", f"{c.PROMPT_VERSION} must be an int, got {got}")
+                return Invalid("version_not_int", f"{c.PROMPT_VERSION} must be an int, got {got}", service)
             version = v.int_value
     if not key:
-        return Invalid("missing_key", f"missing {c.PROMPT_KEY}")
+        return Invalid("missing_key", f"missing {c.PROMPT_KEY}", service)
     if not label:
-        return Invalid("missing_label", f"missing {c.PROMPT_LABEL}")
+        return Invalid("missing_label", f"missing {c.PROMPT_LABEL}", service)
     if source not in _KNOWN_SOURCES:
         return Invalid("unknown_source",
-                       f"{c.FETCH_SOURCE} must be one of {sorted(_KNOWN_SOURCES)}, got {source[:40]!r}")
+                       f"{c.FETCH_SOURCE} must be one of {sorted(_KNOWN_SOURCES)}, got {source[:40]!r}",
+                       service)
     if source == c.SOURCE_FALLBACK:
-        version = None  # a code-embedded prompt has no version, whatever it says
+        if version_seen:  # a code-embedded prompt has no version: which one is meant is unknown
+            return Invalid("fallback_with_version",
+                           f"{c.FETCH_SOURCE} is fallback but {c.PROMPT_VERSION} is set", service)
     elif not version_seen:
-        return Invalid("missing_version", f"missing {c.PROMPT_VERSION}")
+        return Invalid("missing_version", f"missing {c.PROMPT_VERSION}", service)
     elif version is None or version <= 0:
-        return Invalid("version_not_positive", f"{c.PROMPT_VERSION} must be a positive int, got {version}")
+        return Invalid("version_not_positive", f"{c.PROMPT_VERSION} must be a positive int, got {version}",
+                       service)
     if len(trace_id) not in (0, 16) or len(span_id) not in (0, 8):
-        return Invalid("bad_ids", "trace_id/span_id of wrong length")
+        return Invalid("bad_ids", "trace_id/span_id of wrong length", service)
     # positional, in FetchRecord's field order (checked at import): once per fetch record
     return FetchRecord(key, label, version, source, time_ns, bytes(trace_id), bytes(span_id), instance,
                        error_type, service)
@@ -183,6 +201,7 @@ def span_fetch_events(
     who: dict[int, tuple[str, str]] = {}
     for i in spans:
         span = Span.FromString(data[index.span_starts[i]:index.span_ends[i]])
+        on_fetch_span = span.name == c.FETCH_SPAN_NAME
         for ev in span.events:
             if ev.name != c.FETCH_EVENT_NAME:
                 continue
@@ -190,8 +209,11 @@ def span_fetch_events(
             if r not in who:
                 resource = request.resource_spans[r].resource
                 who[r] = resource_instance(resource), resource_service(resource)
-            _add(out, parse_fetch(
+            parsed = parse_fetch(
                 ev.attributes, time_ns=ev.time_unix_nano or span.start_time_unix_nano, trace_id=span.trace_id,
                 span_id=span.span_id, instance=who[r][0], service=who[r][1],
-            ))
+            )
+            _add(out, parsed)
+            if on_fetch_span and isinstance(parsed, FetchRecord) and parsed.trace_id:
+                out.fetch_span_keys.add(parsed.key)
     return out

@@ -18,16 +18,30 @@ from typing import Protocol
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+import promptstamp_contract as c
+
 from . import wire
 from ._recent import RecentKeys
-from .fetchlog import FetchLogBatch, span_fetch_events, split_fetch_log
+from .evidence import LateEvidence, LateRecord
+from .fetchlog import FetchLogBatch, Invalid, span_fetch_events, split_fetch_log
 from .hold import HoldWindow
 from .records import DEFAULT_TENANT, FetchRecord, GenerationRecord
-from .resolve import ApiLookup, Resolver
-from .stamp import HeldSpan, Stamped, StampSettings, generation_record, release_spans, stamp_request
+from .resolve import ApiLookup, Resolver, pick_in_trace
+from .stamp import (
+    Conflict,
+    HeldSpan,
+    Stamped,
+    StampSettings,
+    generation_record,
+    release_spans,
+    span_id_of,
+    stamp_request,
+)
 from .store import FetchLogStore, MemoryStore
 
-__all__ = ["LogsResult", "Outgoing", "PipelineObserver", "Processor", "ProcessorStats", "TracesResult"]
+__all__ = [
+    "LogsResult", "Notices", "Outgoing", "PipelineObserver", "Processor", "ProcessorStats", "TracesResult",
+]
 
 
 class Outgoing:
@@ -72,6 +86,22 @@ class ProcessorStats:
     fetch_invalid: int = 0
     fetch_invalid_reasons: Counter[str] = field(default_factory=Counter)  # by Invalid.code
     other_logs: int = 0  # log records that are not fetch records (passed on)
+    #: a trace's record that arrived after one of its generations was sent without it, by verdict
+    late_records: Counter[str] = field(default_factory=Counter)
+    prompt_conflicts: int = 0  # already-linked generations whose trace's record names another version
+
+
+@dataclass
+class Notices:
+    """What the relay must say about one call, beyond counting it (logged by the caller, outside
+    the lock, rate-limited): rejected fetch records, late evidence, conflicting links."""
+
+    invalid: list[Invalid] = field(default_factory=list)
+    late: list[LateRecord] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.invalid or self.late or self.conflicts)
 
 
 @dataclass
@@ -82,6 +112,7 @@ class LogsResult:
     passthrough: ExportLogsServiceRequest | None
     released: list[Outgoing]
     invalid: list[str]
+    notices: Notices = field(default_factory=Notices)
 
 
 class TracesResult(list[Outgoing]):
@@ -90,6 +121,7 @@ class TracesResult(list[Outgoing]):
     event was rejected (``invalid``)."""
 
     invalid: list[str]
+    notices: Notices
 
 
 class Processor:
@@ -124,8 +156,17 @@ class Processor:
         self.early_release = early_release
         self.observers = tuple(observers)
         self.stats = ProcessorStats()
+        # one fetch counts once: its log record and its event share trace and span (the fetch
+        # span), key, label, version, source and time
         self._taken: RecentKeys[tuple[bytes, bytes, str, str, int | None, str, int]] = RecentKeys(8192)
+        self.evidence = LateEvidence(keep_ns=max(600 * 10**9, 10 * self.settings.hold_ns))
+        self._notices = Notices()
         self._now_ns = 0
+
+    def take_notices(self) -> Notices:
+        """What happened since the last call that must be logged (and forget it)."""
+        notices, self._notices = self._notices, Notices()
+        return notices
 
     # -- fetch records --------------------------------------------------------------------------
     def consume_logs(
@@ -136,13 +177,18 @@ class Processor:
         batch = split_fetch_log(request)
         self.stats.other_logs += batch.other_logs
         released = self._take_in(tenant, batch, now_ns)
-        return LogsResult(request if batch.other_logs else None, released, [v.message for v in batch.invalid])
+        return LogsResult(request if batch.other_logs else None, released, [v.message for v in batch.invalid],
+                          self.take_notices())
 
     def _take_in(self, tenant: str, batch: FetchLogBatch, now_ns: int) -> list[Outgoing]:
         """New fetch records into the store (once per fetch); held spans they release (live)."""
         st = self.stats
-        st.fetch_invalid += len(batch.invalid)
-        st.fetch_invalid_reasons.update(v.code for v in batch.invalid)
+        if batch.invalid:
+            st.fetch_invalid += len(batch.invalid)
+            st.fetch_invalid_reasons.update(v.code for v in batch.invalid)
+            self._notices.invalid.extend(batch.invalid)
+        if batch.fetch_span_keys:
+            self.resolver.fetch_span_keys.add(tenant, batch.fetch_span_keys)
         new = self._first_time(tenant, batch.records)
         st.fetch_duplicates += len(batch.records) - len(new)
         if not new:
@@ -151,6 +197,12 @@ class Processor:
         st.fetch_records += len(versioned)
         st.fetch_fallbacks += len(new) - len(versioned)
         self.store.add(tenant, versioned, now_ns)
+        if len(self.evidence):
+            late = self.evidence.arrived(tenant, [r for r in versioned if r.trace_id], now_ns,
+                                         self.store.in_trace, pick_in_trace)
+            if late:
+                st.late_records.update(x.verdict for x in late)
+                self._notices.late.extend(late)
         if len(versioned) < len(new):
             self.resolver.fallbacks.add(tenant, new)
         for o in self.observers:
@@ -200,8 +252,12 @@ class Processor:
         st.hold_overflow += outcome.overflow
         self.hold.add(outcome.held)
         self._stamped(outcome.stamped, now_ns)
+        if outcome.conflicts:
+            st.prompt_conflicts += len(outcome.conflicts)
+            self._notices.conflicts.extend(outcome.conflicts)
         if outcome.payload is not None:
             out.append(Outgoing(tenant, outcome.payload, outcome.spans - len(outcome.held)))
+        out.notices = self.take_notices()
         return out
 
     def hold_capacity(self, tenant: str) -> int:
@@ -239,6 +295,11 @@ class Processor:
             return
         self.stats.stamped.update(g.resolution.tier for g in stamped)
         self.stats.unresolved.update(g.resolution.reason for g in stamped if g.resolution.reason is not None)
+        for g in stamped:
+            if g.resolution.tier != c.TIER_TRACE and g.key.trace_id:  # sent without its trace's record
+                self.evidence.sent(g.key.tenant, g.key.trace_id, g.key.key, g.key.label,
+                                   span_id=span_id_of(g), start_ns=g.key.start_ns, tier=g.resolution.tier,
+                                   version=g.resolution.version, now_ns=now_ns, service=g.service)
         if self.observers:
             records = [generation_record(g) for g in stamped]
             for o in self.observers:

@@ -70,8 +70,11 @@ class FetchRecord:
 #: replay summary and ``promptstamp.testing.assert_all_linked`` all use these words):
 #: ``no_fetch_record``: no usable record for its key and label in its trace, instance or tenant;
 #: ``fallback_only``: only records with source ``fallback`` (a code-embedded prompt, no version);
-#: ``hold_expired``: it was held for its trace's record and released without one.
-UnresolvedReason = Literal["no_fetch_record", "fallback_only", "hold_expired"]
+#: ``hold_expired``: it was held for its trace's record and released without one;
+#: ``trace_record_missing``: its prompt's records arrive on fetch spans, so its trace's own record
+#: is on its way or lost, and it could not be held for it (hold window full or off): the lower
+#: tiers, which would guess from other traces, are not asked.
+UnresolvedReason = Literal["no_fetch_record", "fallback_only", "hold_expired", "trace_record_missing"]
 
 
 @dataclass(slots=True, unsafe_hash=True)

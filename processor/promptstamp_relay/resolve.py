@@ -2,8 +2,18 @@
 
 Each tier is one small function ``(sources, span, prompt name) -> Resolution | None`` (None:
 ask the next tier); :data:`TIERS` is their contract order, so a new tier is one new entry.
-When none answers, :class:`Resolver` says why (``UnresolvedReason``). Pure: the store is read
-through :class:`~promptstamp_relay.store.FetchLogStore` only, no clock; called by the
+When none answers, :class:`Resolver` says why (``UnresolvedReason``).
+
+**No guessing over evidence.** The tiers after ``trace`` guess from other traces: right for an
+app whose record has no trace (a log record sent with no span active) or rides on a long span,
+wrong when the label moved meanwhile. An SDK that sends its records on fetch spans
+(``promptstamp.fetch``, contract §2) puts every scope's record in the scope's own trace and
+exports it no later than the scope's generations; for a prompt key whose records arrive that
+way (:class:`FetchSpanKeys`), a generation without its trace's record has one on its way (from
+another service of the trace) or lost, never none. The lower tiers are not asked for it: it
+stays unresolved, with its reason, rather than linked to what another trace was handed.
+
+Pure: the store is read through :class:`~promptstamp_relay.store.FetchLogStore` only, no clock; called by the
 processor with the relay's processing lock held.
 """
 
@@ -23,6 +33,7 @@ __all__ = [
     "TIERS",
     "ApiLookup",
     "FallbackMemory",
+    "FetchSpanKeys",
     "Resolution",
     "Resolver",
     "Sources",
@@ -136,6 +147,21 @@ def api_tier(src: Sources, span: SpanKey, prompt_name: str) -> Resolution | None
 TIERS: tuple[Tier, ...] = (trace_tier, instance_tier, latest_tier, api_tier)
 
 
+class FetchSpanKeys:
+    """Prompt keys, per tenant, whose fetch records arrive on fetch spans. Bounded (see
+    :class:`RecentKeys`): a key forgotten under pressure only lets the lower tiers answer again."""
+
+    def __init__(self, per_tenant: int = 4096, tenants: int = 1024) -> None:
+        self._seen: RecentKeys[str] = RecentKeys(per_tenant, tenants)
+
+    def add(self, tenant: str, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._seen.add(tenant, key)
+
+    def __contains__(self, item: tuple[str, str]) -> bool:
+        return item in self._seen
+
+
 class FallbackMemory:
     """Recent ``fallback`` fetches per tenant: they resolve nothing, but explain why a span is
     unresolved (``fallback_only``). Bounded (see :class:`RecentKeys`)."""
@@ -159,7 +185,7 @@ class FallbackMemory:
 
 _UNRESOLVED: dict[UnresolvedReason, Resolution] = {
     reason: Resolution(c.TIER_UNRESOLVED, reason=reason)
-    for reason in ("no_fetch_record", "fallback_only", "hold_expired")
+    for reason in ("no_fetch_record", "fallback_only", "hold_expired", "trace_record_missing")
 }
 
 
@@ -177,7 +203,13 @@ class Resolver:
     ) -> None:
         self.sources = Sources(store, staleness_ns, api)
         self.fallbacks = fallbacks if fallbacks is not None else FallbackMemory()
+        self.fetch_span_keys = FetchSpanKeys()
         self.tiers = tuple(tiers)
+
+    def trace_evidence(self, span: SpanKey) -> int | None:
+        """The version the span's own trace's fetch record names, if one has arrived."""
+        answer = trace_tier(self.sources, span, "")
+        return answer.version if answer is not None else None
 
     def at_arrival(self, span: SpanKey, prompt_name: str, *, may_hold: bool) -> Resolution | None:
         """:meth:`resolve` for a span just arrived; None when the ``trace`` tier cannot answer
@@ -189,10 +221,15 @@ class Resolver:
     def resolve(self, span: SpanKey, prompt_name: str, *, held: bool = False) -> Resolution:
         """The first tier's answer; else unresolved, with why. ``held``: released from the hold
         window (it waited for its trace's record and none came)."""
+        exact_only = (span.tenant, span.key) in self.fetch_span_keys and bool(span.trace_id)
         for tier in self.tiers:
+            if exact_only and tier is not trace_tier:
+                continue  # its trace's record is on its way: no guess from other traces
             answer = tier(self.sources, span, prompt_name)
             if answer is not None:
                 return answer
         if self.fallbacks.seen(span):
             return _UNRESOLVED["fallback_only"]
-        return _UNRESOLVED["hold_expired" if held else "no_fetch_record"]
+        if held:
+            return _UNRESOLVED["hold_expired"]
+        return _UNRESOLVED["trace_record_missing" if exact_only else "no_fetch_record"]

@@ -26,6 +26,7 @@ from .records import GenerationRecord, resource_instance, resource_service
 from .resolve import Resolution, Resolver, SpanKey
 
 __all__ = [
+    "Conflict",
     "HeldSpan",
     "StampOutcome",
     "StampSettings",
@@ -33,6 +34,7 @@ __all__ = [
     "generation_record",
     "release_spans",
     "resource_instance",
+    "span_id_of",
     "stamp_bytes",
     "stamp_request",
     "stamp_span",
@@ -104,6 +106,18 @@ class StampSettings:
         return key, label if isinstance(label, str) else "", self.prompt_names.get(key, key), \
             c.LF_OBSERVATION_TYPE in attrs
 
+    def linked(self, found: tuple[tuple[str, object], ...]) -> tuple[str, str, str, object] | None:
+        """(prompt key, label, linked prompt name, linked version) of a span that carries a
+        prompt key and Langfuse's own link pair; None otherwise."""
+        attrs = dict(found)
+        key = attrs.get(c.PROMPT_KEY)
+        name = attrs.get(c.LF_PROMPT_NAME, attrs.get(c.LF_LEGACY_PROMPT_NAME))
+        if not isinstance(key, str) or not key or not isinstance(name, str):
+            return None
+        version = attrs.get(c.LF_PROMPT_VERSION, attrs.get(c.LF_LEGACY_PROMPT_VERSION))
+        label = attrs.get(c.PROMPT_LABEL)
+        return key, label if isinstance(label, str) else "", name, version
+
     def judged(self, found: tuple[tuple[str, object], ...], scope: tuple[str, str], span_name: str,
                language: str) -> Verdict | None:
         """:meth:`judge`, remembered per distinct input (spans of one instrumentation repeat it:
@@ -146,6 +160,21 @@ class HeldSpan:
         return span
 
 
+class Conflict(NamedTuple):
+    """A generation that arrived already linked (left as it arrived, contract §3) while its
+    trace's fetch record names another prompt version than its link."""
+
+    tenant: str
+    trace_id: bytes
+    span_id: bytes
+    key: str
+    label: str
+    linked_name: str
+    linked_version: object
+    evidence_version: int
+    service: str
+
+
 class Stamped(NamedTuple):
     """One generation stamped: its key, what it was stamped with, and what observers are told
     of its span: the arrival scan (``scanned``), else its bytes (decoded only for observers)."""
@@ -167,6 +196,7 @@ class StampOutcome:
     held: list[HeldSpan] = field(default_factory=list)
     stamped: list[Stamped] = field(default_factory=list)
     overflow: int = 0  # generations stamped at once because the hold window was full
+    conflicts: list[Conflict] = field(default_factory=list)  # linked already, evidence disagrees
 
 
 def _stamp_bytes(prompt_name: str, label: str, resolution: Resolution, has_type: bool) -> bytes:
@@ -271,12 +301,29 @@ class _Containers:
         return got
 
 
+def _linked_version(span_bytes: bytes) -> object:
+    """The version of a span's own Langfuse link (decoded: the scan notes only the key)."""
+    value: object = None
+    for kv in Span.FromString(span_bytes).attributes:
+        if kv.key in (c.LF_PROMPT_VERSION, c.LF_LEGACY_PROMPT_VERSION) and value is None:
+            which = kv.value.WhichOneof("value")
+            value = getattr(kv.value, which) if which else None
+    return value
+
+
+def _has_link(found: tuple[tuple[str, object], ...]) -> bool:
+    return any(k == c.LF_PROMPT_NAME or k == c.LF_LEGACY_PROMPT_NAME for k, _ in found)
+
+
 def _generations(
-    scan: wire.Scan, settings: StampSettings, spans: _Containers, tenant: str
+    scan: wire.Scan, settings: StampSettings, spans: _Containers, tenant: str,
+    linked: list[tuple[SpanKey, str, wire.Candidate, str, object]],
 ) -> Iterator[tuple[int, SpanKey, str, bool, str, wire.Candidate]]:
     """(span index, key, prompt name, has a type already, service, its scan) of every span to
     stamp (:meth:`StampSettings.judge`). The candidates are the scan's (a prompt key and a
-    generation marker key, whole keys); their scanned attributes decide."""
+    generation marker key, whole keys); their scanned attributes decide. Candidates that carry
+    a prompt key and Langfuse's link already go to ``linked`` (key, service, scan, linked name
+    and version), to be checked against their trace's evidence."""
     context: dict[tuple[int, int], tuple[str, str, str, tuple[str, str]]] = {}
     judged = settings.judged
     for cand in scan.candidates:
@@ -286,7 +333,12 @@ def _generations(
             ctx = context[where] = (*spans.who(where[0]), spans.scope(*where))
         instance, service, language, scope = ctx
         verdict = judged(cand[3], scope, cand[6], language)
-        if verdict is not None:
+        if verdict is None:
+            link = settings.linked(cand[3]) if _has_link(cand[3]) else None
+            if link is not None:
+                linked.append((SpanKey(tenant, link[0], link[1], cand[4], instance, cand[5]), service, cand,
+                               link[2], link[3]))
+        else:
             key, label, name, has_type = verdict
             skey = SpanKey(tenant, key, label, cand[4], instance, cand[5])
             yield cand[0], skey, name, has_type, service, cand
@@ -319,7 +371,8 @@ def stamp_request(
     hold_on = settings.hold_ns > 0
     if scan is None:
         scan = wire.scan_spans(data, index, settings.scan_keys)
-    for i, key, name, has_type, service, scanned in _generations(scan, settings, spans, tenant):
+    linked: list[tuple[SpanKey, str, wire.Candidate, str, object]] = []
+    for i, key, name, has_type, service, scanned in _generations(scan, settings, spans, tenant, linked):
         res = resolver.at_arrival(key, name, may_hold=hold_on and len(out.held) < hold_capacity)
         if res is None:
             out.held.append(spans.hold(data, i, key, name, has_type, now_ns))
@@ -329,6 +382,14 @@ def stamp_request(
             out.overflow += 1  # it would have been held: the window is full
         edits[i] = stamp_bytes(name, key.label, res, has_type)
         out.stamped.append(Stamped(key, res, name, service, scanned))
+    for key, service, cand, linked_name, _ in linked:  # rare: spans an app linked itself
+        evidence = resolver.trace_evidence(key)
+        if evidence is None:
+            continue
+        linked_version = _linked_version(data[index.span_starts[cand[0]]:index.span_ends[cand[0]]])
+        if evidence != linked_version or linked_name != settings.prompt_names.get(key.key, key.key):
+            out.conflicts.append(Conflict(tenant, key.trace_id, cand[7], key.key, key.label, linked_name,
+                                          linked_version, evidence, service))
     if len(out.held) < out.spans:
         out.payload = wire.splice(data, index, edits)
     return out
@@ -375,6 +436,12 @@ _RECORD_FIELDS = ("tenant", "trace_id", "span_id", "span_name", "key", "label", 
                   "input_tokens", "output_tokens")
 if tuple(f.name for f in fields(GenerationRecord)) != _RECORD_FIELDS:  # passed positionally below
     raise ImportError("GenerationRecord's fields changed: update stamp.generation_record")
+
+
+def span_id_of(g: Stamped) -> bytes:
+    """The stamped generation's span id (from its arrival scan, or a scan of its bytes)."""
+    scanned = g.scanned if g.scanned is not None else wire.scan_one(g.span_bytes, _RECORD_KEYS)
+    return scanned[7]
 
 
 def generation_record(g: Stamped) -> GenerationRecord:

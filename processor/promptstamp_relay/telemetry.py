@@ -225,6 +225,17 @@ class RelayCollector(Collector):
         for reason in (*reasons, *sorted(set(by_reason) - set(reasons))):
             unresolved.add_metric([reason], by_reason.get(reason, 0))
         yield unresolved
+        late = CounterMetricFamily(
+            "promptstamp_late_fetch_records",
+            "A trace's fetch record that arrived after one of its generations was sent without it, by "
+            "verdict: agreed (the lower tier's guess was right), disagreed (linked to another version "
+            "than the app was handed), was_unresolved", labels=["verdict"])
+        by_verdict = _copy(getattr(st, "late_records", None) or Counter())
+        for verdict in ("agreed", "disagreed", "was_unresolved"):
+            late.add_metric([verdict], by_verdict.get(verdict, 0))
+        yield late
+        yield _counter("prompt_conflicts", "Generations that arrived linked (kept as they were) while "
+                       "their trace's fetch record names another version", getattr(st, "prompt_conflicts", 0))
         yield _counter("spans_held", "Generation spans held for their fetch log", st.spans_held)
         yield _counter("hold_overflow", "Generations stamped at once because the hold window was full",
                        st.hold_overflow)

@@ -202,7 +202,7 @@ class FetchLog:
     def _record(self, span: trace.Span, parent: Context, attributes: dict[str, AttributeValue],
                 now_ns: int) -> None:
         """The record on the fetch span (which it ends) and as a log record with its ids."""
-        span.set_attributes(attributes)
+        span.set_attributes(attributes)  # key and label again: a re-entry's span did not get them
         span.add_event(contract.FETCH_EVENT_NAME, attributes, timestamp=now_ns)
         self._current().emit(
             LogRecord(

@@ -183,6 +183,13 @@ def test_every_metric_the_readme_lists_moves(langfuse: LangfuseServer, upstream:
         finally:
             budget.release(budget.max_bytes)
         wait_until(lambda: seen.scrape(port).get("promptstamp_held_spans", 1) == 0, 10, "the hold window to empty")
+        # Evidence after the fact: trace 11's own record arrives after its generation was sent
+        # without it; a generation already linked to version 9 whose trace's record names 3.
+        late = fetch_record("unknown-a", version=2, time=now, trace=11)
+        assert send(relay.address, LOGS, logs([late]).SerializeToString()) == grpc.StatusCode.OK
+        linked = span(trace=1, span_id=2, start=now, attrs=gen_attrs(**{
+            "langfuse.observation.prompt.name": "order-status-answer", "langfuse.observation.prompt.version": 9}))
+        assert send(relay.address, TRACES, traces([linked]).SerializeToString()) == grpc.StatusCode.OK
         wait_until(lambda: seen.scrape(port).get("promptstamp_api_fetches_total", 0) >= 2, 10, "api tier fetches")
         langfuse.fail_ingest(400, times=1)  # one permanent failure
         assert send(relay.address, TRACES, traces([span(trace=40, span_id=40, start=now)]).SerializeToString()) \

@@ -56,7 +56,9 @@ def test_a_fetch_record_that_arrives_after_the_hold_window() -> None:
 
 def test_only_a_fallback_fetch_record() -> None:
     lines = list(LINES)
+    # a code-embedded fallback: the source says so and there is no version (contract §2)
     lines[0] = lines[0].replace('"stringValue":"langfuse"', '"stringValue":"fallback"', 1)
+    lines[0] = lines[0].replace(',{"key":"app.prompt.version","value":{"intValue":"1"}}', '', 1)
     result = replay(*lines)
     assert sorted(map(str, reasons(result))) == ["None", "None", "None", "fallback_only"]
     assert result.fetch_records == 4  # the fallback record counts as accepted

@@ -256,7 +256,7 @@ def test_a_fetch_at_start_up_outside_any_span_needs_no_warning(
     tracing_only: tuple[TracerProvider, InMemorySpanExporter]
 ) -> None:
     """Tracing only, no span active: the scope span carries the record, so nothing is lost."""
-    provider, exporter = tracing_only
+    _, exporter = tracing_only
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with promptstamp.prompt(PROMPT):

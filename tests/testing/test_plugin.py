@@ -52,6 +52,7 @@ def _project(pytester: pytest.Pytester) -> None:
     (pytester.path / "good.jsonl").write_text("\n".join(lines) + "\n")
     # The first fetch (trace 17fb8f63…, label production) served a code-embedded fallback.
     lines[0] = lines[0].replace('"stringValue":"langfuse"', '"stringValue":"fallback"', 1)
+    lines[0] = lines[0].replace(',{"key":"app.prompt.version","value":{"intValue":"1"}}', '', 1)  # no version
     (pytester.path / "fallback.jsonl").write_text("\n".join(lines) + "\n")
 
 

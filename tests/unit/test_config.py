@@ -11,7 +11,7 @@ from promptstamp_relay.config import ConfigError, load_config
 def test_defaults_are_valid_and_bind_loopback() -> None:
     cfg = load_config(None, env={})
     assert cfg.listen == "127.0.0.1:4317"
-    assert cfg.hold.seconds == 2.0
+    assert cfg.hold.seconds == 8.0
     assert cfg.resolution.api.enabled is False
     assert cfg.exporter_type() == "debug"
 
