@@ -29,7 +29,8 @@ EXIT_UPSTREAM = 8
 
 EXIT_CODES = """exit codes:
   0  done; serve: stopped, everything accepted was delivered (or kept on disk)
-  1  replay --check: a generation ended unresolved or a fetch record was invalid;
+  1  replay --check: a generation ended unresolved, ran outside its prompt's scope, or a fetch
+     record was invalid;
      demo: a generation did not arrive linked
   2  invalid configuration or command line
   3  an input cannot be read or an output cannot be written (replay, serve --record)
@@ -43,7 +44,8 @@ EXIT_CODES = """exit codes:
 
 REPLAY_EXIT_CODES = """exit codes:
   0  done (also when stdout is closed early, as by | head)
-  1  --check: a generation ended unresolved or a fetch record was invalid
+  1  --check: a generation ended unresolved, ran outside its prompt's scope, or a fetch record
+     was invalid
   2  invalid configuration or arguments
   3  an input cannot be read, is not OTLP/JSON, or the output cannot be written
 """
@@ -206,8 +208,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     if args.check or args.summary:
-        print(rp.format_summary(summary, run.mistyped), file=sys.stderr, end="")
-        if args.check and (summary.unresolved or summary.invalid_fetch_records):
+        print(rp.format_summary(summary, run.mistyped, run.outside), file=sys.stderr, end="")
+        if args.check and (summary.unresolved or summary.invalid_fetch_records or run.outside):
             return EXIT_CHECK_FAILED
         return EXIT_OK
     for bad in summary.invalid_fetch_records:

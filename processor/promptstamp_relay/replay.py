@@ -47,17 +47,20 @@ __all__ = [
     "InputError",
     "InvalidRecord",
     "Mistyped",
+    "OutsideScope",
     "ReplayObserver",
     "ReplaySummary",
     "RunResult",
     "Sourced",
     "build_replay_processor",
     "format_summary",
+    "keyless_generations",
     "merge",
     "mistyped_spans",
     "one_line_summary",
     "open_input",
     "output_directory_problem",
+    "outside_prompt_scope",
     "replay",
     "run_files",
     "run_inputs",
@@ -395,6 +398,49 @@ def mistyped_spans(
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class OutsideScope:
+    """A generation with no prompt key in a trace that has a fetch record: the model call ran
+    outside ``with promptstamp.prompt(...)`` (or in a thread the context did not reach), so
+    nothing says which prompt it used and it is never linked (``outside_prompt_scope``)."""
+
+    trace_id: bytes
+    span_id: bytes
+    span_name: str
+
+
+def keyless_generations(
+    request: ExportTraceServiceRequest,
+    langfuse_type: Callable[..., str] | None = None,
+) -> list[OutsideScope]:
+    """The spans of ``request`` that Langfuse types as generations but that carry no prompt key
+    and no link (whether their trace has a fetch record is known only at the end of a run)."""
+    if langfuse_type is None:
+        from . import detect
+
+        langfuse_type = getattr(detect, "langfuse_type", None)
+        if langfuse_type is None:
+            return []
+    found: list[OutsideScope] = []
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                attrs: Mapping[str, object] = {kv.key: _value(kv.value) for kv in span.attributes}
+                if c.PROMPT_KEY in attrs or any(k in attrs for k in _LINKED_OR_STAMPED):
+                    continue
+                if langfuse_type(attrs, scope_name=ss.scope.name, scope_version=ss.scope.version,
+                                 span_name=span.name) == "GENERATION":
+                    found.append(OutsideScope(bytes(span.trace_id), bytes(span.span_id), span.name))
+    return found
+
+
+def outside_prompt_scope(candidates: Iterable[OutsideScope],
+                         records: Iterable[FetchRecord]) -> list[OutsideScope]:
+    """Of ``candidates`` (:func:`keyless_generations`), those whose trace has a fetch record."""
+    traced = {r.trace_id for r in records if r.trace_id}
+    return [o for o in candidates if o.trace_id in traced]
+
+
 def output_directory_problem(path: str) -> str | None:
     """Why ``path`` cannot be written as an output file, or None (checked before any work)."""
     p = Path(path)
@@ -426,6 +472,8 @@ class RunResult:
     summary: ReplaySummary
     mistyped: list[Mistyped]
     processor: Processor
+    #: generations with no prompt key in a trace with a fetch record (with ``find_mistyped``)
+    outside: list[OutsideScope] = field(default_factory=list)
 
 
 def build_replay_processor(cfg: Config, observer: ReplayObserver) -> Processor:
@@ -447,15 +495,17 @@ def run_inputs(
     observer = ReplayObserver()
     processor = build_replay_processor(cfg, observer)
     mistyped: list[Mistyped] = []
+    keyless: list[OutsideScope] = []
 
     def seen(request: ExportTraceServiceRequest) -> None:
         if find_mistyped:
             mistyped.extend(mistyped_spans(request))
+            keyless.extend(keyless_generations(request))
         if emitted is not None:
             emitted(request)
 
     summary = replay(merge(inputs), processor, write, observer, seen)
-    return RunResult(summary, mistyped, processor)
+    return RunResult(summary, mistyped, processor, outside_prompt_scope(keyless, summary.fetch_records))
 
 
 def run_files(
@@ -517,7 +567,11 @@ REASONS: Mapping[str, str] = {
     "no_fetch_record": "no fetch record for this key and label in the trace or tenant",
     "fallback_only": "a fetch record with source fallback (a code-embedded prompt has no version)",
     "hold_expired": "the hold window ended before its fetch record arrived",
+    "trace_record_missing": "its trace's fetch record had not arrived and it could not be held for it "
+                            "(hold window full or off); other traces' records are not used for it",
     "not_a_generation": "not a generation by Langfuse's rules",
+    "outside_prompt_scope": "the model call ran outside `with promptstamp.prompt(...)` (or in a thread "
+                            "the context did not reach): re-enter the prompt around it with `with p:`",
 }
 
 
@@ -526,9 +580,11 @@ def _unresolved_line(g: GenerationRecord) -> str:
     return (f"  trace {g.trace_id.hex()} span {g.span_name!r} key {g.key!r} label {g.label!r}: {why}")
 
 
-def format_summary(summary: ReplaySummary, mistyped: Sequence[Mistyped] = ()) -> str:
+def format_summary(summary: ReplaySummary, mistyped: Sequence[Mistyped] = (),
+                   outside: Sequence[OutsideScope] = ()) -> str:
     """The ``--check`` / ``--summary`` report: tiers, unresolved generations with their reason,
-    invalid fetch records with file:line, spans Langfuse will not type as generations."""
+    invalid fetch records with file:line, spans Langfuse will not type as generations, and
+    generations made outside the prompt's scope."""
     docs = summary.documents
     tiers = ", ".join(f"{t} {n}" for t, n in summary.by_tier().items()) or "none"
     fallback = sum(1 for r in summary.fetch_records if r.version is None)
@@ -551,10 +607,16 @@ def format_summary(summary: ReplaySummary, mistyped: Sequence[Mistyped] = ()) ->
                      f"({len(mistyped)}; left unstamped):")
         lines.extend(f"  trace {m.trace_id.hex()} span {m.span_name!r} key {m.key!r} label {m.label!r}: "
                      f"Langfuse types it {m.langfuse_type}" for m in mistyped)
-    ok = not unresolved and not summary.invalid_fetch_records
-    lines.append("check: OK" if ok else
-                 f"check: FAILED ({len(unresolved)} unresolved, "
-                 f"{len(summary.invalid_fetch_records)} invalid fetch records)")
+    if outside:
+        lines.append(f"generations with no prompt key in a trace with a fetch record ({len(outside)}): "
+                     + REASONS["outside_prompt_scope"])
+        lines.extend(f"  trace {o.trace_id.hex()} span {o.span_name!r}: outside_prompt_scope"
+                     for o in outside)
+    ok = not unresolved and not summary.invalid_fetch_records and not outside
+    failed = f"{len(unresolved)} unresolved, {len(summary.invalid_fetch_records)} invalid fetch records"
+    if outside:
+        failed += f", {len(outside)} outside the prompt's scope"
+    lines.append("check: OK" if ok else f"check: FAILED ({failed})")
     return "\n".join(lines) + "\n"
 
 

@@ -10,8 +10,10 @@ The app-side SDK. Two lines change in an app::
 
 Inside the block the prompt's key and label are W3C baggage (``app.prompt.key``,
 ``app.prompt.label``), copied onto every span by a span processor, and each prompt handed out
-records its version as one ``app.prompt.fetch`` log record and an ``app.prompt.fetch`` event on
-the active span; the promptstamp relay stamps Langfuse's prompt link from the two. Runtime
+records its version on a short ``promptstamp.fetch`` span of its own (an ``app.prompt.fetch``
+event) and, with a Logs SDK, as an ``app.prompt.fetch`` log record; the promptstamp relay stamps
+Langfuse's prompt link from the two. A handle re-entered (``with p:``) puts the prompt back in
+scope around a later model call without fetching again. Runtime
 fallback policy (details in ``sdk/README.md`` and ``docs/fetch-policy.md``):
 
 * timeout, connection error, 5xx: the last known good copy, for at most ``max_stale_seconds``
@@ -24,6 +26,7 @@ fallback policy (details in ``sdk/README.md`` and ``docs/fetch-policy.md``):
 
 ``label_for(subject_id, weights, salt)`` splits traffic between labels for A/B tests.
 ``configure()`` sets up OTLP export for apps that have no OpenTelemetry yet, then installs.
+``should_export_span`` is the span filter for apps that trace with the Langfuse SDK.
 """
 
 from ._configure import configure

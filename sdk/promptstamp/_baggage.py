@@ -2,7 +2,7 @@
 
 Only ``app.prompt.key`` and ``app.prompt.label`` are ever written (contract §1). Baggage is
 propagated by every instrumented HTTP client to every host it calls, third parties included —
-see ``sdk/README.md`` for keeping it away from the model provider.
+see ``docs/baggage.md`` for which clients send it and how to keep it from the model provider.
 
 A service that accepts requests from callers it does not trust should not let them choose which
 prompt its spans claim: ``install(trust_inbound_baggage=False)`` wraps the global propagator in

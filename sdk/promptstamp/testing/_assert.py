@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from promptstamp.testing._replay import NOT_A_GENERATION, Generation, generations_of
+from promptstamp.testing._replay import NOT_A_GENERATION, OUTSIDE_PROMPT_SCOPE, Generation, generations_of
 
 __all__ = ["REASONS", "assert_all_linked"]
 
@@ -14,7 +14,12 @@ REASONS: dict[str, str] = {
     "no_fetch_record": "no fetch record for this key and label in the trace or tenant",
     "fallback_only": "a fetch record with source fallback (a code-embedded prompt has no version)",
     "hold_expired": "the hold window ended before its fetch record arrived",
+    "trace_record_missing": "its trace's fetch record had not arrived and it could not be held for it "
+                            "(hold window full or off); other traces' records are not used for it",
     NOT_A_GENERATION: "not a generation by Langfuse's rules",
+    OUTSIDE_PROMPT_SCOPE: "a generation with no prompt key in a trace that has a fetch record: the "
+                          "model call ran outside `with promptstamp.prompt(...)`, or in a thread the "
+                          "context did not reach; re-enter the prompt around it (`with p:`)",
 }
 
 Allowed = str | Callable[[Generation], bool]
@@ -58,10 +63,13 @@ def assert_all_linked(
     ``result_or_generations``: a ``ReplayResult`` (``promptstamp_replay``), the live relay
     (``promptstamp_relay``: what Langfuse has received so far), or an iterable of
     :class:`Generation`. With a result or the relay, spans that carry a prompt key and a model
-    attribute but that Langfuse types as something else (an agent, a tool...) fail too.
+    attribute but that Langfuse types as something else (an agent, a tool...) fail too, and so
+    do generations with no prompt key in a trace that has a fetch record (a model call made
+    outside the prompt's scope).
 
     ``allow``: reason names (``"fallback_only"``, ``"hold_expired"``, ``"no_fetch_record"``,
-    ``"not_a_generation"``) or predicates ``Generation -> bool`` for unlinked ones to accept.
+    ``"trace_record_missing"``, ``"not_a_generation"``, ``"outside_prompt_scope"``) or
+    predicates ``Generation -> bool`` for unlinked ones to accept.
     ``tier``: the resolution tier(s) every linked generation must have (``"trace"``).
     ``min_count``: fail when fewer generations than this were found at all (a recording or app
     that produced none usually means the test is not testing what it says).

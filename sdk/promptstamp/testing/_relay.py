@@ -24,7 +24,10 @@ from promptstamp.testing._replay import (
     Generation,
     generation_from_observation,
     load_relay_config,
+    outside_generation,
 )
+
+PROMPT_KEY = "app.prompt.key"
 
 __all__ = ["LiveRelay"]
 
@@ -36,9 +39,15 @@ class _Reasons:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.by_span: dict[tuple[str, str], str] = {}
+        self.fetch_traces: set[str] = set()
 
     def on_fetch_records(self, tenant: str, records: Sequence[Any], now_ns: int) -> None:
-        pass
+        with self._lock:
+            self.fetch_traces.update(r.trace_id.hex() for r in records if r.trace_id)
+
+    def has_fetch_record(self, trace_id: str) -> bool:
+        with self._lock:
+            return trace_id in self.fetch_traces
 
     def on_generations(self, records: Sequence[Any], now_ns: int) -> None:
         with self._lock:
@@ -170,6 +179,16 @@ class LiveRelay:
     def not_generations(self) -> list[Generation]:
         """Spans with a prompt key and a model attribute that Langfuse typed as something else."""
         return [g for g in self._all() if g.reason == NOT_A_GENERATION]
+
+    def outside_scope(self) -> list[Generation]:
+        """Generations Langfuse received with no prompt key and no link, in a trace that has a
+        fetch record: model calls made outside the prompt's scope (``outside_prompt_scope``)."""
+        return [
+            outside_generation(o.trace_id, o.span_id, o.name, o.service_name or "")
+            for o in self.received_spans()
+            if o.type == "GENERATION" and PROMPT_KEY not in o.attributes and o.prompt_name is None
+            and self._reasons.has_fetch_record(o.trace_id)
+        ]
 
     def __repr__(self) -> str:
         return f"LiveRelay(grpc={self.otlp_grpc_endpoint!r}, http={self.otlp_http_endpoint!r})"

@@ -22,6 +22,9 @@ __all__ = ["Generation", "ReplayResult", "load_relay_config", "replay"]
 #: ``Generation.reason`` for a span that carries a prompt key and a model attribute but that
 #: Langfuse types as something other than a generation (the relay leaves it alone).
 NOT_A_GENERATION = "not_a_generation"
+#: ``Generation.reason`` for a span that Langfuse types as a generation but that carries no prompt
+#: key, in a trace that has a fetch record: the model call ran outside the prompt's scope.
+OUTSIDE_PROMPT_SCOPE = "outside_prompt_scope"
 
 _PROMPT_KEY = "app.prompt.key"
 _PROMPT_LABEL = "app.prompt.label"
@@ -67,6 +70,8 @@ class ReplayResult:
     lines: list[str]
     #: Spans with a prompt key and a model attribute that Langfuse types otherwise (never linked).
     not_generations: list[Generation] = field(default_factory=list)
+    #: Generations with no prompt key in a trace with a fetch record (``outside_prompt_scope``).
+    outside_scope: list[Generation] = field(default_factory=list)
     #: ``(input, line, reason)`` for every fetch record the relay rejected.
     invalid_fetch_records: list[tuple[str, int, str]] = field(default_factory=list)
     fetch_records: int = 0  # accepted ones, fallback included
@@ -192,7 +197,15 @@ def replay(*inputs: Any, config: Any = None) -> ReplayResult:
     import contextlib
 
     from promptstamp.testing._langfuse import RejectedObservation, _map_request
-    from promptstamp_relay.replay import REPLAY_OVERRIDES, mistyped_spans, open_input, run_inputs
+    from promptstamp_relay.replay import (
+        REPLAY_OVERRIDES,
+        OutsideScope,
+        keyless_generations,
+        mistyped_spans,
+        open_input,
+        outside_prompt_scope,
+        run_inputs,
+    )
 
     cfg = load_relay_config(config, overrides=REPLAY_OVERRIDES)
     if not inputs:
@@ -200,8 +213,10 @@ def replay(*inputs: Any, config: Any = None) -> ReplayResult:
     lines: list[str] = []
     spans: list[Observation] = []
     mistyped: list[Generation] = []
+    keyless: list[OutsideScope] = []
 
     def emitted(request: Any) -> None:
+        keyless.extend(keyless_generations(request, _langfuse_type))
         for item in _map_request(request):
             spans.append(item.observation if isinstance(item, RejectedObservation) else item)
         for m in mistyped_spans(request, _langfuse_type):
@@ -230,22 +245,36 @@ def replay(*inputs: Any, config: Any = None) -> ReplayResult:
         spans=spans,
         lines=lines,
         not_generations=mistyped,
+        outside_scope=[outside_generation(o.trace_id.hex(), o.span_id.hex(), o.span_name)
+                       for o in outside_prompt_scope(keyless, summary.fetch_records)],
         invalid_fetch_records=[(b.source, b.line, b.reason) for b in summary.invalid_fetch_records],
         fetch_records=len(summary.fetch_records),
     )
 
 
+def outside_generation(trace_id: str, span_id: str, span_name: str, service: str = "") -> Generation:
+    """A generation made outside any prompt's scope (no key, never linked)."""
+    return Generation(trace_id, span_id, span_name, "", "", "", None, "", None, OUTSIDE_PROMPT_SCOPE, service)
+
+
 def generations_of(result_or_generations: Any) -> tuple[Sequence[Generation], Sequence[Generation]]:
-    """``(generations, not_generations)`` of a :class:`ReplayResult`, a live relay (what Langfuse
-    received so far), or an iterable of :class:`Generation`."""
+    """``(generations, the others that cannot link)`` of a :class:`ReplayResult`, a live relay
+    (what Langfuse received so far), or an iterable of :class:`Generation`: the others are spans
+    Langfuse does not type as generations (``not_a_generation``) and generations made outside
+    the prompt's scope (``outside_prompt_scope``)."""
     if isinstance(result_or_generations, ReplayResult):
-        return result_or_generations.generations, result_or_generations.not_generations
+        r = result_or_generations
+        return r.generations, [*r.not_generations, *r.outside_scope]
     getter = getattr(result_or_generations, "generations", None)
     if callable(getter):  # a LiveRelay
-        return list(getter()), list(result_or_generations.not_generations())
+        others = list(result_or_generations.not_generations())
+        outside = getattr(result_or_generations, "outside_scope", None)
+        if callable(outside):
+            others += outside()
+        return list(getter()), others
     gens = list(result_or_generations)
     for g in gens:
         if not isinstance(g, Generation):
             raise TypeError(f"expected a ReplayResult, a relay or Generation items, got {type(g).__name__}")
-    return ([g for g in gens if g.reason != NOT_A_GENERATION],
-            [g for g in gens if g.reason == NOT_A_GENERATION])
+    other = (NOT_A_GENERATION, OUTSIDE_PROMPT_SCOPE)
+    return [g for g in gens if g.reason not in other], [g for g in gens if g.reason in other]
