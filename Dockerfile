@@ -7,7 +7,7 @@
 # `--config FILE` (see examples/relay.yaml). `docker run --rm promptstamp-relay demo` runs the
 # loopback demo inside the image; `docker run --rm promptstamp-relay --help` lists the exit codes.
 
-# ---- build: the wheel, with the C extension (promptstamp_relay._wirec) compiled -----------------
+# ---- build: the wheel, with the C extension (promptstamp_relay.wire._wirec) compiled -----------
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -24,8 +24,8 @@ COPY processor ./processor
 RUN pip wheel --no-deps --wheel-dir /wheels . \
  && python -c "import glob, sys, zipfile; \
 names = zipfile.ZipFile(glob.glob('/wheels/promptstamp-*.whl')[0]).namelist(); \
-sys.exit(0 if any(n.startswith('promptstamp_relay/_wirec.') and n.endswith('.so') for n in names) \
-         else 'the wheel has no compiled promptstamp_relay._wirec')"
+sys.exit(0 if any(n.startswith('promptstamp_relay/wire/_wirec.') and n.endswith('.so') for n in names) \
+         else 'the wheel has no compiled promptstamp_relay.wire._wirec')"
 
 # ---- runtime base: no compiler, no sources; the wheel only ---------------------------------------
 FROM python:3.11-slim AS base
@@ -43,8 +43,8 @@ RUN pip install "$(echo /wheels/promptstamp-*.whl)[relay,demo]" -r /tmp/app-requ
  && rm -rf /wheels
 WORKDIR /tmp
 USER promptstamp
-# The app ships in the wheel (promptstamp_relay/_demo), as `promptstamp-relay demo` runs it.
-ENTRYPOINT ["python", "-m", "promptstamp_relay._demo"]
+# The app ships in the wheel (promptstamp_relay/demo/app), as `promptstamp-relay demo` runs it.
+ENTRYPOINT ["python", "-m", "promptstamp_relay.demo.app"]
 # Create the prompt if missing, wait for Langfuse, answer model calls from an in-process fake
 # (drop --fake-openai and set OPENAI_API_KEY to use OpenAI), run the three scenarios.
 CMD ["--seed-prompts", "--wait-for-langfuse", "300", "--fake-openai", "all"]

@@ -9,8 +9,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "promptstamp_relay._wirec",
-            ["processor/promptstamp_relay/_wirec.c"],
+            "promptstamp_relay.wire._wirec",
+            ["processor/promptstamp_relay/wire/_wirec.c"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
         )

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 
 import redis
 
-from promptstamp_relay.records import FetchRecord
+from promptstamp_relay.core.model import FetchRecord
 from promptstamp_relay.store import MemoryStore
 from promptstamp_relay.store.redis import RedisStore
 

@@ -55,10 +55,10 @@ def breakdown(n: int, sink_port: int) -> dict[str, Any]:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
     import promptstamp_contract as c
+    from promptstamp_relay.admission.decode import decode_logs, decode_traces
     from promptstamp_relay.config import Config
     from promptstamp_relay.export import LangfuseExporter
     from promptstamp_relay.export import langfuse as lf_module
-    from promptstamp_relay.limits import decode_logs, decode_traces
     from promptstamp_relay.server import build_processor
 
     compress = getattr(lf_module, "gzip_compress", lambda payload, level: gzip.compress(payload, level, mtime=0))
@@ -209,7 +209,7 @@ sys.path.insert(0, tree)
 from bench.workload import build, patch
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from promptstamp_relay.config import Config
-from promptstamp_relay.limits import decode_logs, decode_traces
+from promptstamp_relay.admission.decode import decode_logs, decode_traces
 from promptstamp_relay.server import build_processor
 cfg = Config()
 observers = []
@@ -219,7 +219,7 @@ if observer == "noop":
         def on_generations(self, records, now_ns): pass
     observers = [Noop()]
 elif observer == "rollouts":
-    from promptstamp_relay.receive.auth import Authenticator
+    from promptstamp_relay.admission.auth import Authenticator
     from promptstamp_relay.rollouts.component import Rollouts
     observers = [Rollouts(cfg.rollouts, prompt_names=cfg.prompt_names, journal=None, redis_url="",
                           authenticator=Authenticator(cfg.auth, default_has_keys=True), clock=time.time_ns).observer]
@@ -320,13 +320,13 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     # first match from the leaf upwards wins; patterns are matched against "function (path:line)"
     ("gzip", ("gzip.py", "igzip", "zlib")),
     ("HTTP export (http.client, socket)", ("http/client.py", "/socket.py", "export/langfuse.py")),
-    ("decode + limits (upb parse + checks)", ("promptstamp_relay/limits.py",)),
-    ("stamp: byte index + splice (wire.py)", ("promptstamp_relay/wire.py",)),
+    ("decode + limits (upb parse + checks)", ("promptstamp_relay/admission/decode.py",)),
+    ("stamp: byte index + splice (wire/)", ("promptstamp_relay/wire/__init__.py",)),
     ("stamp: scan/resolve/stamp (stamp.py, resolve, detect)",
-     ("promptstamp_relay/stamp.py", "promptstamp_relay/resolve.py", "promptstamp_relay/detect.py")),
-    ("hold window", ("promptstamp_relay/hold.py",)),
-    ("fetch log (fetchlog.py, store)", ("promptstamp_relay/fetchlog.py", "promptstamp_relay/store/")),
-    ("processor glue (pipeline.py)", ("promptstamp_relay/pipeline.py",)),
+     ("promptstamp_relay/core/stamp.py", "promptstamp_relay/core/resolve.py", "promptstamp_contract/langfuse_typing.py")),
+    ("hold window", ("promptstamp_relay/core/hold.py",)),
+    ("fetch log (core/fetch_records.py, store)", ("promptstamp_relay/core/fetch_records.py", "promptstamp_relay/store/")),
+    ("processor glue (core/pipeline.py)", ("promptstamp_relay/core/pipeline.py",)),
     ("delivery queue", ("promptstamp_relay/deliver/",)),
     ("relay receive path (server.py, receiver)",
      ("promptstamp_relay/server.py", "promptstamp_relay/receive/")),

@@ -136,7 +136,7 @@ def _kvs(attrs: Mapping[str, Any]) -> list[KeyValue]:
 
 def _generation_templates() -> list[tuple[tuple[str, str], Span]]:
     """The first generation span of each real instrumentation recording, with its scope."""
-    from promptstamp_relay.otlpjson import decode_line
+    from promptstamp_relay.wire.otlpjson import decode_line
 
     out: list[tuple[tuple[str, str], Span]] = []
     for name in ("openllmetry", "openinference", "openai-v2"):

@@ -143,6 +143,6 @@ def all_spans(reqs: Iterable[Any]) -> list[Span]:
 
 def line_spans(lines: Iterable[str]) -> list[Span]:
     """Every span of an OTLP/JSON lines file's trace requests, in order (logs and metrics skipped)."""
-    from promptstamp_relay.otlpjson import read_documents
+    from promptstamp_relay.wire.otlpjson import read_documents
 
     return all_spans(d.request for d in read_documents(lines) if d.signal == "traces")

@@ -113,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--check-upstream", action="store_true",
                    help="also make one authenticated call to the upstream (exit 8 if it fails)")
 
-    from .rollouts.cli import add_parser as add_labels_parser
+    from .labels_cli import add_parser as add_labels_parser
 
     add_labels_parser(sub)  # labels show | compare | rollback | promote
 
@@ -165,7 +165,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"configuration OK: listen {cfg.listen}, exporter {cfg.exporter_type()}, "
           f"hold {cfg.hold.seconds}s, store {cfg.store.backend}")
     if args.check_upstream:
-        from .upstream import check_upstream
+        from .ops.startup import check_upstream
 
         results = check_upstream(cfg)
         if not results:
@@ -226,8 +226,8 @@ def _fail(message: str, code: int) -> int:
 
 def _preflight(cfg: Config) -> int | None:
     """The listen addresses, one line and a distinct exit code each; None when all is well."""
-    from .preflight import probe_listen
-    from .receive._http_config import effective_listen
+    from .ops.startup import probe_listen
+    from .receive.settings import effective_listen
 
     listeners = [(cfg.listen, "the OTLP receiver", "--listen / PROMPTSTAMP_LISTEN", EXIT_LISTEN_IN_USE)]
     http_listen = effective_listen(cfg.receivers.http, cfg.listen)
@@ -250,7 +250,7 @@ def _check_upstream(cfg: Config, mode: str | None) -> tuple[int | None, bool | N
         mode = "on" if cfg.exporter_type() == "langfuse" else "off"
     if mode == "off":
         return None, None
-    from .upstream import check_upstream
+    from .ops.startup import check_upstream
 
     log = logging.getLogger("promptstamp_relay")
     results = check_upstream(cfg)
@@ -388,7 +388,7 @@ def _shutdown_report(lost: int, queues: Sequence[Any], cfg: Config) -> int:
 
 
 def cmd_labels(args: argparse.Namespace) -> int:
-    from .rollouts.cli import run
+    from .labels_cli import run
 
     return run(args)
 
@@ -397,7 +397,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import importlib
 
     try:
-        demo = importlib.import_module("promptstamp_relay.demo")
+        demo = importlib.import_module("promptstamp_relay.demo.run")
     except ModuleNotFoundError:
         print("promptstamp-relay: the demo is not available in this build", file=sys.stderr)
         return EXIT_CONFIG

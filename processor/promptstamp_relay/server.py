@@ -1,5 +1,5 @@
 """``serve``: the live relay's lifecycle. Components come from ``wiring.py``; admission from
-``admit.py``; this module starts them, runs the hold ticker, answers health and drains.
+``admission/`` and ``intake.py``; this module starts them, runs the hold ticker, answers health and drains.
 
 Threads: receiver threads admit and stamp (holding the processing lock only around the pure
 processor call); one ticker thread releases held spans when their window ends; delivery
@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable, Sequence
 
 from . import wire
-from .admit import Admission, AdmissionStats, Refusal
+from .admission import Admission, AdmissionStats, Refusal
 from .config import Config
+from .core.pipeline import PipelineObserver, Processor
 from .deliver.queue import DeliveryQueue
 from .export import Exporter
-from .listener import HttpRequest, HttpResponse, MetricsListener
-from .pipeline import PipelineObserver, Processor
+from .ops.listener import HttpRequest, HttpResponse, MetricsListener
 from .receive.http import OtlpHttpReceiver
 from .store import FetchLogStore
 from .wiring import Components, build, build_processor
@@ -44,7 +44,7 @@ def check_protobuf_backend() -> str:
         )
     if not wire.native():
         log.warning(
-            "the C extension promptstamp_relay._wirec is not in use (no compiler at install time, "
+            "the C extension promptstamp_relay.wire._wirec is not in use (no compiler at install time, "
             "or PROMPTSTAMP_PURE_PYTHON set): same results, about half the throughput"
         )
     return kind

@@ -17,12 +17,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from .admit import Admission, AdmissionStats, Intake
-from .apitier import LabelPointers
+from promptstamp_contract.langfuse_typing import GenerationRules
+
+from .admission import Admission, AdmissionStats
+from .admission.auth import Authenticator
+from .admission.budget import ByteBudget
 from .config import Config, LogsExporterConfig, MetricsExporterConfig
+from .core.hold import HoldWindow
+from .core.pipeline import PipelineObserver, Processor
+from .core.stamp import StampSettings
 from .deliver import DeliveryQueue, build_queue
-from .deliver.journal import Journal
-from .detect import GenerationRules
 from .export import (
     DebugExporter,
     Exporter,
@@ -31,21 +35,19 @@ from .export import (
     LangfuseExporter,
     OtlpGrpcExporter,
 )
-from .hold import HoldWindow
-from .hold_persistent import PersistentHold
-from .listener import MetricsListener
-from .pipeline import PipelineObserver, Processor
-from .receive.auth import Authenticator
-from .receive.budget import ByteBudget
+from .export.routing import TenantRouter
+from .intake import Intake
+from .journal import Journal
+from .journal.held import PersistentHold
+from .ops.listener import MetricsListener
+from .ops.telemetry import Sources, build_info, make_registry
 from .receive.grpc import OtlpGrpcReceiver
 from .receive.http import OtlpHttpReceiver, effective_listen
 from .receive.tls import server_credentials, server_ssl_context
 from .rollouts.component import Rollouts
-from .stamp import StampSettings
 from .store import FetchLogStore, MemoryStore
+from .store.label_pointers import LabelPointers
 from .store.sqlite import SqliteStore
-from .telemetry import Sources, build_info, make_registry
-from .tenants import TenantRouter
 
 __all__ = [
     "Components",

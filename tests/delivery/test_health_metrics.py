@@ -182,7 +182,7 @@ def test_the_otel_sdk_metric_exporter_gets_ok_and_its_points_are_counted(upstrea
 
 
 def test_the_listener_serves_registered_routes_and_refuses_the_rest() -> None:
-    from promptstamp_relay.listener import HttpRequest, HttpResponse, MetricsListener
+    from promptstamp_relay.ops.listener import HttpRequest, HttpResponse, MetricsListener
 
     seen: list[HttpRequest] = []
 

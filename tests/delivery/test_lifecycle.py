@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from promptstamp_relay.deliver.journal import Journal, JournalError
+from promptstamp_relay.journal import Journal, JournalError
 from promptstamp_relay.server import RelayServer
 
 from .conftest import config

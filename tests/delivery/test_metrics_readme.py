@@ -24,10 +24,10 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from prometheus_client.parser import text_string_to_metric_families
 
 from promptstamp.testing import LangfuseServer
-from promptstamp_relay import apitier
-from promptstamp_relay.listener import MetricsListener
+from promptstamp_relay.ops.listener import MetricsListener
+from promptstamp_relay.ops.telemetry import make_registry
 from promptstamp_relay.server import RelayServer
-from promptstamp_relay.telemetry import make_registry
+from promptstamp_relay.store import label_pointers as apitier
 from tests.otlp_builders import fetch_record, gen_attrs, logs, span, traces
 from tests.waiting import wait_until
 

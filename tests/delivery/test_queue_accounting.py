@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from promptstamp_relay.deliver import DeliveryItem, MemoryQueue, PersistentQueue, QueueConfig
-from promptstamp_relay.deliver.journal import Journal
 from promptstamp_relay.deliver.persistent import pending_rows
 from promptstamp_relay.deliver.queue import WorkerQueue
-from promptstamp_relay.deliver.retry import Backoff
 from promptstamp_relay.export import ExportResult
+from promptstamp_relay.export.retry import Backoff
+from promptstamp_relay.journal import Journal
 from tests.waiting import wait_until
 
 PUTTERS = 4

@@ -9,18 +9,18 @@ from pathlib import Path
 import grpc
 import pytest
 
+from promptstamp_relay.core.model import FetchRecord
 from promptstamp_relay.deliver import DeliveryItem, MemoryQueue, PersistentQueue, QueueConfig
-from promptstamp_relay.deliver.journal import Journal, JournalError
 from promptstamp_relay.deliver.persistent import pending_rows
-from promptstamp_relay.deliver.retry import (
+from promptstamp_relay.export import ExportResult
+from promptstamp_relay.export.retry import (
     RETRYABLE_GRPC_CODES,
     RETRYABLE_HTTP_STATUSES,
     Backoff,
     grpc_retryable,
     parse_retry_after,
 )
-from promptstamp_relay.export import ExportResult
-from promptstamp_relay.records import FetchRecord
+from promptstamp_relay.journal import Journal, JournalError
 from promptstamp_relay.store.sqlite import SqliteStore
 from tests.waiting import wait_until
 

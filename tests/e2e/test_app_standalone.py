@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from promptstamp.testing import LangfuseServer
-from promptstamp_relay._demo.prompts import PROMPT_NAME, LangfuseApi, seed_prompts
+from promptstamp_relay.demo.app.prompts import PROMPT_NAME, LangfuseApi, seed_prompts
 from promptstamp_relay.server import RelayServer
 from tests.relays import relay_config
 
-APP_MODULE = "promptstamp_relay._demo"  # what the demo-app image's ENTRYPOINT runs
+APP_MODULE = "promptstamp_relay.demo.app"  # what the demo-app image's ENTRYPOINT runs
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from promptstamp.testing import Observation
-from promptstamp_relay import demo
-from promptstamp_relay.demo import DemoResult, GenerationRow
+from promptstamp_relay.demo import run as demo
+from promptstamp_relay.demo.run import DemoResult, GenerationRow
 
 PROMPT = "order-status-answer"
 CHAPTER_OUTPUT = [

@@ -101,7 +101,7 @@ def container_ports(service: Mapping[str, Any]) -> set[int]:
 
 
 def documented_env_vars() -> set[str]:
-    """The variables config.py documents with ``.. envvar::`` (the relay's one list of them)."""
+    """The variables config/ documents with ``.. envvar::`` (the relay's one list of them)."""
     doc = relay_config.__doc__ or ""
     names: set[str] = set()
     for line in doc.splitlines():
@@ -276,7 +276,7 @@ def test_relay_healthcheck_is_valid_python(services: dict[str, Any]) -> None:
 
 
 def test_app_command_is_one_the_app_accepts(services: dict[str, Any]) -> None:
-    from promptstamp_relay._demo.__main__ import _parser
+    from promptstamp_relay.demo.app.__main__ import _parser
 
     args = _parser().parse_args(services["order-status-app"]["command"])
     assert args.seed_prompts and args.fake_openai and args.wait_for_langfuse > 0
@@ -323,7 +323,7 @@ def test_dockerfile_relay_image(services: dict[str, Any]) -> None:
     assert "ENV PROMPTSTAMP_LISTEN=0.0.0.0:4317" in body
     assert "USER " in body  # not root
     app = stages["demo-app"]
-    assert 'ENTRYPOINT ["python", "-m", "promptstamp_relay._demo"]' in app
+    assert 'ENTRYPOINT ["python", "-m", "promptstamp_relay.demo.app"]' in app
 
 
 def test_dockerfile_copies_only_existing_sources() -> None:

@@ -33,7 +33,7 @@ from promptstamp.testing import LangfuseServer
 from promptstamp_relay import cli
 from promptstamp_relay.config import load_config
 from promptstamp_relay.export import LangfuseExporter, OtlpGrpcExporter
-from promptstamp_relay.upstream import check_langfuse, check_otlp_grpc
+from promptstamp_relay.ops.startup import check_langfuse, check_otlp_grpc
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

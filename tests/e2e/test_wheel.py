@@ -76,7 +76,7 @@ def build_context(dest: Path) -> list[str]:
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ctx = tmp_path_factory.mktemp("docker-context")
     copied = build_context(ctx)
-    assert "setup.py" in copied and "processor/promptstamp_relay/_wirec.c" in copied
+    assert "setup.py" in copied and "processor/promptstamp_relay/wire/_wirec.c" in copied
     assert not any(c.endswith(".so") for c in copied), "a prebuilt extension would hide a missing compiler"
     out = tmp_path_factory.mktemp("wheels")
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--wheel-dir", str(out), "-q"],
@@ -88,9 +88,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_wheel_from_the_dockerfile_file_set_has_the_compiled_extension(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
-    ext = [n for n in names if re.fullmatch(r"promptstamp_relay/_wirec\..*\.so", n)]
-    assert ext, "the wheel has no compiled promptstamp_relay._wirec"
-    assert "promptstamp_relay/_demo/__main__.py" in names  # the demo app ships in the wheel
+    ext = [n for n in names if re.fullmatch(r"promptstamp_relay/wire/_wirec\..*\.so", n)]
+    assert ext, "the wheel has no compiled promptstamp_relay.wire._wirec"
+    assert "promptstamp_relay/demo/app/__main__.py" in names  # the demo app ships in the wheel
     assert "promptstamp/testing/_langfuse.py" in names  # and the fakes it runs against
     assert not any(n.startswith(("tests/", "examples/")) for n in names)
 
@@ -120,7 +120,7 @@ def _venv_env() -> dict[str, str]:
 def test_installed_wheel_is_not_the_checkout_and_uses_the_extension(installed: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
         [str(installed / "bin" / "python"), "-c",
-         "import promptstamp_relay, promptstamp_relay._demo as d; from promptstamp_relay import wire; "
+         "import promptstamp_relay, promptstamp_relay.demo.app as d; from promptstamp_relay import wire; "
          "print(promptstamp_relay.__file__); print(d.__file__); print(wire.native())"],
         capture_output=True, text=True, cwd=tmp_path, env=_venv_env(), timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -137,4 +137,4 @@ def test_demo_runs_from_the_installed_wheel(installed: Path, tmp_path: Path) -> 
                           text=True, cwd=tmp_path, env=_venv_env(), timeout=110)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "OK: 5 of 5 generations linked" in proc.stdout
-    assert "python -m promptstamp_relay._demo" in proc.stdout
+    assert "python -m promptstamp_relay.demo.app" in proc.stdout

@@ -16,8 +16,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 import promptstamp_contract as c
 from promptstamp_relay.config import load_config
-from promptstamp_relay.otlpjson import decode_line
 from promptstamp_relay.server import RelayServer
+from promptstamp_relay.wire.otlpjson import decode_line
 from tests.otlp_builders import all_spans, attrs_of, fetch_record, gen_attrs, logs, span, traces
 
 TRACES = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"

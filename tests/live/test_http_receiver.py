@@ -28,8 +28,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 
 import promptstamp_contract as c
 from promptstamp.testing import LangfuseServer
-from promptstamp_relay.otlpjson import encode_line, to_protobuf
 from promptstamp_relay.server import RelayServer
+from promptstamp_relay.wire.otlpjson import encode_line, to_protobuf
 from tests.otlp_builders import fetch_record, gen_attrs, logs, span, traces
 from tests.waiting import wait_until
 

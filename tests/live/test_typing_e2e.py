@@ -30,7 +30,7 @@ import promptstamp
 import promptstamp_contract as c
 from promptstamp import _install
 from promptstamp.testing import FakeOpenAI, LangfuseServer, Observation, reset_langfuse_clients
-from promptstamp_relay.detect import langfuse_type
+from promptstamp_contract.langfuse_typing import langfuse_type
 from promptstamp_relay.server import RelayServer
 
 PROMPT = "order-status-answer"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from promptstamp_relay.records import FetchRecord
+from promptstamp_relay.core.model import FetchRecord
 from promptstamp_relay.store.redis import RedisStore, decode_member, encode_member, tenant_prefix
 from tests.redis.conftest import RedisServer, _free_port
 from tests.waiting import wait_until

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from promptstamp_relay.records import FetchRecord
+from promptstamp_relay.core.model import FetchRecord
 from promptstamp_relay.store import MemoryStore
 from promptstamp_relay.store.redis import RedisStore, decode_member, encode_member, tenant_prefix
 

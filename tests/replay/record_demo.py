@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def record(out_path: Path) -> int:
-    from promptstamp_relay import demo
+    from promptstamp_relay.demo import run as demo
 
     with tempfile.TemporaryDirectory() as tmp:
         rec = Path(tmp) / "recording.jsonl"

@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 import promptstamp_contract as c
 from promptstamp_relay.cli import main
-from promptstamp_relay.otlpjson import read_documents
+from promptstamp_relay.wire.otlpjson import read_documents
 from tests.otlp_builders import attrs_of, line_spans
 
 HERE = Path(__file__).parent

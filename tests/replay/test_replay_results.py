@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from promptstamp.testing import Generation, assert_all_linked, replay
-from promptstamp_relay.otlpjson import decode_line
+from promptstamp_relay.wire.otlpjson import decode_line
 
 HERE = Path(__file__).parent
 RECORDING = HERE / "recordings" / "openllmetry.jsonl"

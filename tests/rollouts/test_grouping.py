@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from prometheus_client.metrics_core import Metric
 
 from promptstamp_relay.config import load_config
-from promptstamp_relay.records import FetchRecord, GenerationRecord
+from promptstamp_relay.core.model import FetchRecord, GenerationRecord
 from promptstamp_relay.rollouts._model import dump_timeline
 from promptstamp_relay.rollouts._observer import RolloutObserver
 

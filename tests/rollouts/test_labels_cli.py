@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from promptstamp.testing import LangfuseServer
+from promptstamp_relay import labels_cli as labels
 from promptstamp_relay.cli import main
-from promptstamp_relay.rollouts import cli as labels
 from tests.otlp_builders import S
 
 from .conftest import PROMPT, Relay, http

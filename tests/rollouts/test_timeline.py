@@ -13,7 +13,7 @@ import pytest
 
 import promptstamp_contract as c
 from promptstamp_relay.config import load_config
-from promptstamp_relay.pipeline import Processor
+from promptstamp_relay.core.pipeline import Processor
 from promptstamp_relay.rollouts._model import (
     Timeline,
     dump_timeline,

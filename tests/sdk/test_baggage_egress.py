@@ -37,7 +37,7 @@ from opentelemetry.trace import SpanKind
 
 import promptstamp
 from promptstamp._baggage import with_prompt
-from promptstamp_relay import detect
+from promptstamp_contract import langfuse_typing as detect
 
 KEY = "order-status-answer"
 LABEL = "production"

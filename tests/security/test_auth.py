@@ -17,9 +17,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from promptstamp.testing import LangfuseServer
+from promptstamp_relay.admission import auth as auth_mod
+from promptstamp_relay.admission.auth import Authenticator, Identity, Unauthenticated, passthrough_tenant
 from promptstamp_relay.config import AuthConfig, ConfigError, TenantConfig, load_config
-from promptstamp_relay.receive import auth as auth_mod
-from promptstamp_relay.receive.auth import Authenticator, Identity, Unauthenticated, passthrough_tenant
 from tests.otlp_builders import span, traces
 from tests.waiting import wait_until
 
@@ -202,15 +202,15 @@ def test_live_refusals_and_acceptance(langfuse: LangfuseServer, caplog: pytest.L
 
 def test_refused_authentication_is_logged_at_info_with_peer_and_hint_rate_limited(
         langfuse: LangfuseServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    from promptstamp_relay import admit
+    from promptstamp_relay import admission as admit
 
     monkeypatch.setattr(admit, "AUTH_LOG_INTERVAL_SECONDS", 0.3)
     payload = traces([span("x")]).SerializeToString()
-    caplog.set_level(logging.INFO, logger="promptstamp_relay.admit")
+    caplog.set_level(logging.INFO, logger="promptstamp_relay.admission")
 
     def lines() -> list[str]:
         return [r.getMessage() for r in caplog.records
-                if r.name == "promptstamp_relay.admit" and "refused unauthenticated" in r.getMessage()]
+                if r.name == "promptstamp_relay.admission" and "refused unauthenticated" in r.getMessage()]
 
     with running(relay_config(langfuse, **auth_overrides())) as relay:
         wrong = "Bearer sixteen-chars-but-wrong-xyz"

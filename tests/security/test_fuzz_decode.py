@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from promptstamp_relay.admit import CallInfo, Refusal
+from promptstamp_relay.admission import CallInfo, Refusal
+from promptstamp_relay.admission.decode import Violation, decode_logs, decode_traces
 from promptstamp_relay.config import LimitsConfig
-from promptstamp_relay.limits import Violation, decode_logs, decode_traces
 from promptstamp_relay.server import RelayServer
 from tests.otlp_builders import fetch_record, gen_attrs, logs, span, traces
 

@@ -14,8 +14,8 @@ import pytest
 
 import promptstamp_contract as c
 from promptstamp.testing import LangfuseServer
-from promptstamp_relay.pipeline import Processor
-from promptstamp_relay.stamp import StampSettings
+from promptstamp_relay.core.pipeline import Processor
+from promptstamp_relay.core.stamp import StampSettings
 from promptstamp_relay.store import MemoryStore
 from tests.otlp_builders import T0, S, all_spans, attrs_of, fetch_record, gen_attrs, logs, span, traces
 

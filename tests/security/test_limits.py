@@ -10,9 +10,15 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from promptstamp.testing import LangfuseServer
+from promptstamp_relay.admission.budget import ByteBudget
+from promptstamp_relay.admission.decode import (
+    Violation,
+    check_request,
+    decode_logs,
+    decode_traces,
+    wrap_levels,
+)
 from promptstamp_relay.config import LimitsConfig
-from promptstamp_relay.limits import Violation, check_request, decode_logs, decode_traces, wrap_levels
-from promptstamp_relay.receive.budget import ByteBudget
 
 from .conftest import LOGS, call, relay_config, running
 from .payloads import (
@@ -378,12 +384,13 @@ def _best(f: object, n: int = 60) -> float:
 def test_cost_of_the_checks_on_a_512_span_request(capsys: pytest.CaptureFixture[str]) -> None:
     import gzip
 
-    from promptstamp_relay.pipeline import Processor
+    from promptstamp_relay.core.pipeline import Processor
+    from promptstamp_relay.store import MemoryStore
     from tests.otlp_builders import T0, fetch_record, logs
 
     data = realistic_request(512).SerializeToString()
     limits = LimitsConfig()
-    p = Processor()
+    p = Processor(None, MemoryStore())
     p.consume_logs(logs([fetch_record(trace=1000 + j, time=T0) for j in range(64)]), T0)
 
     def parse() -> ExportTraceServiceRequest:
@@ -409,7 +416,7 @@ def test_cost_of_the_checks_on_a_512_span_request(capsys: pytest.CaptureFixture[
 def test_the_api_tier_keeps_a_bounded_number_of_names_fresh() -> None:
     """Prompt names and labels come from span attributes: invented ones must not grow the set
     of names the relay keeps asking Langfuse about."""
-    from promptstamp_relay.apitier import LabelPointers
+    from promptstamp_relay.store.label_pointers import LabelPointers
 
     pointers = LabelPointers(lambda tenant: None, max_keys=3)
     for i in range(10):

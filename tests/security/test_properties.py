@@ -23,11 +23,11 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 import promptstamp_contract as c
+from promptstamp_contract.langfuse_typing import GenerationRules, is_generation
+from promptstamp_relay.admission.decode import Violation, check_request, decode_traces
 from promptstamp_relay.config import LimitsConfig
-from promptstamp_relay.detect import GenerationRules, is_generation
-from promptstamp_relay.limits import Violation, check_request, decode_traces
-from promptstamp_relay.pipeline import Outgoing, Processor
-from promptstamp_relay.stamp import StampSettings
+from promptstamp_relay.core.pipeline import Outgoing, Processor
+from promptstamp_relay.core.stamp import StampSettings
 from promptstamp_relay.store import MemoryStore
 from tests.otlp_builders import T0, S, fetch_record, kvs, logs, sid, tid
 

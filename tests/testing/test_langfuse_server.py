@@ -565,7 +565,7 @@ def test_a_value_that_makes_langfuses_mapper_throw_loses_the_whole_request(
 
 
 def test_types_come_from_the_relays_table_with_scope_and_span_name(server: LangfuseServer) -> None:
-    from promptstamp_relay.detect import langfuse_type
+    from promptstamp_contract.langfuse_typing import langfuse_type
 
     provider = provider_for(server)
     livekit = provider.get_tracer("livekit-agents")

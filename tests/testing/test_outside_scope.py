@@ -34,7 +34,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 import promptstamp
 from promptstamp import _install
 from promptstamp.testing import LiveRelay, assert_all_linked, replay, reset_langfuse_clients
-from promptstamp_relay.otlpjson import encode_line
+from promptstamp_relay.wire.otlpjson import encode_line
 from tests.otlp_builders import fetch_span, gen_attrs, span, traces
 from tests.waiting import wait_until
 

@@ -77,7 +77,7 @@ def test_generation_rules_and_prompt_names_from_yaml(tmp_path: Path) -> None:
 
 # -- the loader catches what used to fail at run time (issue: an operator's first hour) ----------
 from promptstamp_relay.config import explain, load  # noqa: E402
-from promptstamp_relay.endpoints import grpc_target, langfuse_base_url  # noqa: E402
+from promptstamp_relay.export.endpoints import grpc_target, langfuse_base_url  # noqa: E402
 
 LANGFUSE_ENV = {"LANGFUSE_PUBLIC_KEY": "pk-lf-1", "LANGFUSE_SECRET_KEY": "sk-lf-secret-value"}
 

@@ -15,8 +15,8 @@ import pytest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 
 import promptstamp_contract as c
-from promptstamp_relay import detect
-from promptstamp_relay.detect import (
+from promptstamp_contract import langfuse_typing as detect
+from promptstamp_contract.langfuse_typing import (
     LINK_KEYS,
     RULES,
     GenerationRules,

@@ -14,8 +14,8 @@
 
 from __future__ import annotations
 
-from promptstamp_relay.pipeline import Processor
-from promptstamp_relay.stamp import StampSettings
+from promptstamp_relay.core.pipeline import Processor
+from promptstamp_relay.core.stamp import StampSettings
 from promptstamp_relay.store import MemoryStore
 from tests.otlp_builders import T0, S, attrs_of, fetch_record, fetch_span, gen_attrs, logs, span, traces
 

@@ -23,9 +23,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Exemplar
 
-from promptstamp_relay.admit import CallInfo, Refusal, RefusalReason
-from promptstamp_relay.otlpjson import OtlpJsonError, encode_line, to_protobuf
+from promptstamp_relay.admission import CallInfo, Refusal, RefusalReason
 from promptstamp_relay.receive.http import HttpReceiverConfig, OtlpHttpReceiver, gunzip
+from promptstamp_relay.wire.otlpjson import OtlpJsonError, encode_line, to_protobuf
 from tests.otlp_builders import fetch_record, logs, sid, span, tid, traces
 from tests.waiting import wait_until
 
@@ -104,7 +104,7 @@ def test_each_path_reaches_its_signal_with_headers_as_metadata(
     (got_signal, data, call), = admission.calls
     assert (got_signal, data) == (signal, b"\x0a\x00")
     assert call.transport == "http"
-    assert call.metadata["authorization"] == auth  # lower-case names, as receive/auth.py reads them
+    assert call.metadata["authorization"] == auth  # lower-case names, as admission/auth.py reads them
     assert call.metadata["x-tenant-hint"] == "a"
     assert call.peer.startswith("127.0.0.1:")
 

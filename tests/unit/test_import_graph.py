@@ -1,5 +1,7 @@
-"""The relay's modules import each other in one direction only: no cycles between modules,
-none between its subpackages, and telemetry reads components without importing the server."""
+"""The relay's modules import each other in one direction only: no cycles between modules, none
+between its parts (each subpackage and each top-level module is one node), the configuration
+imported only by the composition layer, and telemetry reads components without importing the
+server."""
 
 from __future__ import annotations
 
@@ -109,39 +111,71 @@ def _reaches(graph: dict[str, set[str]], a: str, b: str) -> bool:
 
 def test_the_graph_is_read() -> None:
     assert len(MODULES) > 30
-    assert f"{PACKAGE}.admit" in GRAPH[f"{PACKAGE}.receive.grpc"]
-    assert f"{PACKAGE}.receive" in GRAPH[f"{PACKAGE}.admit"]  # receive/__init__ runs before receive.auth
+    assert f"{PACKAGE}.admission" in GRAPH[f"{PACKAGE}.receive.grpc"]
+    assert f"{PACKAGE}.admission.auth" in GRAPH[f"{PACKAGE}.admission"]
 
 
 def test_no_import_cycle_between_modules() -> None:
     assert _cycle(GRAPH) is None, " -> ".join(_cycle(GRAPH) or [])
 
 
-def test_no_import_cycle_between_subpackages() -> None:
-    def package(m: str) -> str | None:
-        parts = m.split(".")
-        return ".".join(parts[:2]) if len(parts) > 2 or MODULES[m].name == "__init__.py" else None
+def part(m: str) -> str:
+    """The node a module belongs to: its top-level subpackage, or itself when top-level."""
+    parts = m.split(".")
+    return ".".join(parts[:2]) if len(parts) >= 2 else m
 
-    packages: dict[str, set[str]] = {}
-    for m, deps in GRAPH.items():
-        p = package(m)
-        if p is None or p == PACKAGE:
+
+PARTS: dict[str, set[str]] = {}
+for _m, _deps in GRAPH.items():
+    _p = part(_m)
+    PARTS.setdefault(_p, set()).update(q for d in _deps if (q := part(d)) not in (_p, PACKAGE))
+
+
+def test_no_import_cycle_between_parts() -> None:
+    """Subpackages and top-level modules alike: ``config -> receive -> config`` through any of
+    their modules is a cycle, as is ``intake -> admission -> intake``."""
+    assert f"{PACKAGE}.cli" in PARTS and f"{PACKAGE}.core" in PARTS  # both kinds are nodes
+    assert _cycle(PARTS) is None, " -> ".join(_cycle(PARTS) or [])
+
+
+#: The composition layer: the only parts that may import ``config`` (components are handed
+#: their own settings objects, which live next to them).
+COMPOSERS = {"cli", "labels_cli", "wiring", "server", "demo", "replay"}
+
+
+def test_only_the_composition_layer_imports_the_configuration() -> None:
+    importers = {p.rpartition(".")[2] for p, deps in PARTS.items() if f"{PACKAGE}.config" in deps}
+    assert importers <= COMPOSERS, sorted(importers - COMPOSERS)
+
+
+def test_the_core_does_no_io() -> None:
+    """Nothing in ``core`` imports grpc, HTTP, Redis or SQLite, or another part but ``wire``."""
+    for name, path in MODULES.items():
+        if not name.startswith(f"{PACKAGE}.core"):
             continue
-        packages.setdefault(p, set()).update(
-            q for d in deps if (q := package(d)) is not None and q not in (p, PACKAGE))
-    assert _cycle(packages) is None, " -> ".join(_cycle(packages) or [])
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | {
+            n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        bad = {n for n in names if n.split(".")[0] in ("grpc", "http", "redis", "sqlite3", "socket", "urllib")}
+        assert not bad, (name, bad)
+    assert PARTS[f"{PACKAGE}.core"] <= {f"{PACKAGE}.wire"}, PARTS[f"{PACKAGE}.core"]
 
 
 def test_telemetry_and_the_server_do_not_import_each_other() -> None:
-    telemetry, server = f"{PACKAGE}.telemetry", f"{PACKAGE}.server"
+    telemetry, server = f"{PACKAGE}.ops.telemetry", f"{PACKAGE}.server"
     assert not _reaches(GRAPH, telemetry, server)
     assert telemetry not in GRAPH[server]
 
 
 def test_admission_is_transport_neutral() -> None:
-    admit = MODULES[f"{PACKAGE}.admit"].read_text(encoding="utf-8")
+    admit = MODULES[f"{PACKAGE}.admission"].read_text(encoding="utf-8")
     tree = ast.parse(admit)
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | {
         n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not any(n == "grpc" or n.startswith(("grpc.", "http")) for n in names), names
-    assert not _reaches(GRAPH, f"{PACKAGE}.admit", f"{PACKAGE}.receive.grpc")
+    assert not _reaches(GRAPH, f"{PACKAGE}.admission", f"{PACKAGE}.receive")
+
+
+def test_at_most_a_dozen_modules_at_the_top() -> None:
+    top = sorted(p.name for p in ROOT.glob("*.py"))
+    assert len(top) <= 12, top

@@ -5,12 +5,18 @@ import random
 import pytest
 
 from promptstamp_relay.config import StoreConfig as ConfigStoreConfig
-from promptstamp_relay.deliver import RetryConfig
-from promptstamp_relay.deliver.retry import Backoff, parse_retry_after
-from promptstamp_relay.otlpjson import OtlpJsonError, decode_line, encode_line, read_documents, to_protobuf
-from promptstamp_relay.records import FetchRecord
+from promptstamp_relay.core.model import FetchRecord
+from promptstamp_relay.export.retry import Backoff, parse_retry_after
+from promptstamp_relay.export.settings import RetryConfig
 from promptstamp_relay.store import MemoryStore
 from promptstamp_relay.store._config import StoreConfig
+from promptstamp_relay.wire.otlpjson import (
+    OtlpJsonError,
+    decode_line,
+    encode_line,
+    read_documents,
+    to_protobuf,
+)
 from tests.otlp_builders import T0, S, fetch_record, gen_attrs, logs, span, traces
 
 
@@ -79,7 +85,7 @@ def test_a_flooding_tenant_evicts_its_own_records_never_another_tenants() -> Non
 
 
 def test_store_bounds_come_from_store_config_once() -> None:
-    assert ConfigStoreConfig is StoreConfig  # config.py uses the stores' own section
+    assert ConfigStoreConfig is StoreConfig  # config/ uses the stores' own section
     st = MemoryStore()
     assert (st.bounds.max_entries, st.bounds.max_per_tenant, st.bounds.max_age_ns) == (
         StoreConfig.max_entries, StoreConfig.max_entries_per_tenant, round(StoreConfig.max_age_seconds * 1e9))

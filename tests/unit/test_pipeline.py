@@ -9,10 +9,10 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 import promptstamp_contract as c
-from promptstamp_relay import stamp
-from promptstamp_relay.pipeline import Processor
-from promptstamp_relay.records import FetchRecord, GenerationRecord
-from promptstamp_relay.stamp import StampSettings
+from promptstamp_relay.core import stamp
+from promptstamp_relay.core.model import FetchRecord, GenerationRecord
+from promptstamp_relay.core.pipeline import Processor
+from promptstamp_relay.core.stamp import StampSettings
 from promptstamp_relay.store import MemoryStore
 from tests.otlp_builders import (
     T0,
@@ -133,7 +133,7 @@ def test_no_generation_records_are_built_without_an_observer(monkeypatch: pytest
         raise AssertionError("built without an observer")
 
     monkeypatch.setattr(stamp, "generation_record", boom)
-    monkeypatch.setattr("promptstamp_relay.pipeline.generation_record", boom)
+    monkeypatch.setattr("promptstamp_relay.core.pipeline.generation_record", boom)
     p = Processor(StampSettings(hold_ns=2 * S), MemoryStore())
     p.consume_logs(logs([fetch_record()]), T0)
     p.consume_traces(traces([span(start=T0, attrs=gen_attrs()), span(trace=2, span_id=2, attrs=gen_attrs())]), T0)

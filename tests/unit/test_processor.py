@@ -5,9 +5,9 @@ from __future__ import annotations
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 import promptstamp_contract as c
-from promptstamp_relay.detect import GenerationRules
-from promptstamp_relay.pipeline import Processor
-from promptstamp_relay.stamp import StampSettings
+from promptstamp_contract.langfuse_typing import GenerationRules
+from promptstamp_relay.core.pipeline import Processor
+from promptstamp_relay.core.stamp import StampSettings
 from promptstamp_relay.store import MemoryStore
 from tests.otlp_builders import (
     T0,

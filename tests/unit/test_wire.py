@@ -11,8 +11,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 import promptstamp_contract as c
 from promptstamp_relay import wire
-from promptstamp_relay.pipeline import Processor
-from promptstamp_relay.stamp import StampSettings
+from promptstamp_relay.core.pipeline import Processor
+from promptstamp_relay.core.stamp import StampSettings
 from promptstamp_relay.store import MemoryStore
 from tests.otlp_builders import T0, S, fetch_record, gen_attrs, kvs, logs, span
 
@@ -141,7 +141,7 @@ def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
         if os.environ.get("PROMPTSTAMP_PURE_PYTHON"):
             pytest.skip("PROMPTSTAMP_PURE_PYTHON is set")
         if not wire.native():
-            pytest.fail("the C extension promptstamp_relay._wirec is not built (pip install -e . builds it)")
+            pytest.fail("the C extension promptstamp_relay.wire._wirec is not built (pip install -e . builds it)")
     else:
         monkeypatch.setattr(wire, "_c", None)
     return str(request.param)

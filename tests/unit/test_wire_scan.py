@@ -18,7 +18,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 import promptstamp_contract as c
 from promptstamp_relay import wire
-from promptstamp_relay.stamp import StampSettings
+from promptstamp_relay.core.stamp import StampSettings
 
 KEYS = [c.PROMPT_KEY, c.PROMPT_LABEL, "model", "gen_ai.request.model", "retrieval.embedding.model",
         c.GEN_AI_OPERATION_NAME, c.GEN_AI_USAGE_INPUT_TOKENS, c.LLM_TOKEN_COUNT_COMPLETION, "other", ""]

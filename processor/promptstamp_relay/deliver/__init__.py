@@ -4,12 +4,13 @@ what is guaranteed in each mode."""
 
 from __future__ import annotations
 
-from ._config import QueueConfig, RetryConfig
-from .journal import Journal
+from ..export.retry import Backoff
+from ..export.settings import RetryConfig
+from ..journal import Journal
+from ._config import QueueConfig
 from .memory import MemoryQueue
 from .persistent import PersistentQueue
 from .queue import DeliveryItem, DeliveryQueue, DeliveryStats, ExporterFor
-from .retry import Backoff
 
 __all__ = [
     "DeliveryItem",

@@ -1,18 +1,15 @@
-"""The ``queue:`` and ``retry:`` sections of the configuration, next to the delivery code.
-
-The queues and :class:`~promptstamp_relay.deliver.retry.Backoff` read their defaults from here,
-so each default is written once.
-"""
+"""The ``queue:`` section of the configuration, next to the delivery code (the queues read their
+defaults from here, so each default is written once; ``retry:`` is the exporters', in
+``export/settings.py``)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-__all__ = ["SYNCHRONOUS_MODES", "QueueConfig", "RetryConfig"]
+from ..journal import SYNCHRONOUS_MODES
 
-#: ``queue.synchronous``: fsync every commit (``full``) or leave it to the OS (``normal``).
-SYNCHRONOUS_MODES = ("full", "normal")
+__all__ = ["SYNCHRONOUS_MODES", "QueueConfig"]
 
 
 @dataclass
@@ -39,29 +36,4 @@ class QueueConfig:
             errs.append(f"'{path}.shutdown_timeout_seconds' must be >= 0")
         if not (math.isfinite(self.retry_after_seconds) and 0 < self.retry_after_seconds <= 300):
             errs.append(f"'{path}.retry_after_seconds' must be > 0 and <= 300")
-        return errs
-
-
-@dataclass
-class RetryConfig:
-    """Exponential backoff between export attempts; the OpenTelemetry Collector's
-    ``retry_on_failure`` defaults (5 s initial, x1.5, 30 s max interval, +/-50 % jitter, give up
-    after 5 min)."""
-
-    initial_interval_seconds: float = 5.0
-    max_interval_seconds: float = 30.0
-    max_elapsed_seconds: float = 300.0  # 0 = retry for ever
-    multiplier: float = 1.5
-    randomization: float = 0.5
-
-    def validate(self, path: str = "retry") -> list[str]:
-        errs: list[str] = []
-        if not 0 < self.initial_interval_seconds <= self.max_interval_seconds:
-            errs.append(f"'{path}.initial_interval_seconds' must be > 0 and <= {path}.max_interval_seconds")
-        if self.max_elapsed_seconds < 0:
-            errs.append(f"'{path}.max_elapsed_seconds' must be >= 0")
-        if self.multiplier < 1:
-            errs.append(f"'{path}.multiplier' must be >= 1")
-        if not 0 <= self.randomization < 1:
-            errs.append(f"'{path}.randomization' must be in [0, 1)")
         return errs

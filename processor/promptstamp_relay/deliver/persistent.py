@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from ..export.retry import Backoff
+from ..journal import Journal, JournalError
 from ._config import QueueConfig
-from .journal import Journal, JournalError
 from .queue import DeliveryItem, ExporterFor, WorkerQueue
-from .retry import Backoff
 
 __all__ = ["Journal", "JournalError", "PendingRow", "PersistentQueue", "pending_rows"]
 

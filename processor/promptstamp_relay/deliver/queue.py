@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from ..export.retry import Backoff
 from ._config import QueueConfig
-from .retry import Backoff
 
 if TYPE_CHECKING:  # the exporters import deliver.retry: no import of export/ at run time
     from ..export import Exporter, ExportResult

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import TextIO
 
-from ..otlpjson import REQUEST_TYPES, Request, Signal, encode_line
+from ..wire.otlpjson import REQUEST_TYPES, Request, Signal, encode_line
 from ._base import OK, ExportResult
 
 __all__ = ["FileExporter", "JsonLinesWriter"]

@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from ..deliver.retry import RETRYABLE_HTTP_STATUSES, parse_retry_after
-from ..endpoints import LANGFUSE_OTLP_PATH, langfuse_base_url
 from ._base import OK, ExportResult
+from .endpoints import LANGFUSE_OTLP_PATH, langfuse_base_url
+from .retry import RETRYABLE_HTTP_STATUSES, parse_retry_after
 
 __all__ = ["LangfuseExporter", "basic_auth"]
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import grpc
 
-from ..deliver.retry import grpc_retryable
-from ..endpoints import grpc_target
 from ._base import OK, ExportResult
+from .endpoints import grpc_target
 from .langfuse import ConnectionWarnings
+from .retry import grpc_retryable
 
 __all__ = ["OtlpGrpcExporter", "partial_success", "retry_info_seconds"]
 

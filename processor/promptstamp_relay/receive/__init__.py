@@ -1,5 +1,5 @@
 """Receivers: OTLP bytes in, precise statuses out (``grpc.py``); who sent them (``auth.py``),
-the decode budget (``budget.py``), TLS (``tls.py``). Admission itself is ``admit.py``.
+TLS (``tls.py``). Admission itself (auth, the decode budget, limits) is ``admission/``.
 
 Empty on purpose: importing ``receive.auth`` must not import the gRPC receiver.
 """

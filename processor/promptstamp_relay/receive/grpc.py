@@ -2,7 +2,7 @@
 on raw bytes, plus the standard ``grpc.health.v1`` service.
 
 Handlers take the request bytes themselves (grpcio would answer a request it cannot parse with
-INTERNAL) and pass them to admission (``admit.py``); a :class:`~promptstamp_relay.admit.Refusal`
+INTERNAL) and pass them to admission (``admission/``); a :class:`~promptstamp_relay.admission.Refusal`
 becomes a precise status: INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAUTHENTICATED, or UNAVAILABLE
 with RetryInfo in the status details (Go clients) and in the ``google.rpc.retryinfo-bin``
 trailer (Python clients). grpcio's own ``maximum_concurrent_rpcs`` is never used: its bare
@@ -22,7 +22,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ..admit import Admitter, CallInfo, Refusal, RefusalReason
+from ..admission import Admitter, CallInfo, Refusal, RefusalReason
 
 __all__ = [
     "LOGS_SERVICE",

@@ -2,15 +2,15 @@
 ``POST /api/public/otel/v1/traces``, into the same admission as the gRPC receiver.
 
 Bodies are ``application/x-protobuf`` or ``application/json`` (OTLP/JSON, converted to protobuf
-bytes first: ``otlpjson.py``), optionally ``Content-Encoding: gzip`` (decompressed with a
+bytes first: ``wire/otlpjson.py``), optionally ``Content-Encoding: gzip`` (decompressed with a
 bound: ``limits.max_request_bytes`` applies to the decompressed size, so a gzip bomb gets 413
 after at most that many bytes of output), with ``Content-Length`` or chunked. Answers follow
 OTLP/HTTP: 200 with an empty ``Export*ServiceResponse`` (in the request's encoding); 400 bad
 data, 401 credentials, 413 too large, 415 unsupported content type or encoding, 405 wrong
 method, 404 unknown path, 429 / 503 with ``Retry-After`` when refusing for load; error bodies
-are a ``google.rpc.Status``. Headers become :class:`~promptstamp_relay.admit.CallInfo` metadata
+are a ``google.rpc.Status``. Headers become :class:`~promptstamp_relay.admission.CallInfo` metadata
 (lower-case names), so ``Authorization: Basic base64(pk:sk)`` — what Langfuse's exporters send —
-goes through ``receive/auth.py`` exactly as gRPC metadata does.
+goes through ``admission/auth.py`` exactly as gRPC metadata does.
 
 Server: the standard library's ``http.server`` (chosen by measurement, ``docs/http-receiver.md``)
 with the bounds it lacks added here: at most ``max_connections`` connections (one more gets 503
@@ -43,10 +43,10 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from ..admit import Admitter, CallInfo, Refusal, RefusalReason
-from ..otlpjson import OtlpJsonError, Signal, encode_line, to_protobuf
-from ._http_config import HttpReceiverConfig, effective_listen
-from .budget import ByteBudget
+from ..admission import Admitter, CallInfo, Refusal, RefusalReason
+from ..admission.budget import ByteBudget
+from ..wire.otlpjson import OtlpJsonError, Signal, encode_line, to_protobuf
+from .settings import HttpReceiverConfig, effective_listen
 
 _inflate: types.ModuleType = zlib
 with contextlib.suppress(ImportError):  # the relay extra has ISA-L: twice zlib's inflate speed
@@ -67,7 +67,7 @@ ROUTES: dict[str, Signal] = {
     "/v1/metrics": "metrics",
     LANGFUSE_TRACES_PATH: "traces",
 }
-#: Admission's refusal reasons as HTTP statuses (INTERFACES.md §1).
+#: Admission's refusal reasons as HTTP statuses (the gRPC table is in ``receive/grpc.py``).
 STATUS: dict[RefusalReason, int] = {
     "unauthenticated": 401,
     "invalid": 400,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 
-from ..config import TlsConfig
+from .settings import TlsConfig
 
 __all__ = ["server_credentials", "server_ssl_context"]
 

@@ -1,6 +1,6 @@
 """The pipeline observer that feeds the label timeline and the per-version metrics.
 
-Threads: the :class:`~promptstamp_relay.pipeline.Processor` calls :meth:`RolloutObserver.
+Threads: the :class:`~promptstamp_relay.core.pipeline.Processor` calls :meth:`RolloutObserver.
 on_fetch_records` and :meth:`~RolloutObserver.on_generations` synchronously, under the relay's
 processing lock: they group a request's records (O(1) per record) and update dictionaries once
 per group under this object's own short lock, never do I/O. The flusher thread, HTTP handlers
@@ -24,10 +24,18 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from ..records import FetchRecord, GenerationRecord
+from ..core.model import FetchRecord, GenerationRecord
 from ._config import RolloutsConfig
 from ._metrics import GenerationMetrics
-from ._model import UNKNOWN_INSTANCE, GenerationBatch, Timeline, dump_timeline, load_timeline, merge, prune
+from ._model import (
+    UNKNOWN_INSTANCE,
+    GenerationBatch,
+    Timeline,
+    dump_timeline,
+    load_timeline,
+    merge,
+    prune,
+)
 
 __all__ = ["RolloutObserver", "RolloutStats", "TimelineKey"]
 
@@ -44,7 +52,7 @@ class RolloutStats:
 
 
 class RolloutObserver:
-    """A :class:`~promptstamp_relay.pipeline.PipelineObserver`. ``shared``: keep deltas for Redis."""
+    """A :class:`~promptstamp_relay.core.pipeline.PipelineObserver`. ``shared``: keep deltas for Redis."""
 
     def __init__(self, cfg: RolloutsConfig, prompt_names: Mapping[str, str] | None = None, *,
                  shared: bool = False) -> None:

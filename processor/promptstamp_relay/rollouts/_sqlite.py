@@ -22,7 +22,7 @@ from ._model import Timeline, dump_timeline, load_timeline
 from ._observer import TimelineKey
 
 if TYPE_CHECKING:
-    from ..deliver.journal import Journal
+    from ..journal import Journal
 
 __all__ = ["RolloutTable", "read_directory"]
 

@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..listener import HttpRequest, HttpResponse, MetricsListener
-from ..receive.auth import Authenticator, Unauthenticated
+from ..admission.auth import Authenticator, Unauthenticated
+from ..ops.listener import HttpRequest, HttpResponse, MetricsListener
 from ._config import RolloutsConfig
 from ._model import Timeline, merge, prune, render_prompt
 from ._observer import RolloutObserver, TimelineKey
@@ -36,7 +36,7 @@ from ._webhook import SIGNATURE_HEADER, BadSignature, moves_of, verify
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
-    from ..deliver.journal import Journal
+    from ..journal import Journal
     from ._redis import RedisTimelines
 
 __all__ = ["TIMELINE_PREFIX", "WEBHOOK_PATH", "Rollouts"]

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
-from ..records import FetchRecord
+from ..core.model import FetchRecord
 
 __all__ = ["FetchIndex", "latest_at"]
 

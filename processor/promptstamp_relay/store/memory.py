@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..records import FetchRecord
+from ..core.model import FetchRecord
 from ._config import StoreBounds, StoreConfig
 from ._index import FetchIndex
 

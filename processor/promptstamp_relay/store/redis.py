@@ -26,7 +26,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..records import FetchRecord
+from ..core.model import FetchRecord
 from ._config import StoreBounds, StoreConfig
 from ._index import FetchIndex
 

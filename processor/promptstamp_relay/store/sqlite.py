@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..records import FetchRecord
+from ..core.model import FetchRecord
 from ._config import StoreConfig
 from .memory import MemoryStore
 
 if TYPE_CHECKING:
-    from ..deliver.journal import Journal
+    from ..journal import Journal
 
 __all__ = ["SqliteStore"]
 

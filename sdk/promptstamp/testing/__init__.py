@@ -16,7 +16,10 @@ Checking that every generation is linked (docs/testing.md):
 
 The fixtures ``promptstamp_replay`` and ``promptstamp_relay`` come with the pytest plugin
 (registered when promptstamp is installed); without it, import them into a ``conftest.py``.
-``replay``, ``LiveRelay``, ``LangfuseServer``'s OTLP ingest path need the ``relay`` extra.
+Which parts need the relay (the ``relay`` extra): ``replay``, ``LiveRelay``, the fixtures, and
+``LangfuseServer``'s OTLP ingest path (it decodes protobuf). The prompts API of
+``LangfuseServer``, ``FakeOpenAI``, ``CaptureLogExporter`` and ``assert_all_linked`` over a list
+of generations never import it: Langfuse's typing rules come from ``promptstamp_contract``.
 
 Names are imported when first used: ``import promptstamp.testing`` (and so the pytest plugin)
 loads neither the relay nor the fakes until a test asks for them.

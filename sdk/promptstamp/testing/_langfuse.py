@@ -5,7 +5,7 @@ endpoint, plus a view of what Langfuse would show for the ingested spans (observ
 prompt links, metadata, and the observations Langfuse's ingestion would drop).
 
 Observation types come from the relay's own mirror of Langfuse's ``ObservationTypeMapper``
-(``promptstamp_relay.detect``), so this stand-in and the relay cannot disagree; a value that makes
+(``promptstamp_contract.langfuse_typing``), so this stand-in and the relay cannot disagree; a value that makes
 Langfuse's mapper throw loses the whole export request here as there. Prompt links are judged as
 Langfuse's v3 write path judges them (see ``_prompt_link``). One difference is left, on purpose: a
 link to a positive version is shown as linked whether or not this server holds that prompt
@@ -32,7 +32,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import promptstamp_contract as c
 from promptstamp.testing._http import LoopbackServer, Request, Response
-from promptstamp_relay import detect
+from promptstamp_contract import langfuse_typing as detect
 
 PROMPTS_PATH = "/api/public/v2/prompts"
 OTEL_TRACES_PATH = "/api/public/otel/v1/traces"
@@ -144,7 +144,7 @@ def observation_type(
 ) -> str:
     """The observation type Langfuse's ``ObservationTypeMapperRegistry`` assigns.
 
-    The relay's own table (``promptstamp_relay.detect``), so the relay and this stand-in cannot
+    The relay's own table (``promptstamp_contract.langfuse_typing``), so the relay and this stand-in cannot
     disagree. ``attributes`` values: OTLP ``AnyValue``s or plain Python values.
     """
     language = (resource_attributes or {}).get("telemetry.sdk.language")

@@ -121,7 +121,7 @@ def _inline_text(item: object) -> list[str]:
         import json
 
         return [json.dumps(item)]
-    from promptstamp_relay.otlpjson import encode_line
+    from promptstamp_relay.wire.otlpjson import encode_line
 
     return [encode_line(item)]
 
@@ -131,7 +131,7 @@ def _hex(b: bytes) -> str:
 
 
 def generation_from_record(record: Any) -> Generation:
-    """A ``promptstamp_relay.records.GenerationRecord`` as a :class:`Generation`."""
+    """A ``promptstamp_relay.core.model.GenerationRecord`` as a :class:`Generation`."""
     return Generation(
         trace_id=_hex(record.trace_id), span_id=_hex(record.span_id), span_name=record.span_name,
         key=record.key, label=record.label, prompt_name=record.prompt_name, version=record.version,
@@ -172,7 +172,7 @@ def generation_from_observation(o: Observation, reason: str | None = None) -> Ge
 def _langfuse_type(attrs: Mapping[str, object], *, scope_name: str = "", scope_version: str = "",
                    span_name: str = "") -> str:
     """Langfuse's observation type: the relay's table when it has one, else this package's."""
-    from promptstamp_relay import detect
+    from promptstamp_contract import langfuse_typing as detect
 
     table = getattr(detect, "langfuse_type", None)
     if table is not None:

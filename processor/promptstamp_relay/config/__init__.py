@@ -1,0 +1,728 @@
+"""The relay's configuration: one dataclass tree with defaults, built from YAML + environment.
+
+:func:`load_config` reports every problem at once (:class:`ConfigError` lists them all), so a
+bad file fails at start-up with the whole list, never mid-traffic.
+
+Precedence: command-line flags over environment variables over the file over the defaults,
+for every variable below alike (:data:`ENVIRONMENT`). ``check-config --explain`` prints each
+effective setting and where it came from.
+
+.. envvar:: PROMPTSTAMP_LISTEN        ``host:port`` of the OTLP/gRPC receiver
+.. envvar:: PROMPTSTAMP_HOLD_SECONDS  hold window for unresolved generations
+.. envvar:: PROMPTSTAMP_STORE         ``memory`` or ``redis://host:port/db`` (``rediss://``, ``unix://``)
+.. envvar:: PROMPTSTAMP_METRICS_LISTEN ``host:port`` of the Prometheus endpoint ("" disables)
+.. envvar:: LANGFUSE_BASE_URL (or the older LANGFUSE_HOST), LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY
+   (the names Langfuse's own SDK reads): with all three set and no exporter configured, the
+   relay exports to Langfuse. A base URL ending in ``/api/public/otel`` (what OTel exporters are
+   told) is accepted and shortened, with a note. Keys without a base URL leave the relay on the
+   debug exporter, with a note saying so.
+
+The file: duplicate keys are errors, unknown keys get a "did you mean", and every error names
+the file and line (syntax errors also the column) or the environment variable it came from.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from ..admission.settings import AuthConfig, LimitsConfig, TenantConfig
+from ..deliver._config import QueueConfig
+from ..export.endpoints import LANGFUSE_OTLP_PATH, grpc_target, langfuse_base_url
+from ..export.settings import (
+    ExporterConfig,
+    LangfuseConfig,
+    LogsExporterConfig,
+    MetricsExporterConfig,
+    OtlpGrpcConfig,
+    RetryConfig,
+)
+from ..receive.settings import HttpReceiverConfig, TlsConfig
+from ..rollouts._config import RolloutsConfig
+from ..store._config import StoreConfig
+
+__all__ = [
+    "ApiTierConfig",
+    "AuthConfig",
+    "Config",
+    "ConfigError",
+    "ExporterConfig",
+    "GenerationConfig",
+    "HoldConfig",
+    "HttpReceiverConfig",
+    "LangfuseConfig",
+    "LimitsConfig",
+    "LoadedConfig",
+    "LogsExporterConfig",
+    "MetricsExporterConfig",
+    "OtlpGrpcConfig",
+    "QueueConfig",
+    "RetryConfig",
+    "RolloutsConfig",
+    "StoreConfig",
+    "TenantConfig",
+    "TlsConfig",
+    "explain",
+    "load",
+    "load_config",
+    "store_settings",
+]
+
+
+class ConfigError(ValueError):
+    """Every problem found in a configuration, one per line."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {e}" for e in errors))
+
+
+@dataclass
+class ReceiversConfig:
+    """Listeners besides the OTLP/gRPC one (``listen``)."""
+
+    http: HttpReceiverConfig = field(default_factory=HttpReceiverConfig)
+
+
+@dataclass
+class HoldConfig:
+    # covers an OTel SDK's default 5 s export delay across services (bench/hold_window.py)
+    seconds: float = 8.0
+    max_spans: int = 100_000
+    max_spans_per_tenant: int = 25_000  # with auth or passthrough: one tenant's share
+
+
+@dataclass
+class ApiTierConfig:
+    """Tier 4: ask the Langfuse prompts API what a label points to now (off by default)."""
+
+    enabled: bool = False
+    refresh_seconds: float = 30.0
+    timeout_seconds: float = 5.0
+
+
+@dataclass
+class ResolutionConfig:
+    latest_staleness_seconds: float = 3600.0
+    api: ApiTierConfig = field(default_factory=ApiTierConfig)
+
+
+# A span with an explicit type or a link is left to Langfuse: an extra rule on these never acts.
+_NEVER_MATCHED = frozenset({
+    "langfuse.observation.type", "langfuse.observation.prompt.name", "langfuse.observation.prompt.version",
+    "langfuse.prompt.name", "langfuse.prompt.version", "ai.telemetry.metadata.langfusePrompt",
+})  # fmt: skip
+
+
+@dataclass
+class GenerationConfig:
+    """Extra generation rules for in-house conventions (contract §3): a key's presence, or a key
+    equal to a string. None by default: Langfuse's own typing (``promptstamp_contract.langfuse_typing``)
+    decides, and these only add generations Langfuse would type SPAN (``llm.request.type`` alone,
+    for one, is no rule of Langfuse's: add ``present: [llm.request.type]`` to stamp such spans)."""
+
+    present: list[str] = field(default_factory=list)
+    equals: dict[str, str] = field(default_factory=dict)
+
+    def validate(self, path: str) -> list[str]:
+        errs: list[str] = []
+        keys = [("present", k) for k in self.present] + [("equals", k) for k in self.equals]
+        for where, key in keys:
+            if not key:
+                errs.append(f"'{path}.{where}' keys must not be empty")
+            elif key.startswith("app.prompt."):
+                errs.append(
+                    f"'{path}.{where}' must not use {key!r}: every span inside prompt() carries it, "
+                    "so every one of them would be stamped as a generation"
+                )
+            elif key in _NEVER_MATCHED:
+                errs.append(
+                    f"'{path}.{where}' must not use {key!r}: a span carrying it is never stamped "
+                    "by an extra rule (Langfuse's own type or link on it decides)"
+                )
+        return errs
+
+
+@dataclass
+class Config:
+    listen: str = "127.0.0.1:4317"
+    metrics_listen: str = ""  # host:port for /metrics; "" = off
+    record: str = ""
+    record_mode: str = "append"  # append | truncate: what --record does to an existing file
+    hold: HoldConfig = field(default_factory=HoldConfig)
+    resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
+    prompt_names: dict[str, str] = field(default_factory=dict)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    exporter: ExporterConfig = field(default_factory=ExporterConfig)
+    logs_exporter: LogsExporterConfig = field(default_factory=LogsExporterConfig)
+    metrics_exporter: MetricsExporterConfig = field(default_factory=MetricsExporterConfig)
+    receivers: ReceiversConfig = field(default_factory=ReceiversConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    rollouts: RolloutsConfig = field(default_factory=RolloutsConfig)
+
+    def validate(self) -> list[str]:
+        """Every semantic problem, as ``'dotted.key' must …`` lines."""
+        errs: list[str] = []
+        for name, value in (("listen", self.listen), ("metrics_listen", self.metrics_listen)):
+            if value or name == "listen":
+                why = _check_hostport(value)
+                if why:
+                    errs.append(f"'{name}' {why}")
+        if self.record_mode not in ("append", "truncate"):
+            errs.append(f"'record_mode' must be append or truncate, got {self.record_mode!r}")
+        if not (math.isfinite(self.hold.seconds) and 0 <= self.hold.seconds <= 300):
+            errs.append("'hold.seconds' must be between 0 and 300")
+        if self.hold.max_spans < 0:
+            errs.append("'hold.max_spans' must be >= 0")
+        if self.resolution.latest_staleness_seconds < 0:
+            errs.append("'resolution.latest_staleness_seconds' must be >= 0")
+        if self.resolution.api.refresh_seconds <= 0:
+            errs.append("'resolution.api.refresh_seconds' must be > 0")
+        errs.extend(self.store.validate("store"))
+        ex = self.exporter
+        if ex.type not in ("", "langfuse", "otlp_grpc", "file", "debug"):
+            errs.append(f"'exporter.type' must be langfuse, otlp_grpc, file or debug, got {ex.type!r}")
+        if ex.type == "langfuse" or (ex.type == "" and ex.langfuse.base_url):
+            lf = ex.langfuse
+            if not lf.base_url.startswith(("http://", "https://")):
+                errs.append("'exporter.langfuse.base_url' must be an http(s) URL (or set LANGFUSE_BASE_URL)")
+            if not self.auth.passthrough_langfuse_credentials and not (lf.public_key and lf.secret_key):
+                errs.append(
+                    "'exporter.langfuse.public_key' and 'secret_key' are required "
+                    "(or set LANGFUSE_PUBLIC_KEY / LANGFUSE_SECRET_KEY)"
+                )
+            if not 1 <= lf.ingestion_version <= 4:
+                errs.append("'exporter.langfuse.ingestion_version' must be an integer from 1 to 4")
+            if not 0 <= lf.gzip_level <= 9:
+                errs.append("'exporter.langfuse.gzip_level' must be 0..9 (0 = no compression)")
+        if ex.type == "otlp_grpc":
+            why = _check_grpc_endpoint(ex.otlp_grpc.endpoint, ex.otlp_grpc.insecure)
+            if why:
+                errs.append(f"'exporter.otlp_grpc.endpoint' {why}")
+        if ex.type == "file" and not ex.file:
+            errs.append("'exporter.file' must name a file when exporter.type is file")
+        lx = self.logs_exporter
+        if lx.type not in ("none", "otlp_grpc", "file"):
+            errs.append(f"'logs_exporter.type' must be none, otlp_grpc or file, got {lx.type!r}")
+        if lx.type == "otlp_grpc":
+            why = _check_grpc_endpoint(lx.otlp_grpc.endpoint, lx.otlp_grpc.insecure)
+            if why:
+                errs.append(f"'logs_exporter.otlp_grpc.endpoint' {why}")
+        if lx.type == "file" and not lx.file:
+            errs.append("'logs_exporter.file' must name a file when logs_exporter.type is file")
+        mx = self.metrics_exporter
+        if mx.type not in ("none", "otlp_grpc", "file"):
+            errs.append(f"'metrics_exporter.type' must be none, otlp_grpc or file, got {mx.type!r}")
+        if mx.type == "otlp_grpc":
+            why = _check_grpc_endpoint(mx.otlp_grpc.endpoint, mx.otlp_grpc.insecure)
+            if why:
+                errs.append(f"'metrics_exporter.otlp_grpc.endpoint' {why}")
+        if mx.type == "file" and not mx.file:
+            errs.append("'metrics_exporter.file' must name a file when metrics_exporter.type is file")
+        errs.extend(self.receivers.http.validate("receivers.http"))
+        if (self.receivers.http.listen and self.receivers.http.listen == self.listen
+                and not self.listen.endswith(":0")):  # two port-0 listeners get two free ports
+            errs.append("'receivers.http.listen' must differ from 'listen' (the OTLP/gRPC listener)")
+        errs.extend(self.queue.validate("queue"))
+        errs.extend(self.retry.validate("retry"))
+        if self.auth.enabled and not self.auth.tenants:
+            errs.append("'auth.tenants' must list at least one tenant when auth.enabled is true")
+        errs.extend(_auth_errors(self))
+        errs.extend(self.generation.validate("generation"))
+        errs.extend(self.rollouts.validate("rollouts"))
+        for tenant in self.rollouts.webhook_secrets:
+            if self.auth.enabled and tenant not in self.auth.tenants:
+                errs.append(f"'rollouts.webhook_secrets.{tenant}' names no tenant in auth.tenants")
+        if bool(self.tls.cert_file) != bool(self.tls.key_file):
+            errs.append("'tls.cert_file' and 'tls.key_file' go together")
+        for k in ("cert_file", "key_file", "client_ca_file"):
+            path = getattr(self.tls, k)
+            if path and not Path(path).is_file():
+                errs.append(f"'tls.{k}' does not exist: {path}")
+        if self.tls.client_ca_file and not self.tls.cert_file:
+            errs.append("'tls.client_ca_file' (mTLS) needs tls.cert_file and tls.key_file")
+        for k in ("max_request_bytes", "max_spans_per_request", "max_attributes_per_span",
+                  "max_attribute_value_bytes", "max_value_depth", "max_inflight_request_bytes"):
+            if getattr(self.limits, k) <= 0:
+                errs.append(f"'limits.{k}' must be > 0")
+        if self.limits.max_value_depth > 100:
+            errs.append("'limits.max_value_depth' must be <= 100 (the protobuf parser's own limit)")
+        if self.limits.max_inflight_request_bytes < self.limits.max_request_bytes:
+            errs.append("'limits.max_inflight_request_bytes' must be >= limits.max_request_bytes")
+        if self.hold.max_spans_per_tenant <= 0:
+            errs.append("'hold.max_spans_per_tenant' must be > 0")
+        return errs
+
+    def exporter_type(self) -> str:
+        """The effective trace exporter: the configured one, else langfuse if set, else debug."""
+        return self.exporter.effective_type()
+
+
+MIN_TOKEN_LENGTH = 16
+
+
+def _auth_errors(cfg: Config) -> list[str]:
+    """``auth.*`` problems. Never quotes a token or a key: config errors end up in logs."""
+    errs: list[str] = []
+    auth = cfg.auth
+    if auth.tenants and not auth.enabled:
+        errs.append("'auth.tenants' is set but auth.enabled is false (tenants need auth)")
+    if auth.passthrough_langfuse_credentials and cfg.exporter_type() != "langfuse":
+        errs.append("'auth.passthrough_langfuse_credentials' needs the langfuse exporter")
+    seen_tokens: dict[str, str] = {}
+    seen_keys: dict[str, str] = {}
+    for name, t in auth.tenants.items():
+        where = f"'auth.tenants.{name}"
+        if not name or "#" in name:
+            errs.append(f"{where}' is not a valid tenant name (non-empty, no '#')")
+        if bool(t.langfuse_public_key) != bool(t.langfuse_secret_key):
+            errs.append(f"{where}.langfuse_public_key' and 'langfuse_secret_key' go together")
+        if not t.tokens and not t.langfuse_public_key:
+            errs.append(f"{where}' needs tokens or langfuse_public_key + langfuse_secret_key")
+        if t.langfuse_base_url and not t.langfuse_base_url.startswith(("http://", "https://")):
+            errs.append(f"{where}.langfuse_base_url' must be an http(s) URL")
+        for i, token in enumerate(t.tokens):
+            if len(token) < MIN_TOKEN_LENGTH or token != token.strip() or not token.isprintable():
+                errs.append(f"{where}.tokens[{i}]' must be at least {MIN_TOKEN_LENGTH} printable "
+                            "characters without surrounding spaces")
+            other = seen_tokens.setdefault(token, name)
+            if other != name:
+                errs.append(f"{where}.tokens[{i}]' is also a token of tenant '{other}'")
+        if t.langfuse_public_key:
+            other = seen_keys.setdefault(t.langfuse_public_key, name)
+            if other != name:
+                errs.append(f"{where}.langfuse_public_key' is also the public key of tenant '{other}'")
+    return errs
+
+
+def _check_grpc_endpoint(value: str, insecure: bool) -> str | None:
+    try:
+        grpc_target(value, insecure)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _check_hostport(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        return f"must be host:port, got {value!r}"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        return f"must end in a port number 0..65535, got {value!r}"
+    return None
+
+
+def _build(cls: type[Any], data: Any, path: str, errs: list[str], where: _Where) -> Any:
+    """Build dataclass ``cls`` from a mapping, collecting type errors and unknown keys."""
+    if data is None:
+        return cls()
+    if not isinstance(data, Mapping):
+        errs.append(f"{where(path)}'{path or 'config'}' must be a mapping, got {type(data).__name__}")
+        return cls()
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            hint = _did_you_mean(str(key), names, path)
+            errs.append(f"{where(dotted)}'{dotted}' is not a known setting{hint}")
+            continue
+        kwargs[key] = _coerce(hints[key], value, dotted, errs, where)
+    return cls(**{k: v for k, v in kwargs.items() if v is not _INVALID})
+
+
+def _did_you_mean(key: str, names: Sequence[str], path: str) -> str:
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f"; did you mean '{path + '.' if path else ''}{close[0]}'?"
+
+
+_INVALID = object()
+
+
+class _Where:
+    """Prefixes an error about a dotted key with where the value came from."""
+
+    def __init__(self, file: str = "", lines: Mapping[str, int] | None = None, label: str = "") -> None:
+        self.file, self.lines, self.label = file, lines or {}, label
+
+    def __call__(self, dotted: str) -> str:
+        if self.label:
+            return ""
+        line = self.lines.get(dotted)
+        if line is None:
+            # a list item or a mapping value: the nearest key that has a line
+            parent = dotted
+            while line is None and ("." in parent or "[" in parent):
+                parent = parent[: max(parent.rfind("."), parent.rfind("["))]
+                line = self.lines.get(parent)
+        return f"{self.file}:{line}: " if self.file and line is not None else ""
+
+    def bad(self, dotted: str, why: str, value: Any) -> str:
+        """``'hold.seconds' must be a number, got 'abc'``, or for a value from the environment
+        ``PROMPTSTAMP_HOLD_SECONDS='abc': must be a number``."""
+        if self.label:
+            return f"{self.label}: {why}"
+        return f"{self(dotted)}'{dotted}' {why}, got {value!r}"
+
+
+def _coerce(tp: Any, value: Any, path: str, errs: list[str], where: _Where) -> Any:
+    if is_dataclass(tp) and isinstance(tp, type):
+        return _build(tp, value, path, errs, where)
+    origin = get_origin(tp)
+    if origin is list:
+        (item,) = get_args(tp)
+        if not isinstance(value, list):
+            errs.append(where.bad(path, "must be a list", value))
+            return _INVALID
+        return [_coerce(item, v, f"{path}[{i}]", errs, where) for i, v in enumerate(value)]
+    if origin is dict:
+        _, val_t = get_args(tp)
+        if not isinstance(value, Mapping):
+            errs.append(where.bad(path, "must be a mapping", value))
+            return _INVALID
+        return {str(k): _coerce(val_t, v, f"{path}.{k}", errs, where) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        errs.append(where.bad(path, "must be true or false", value))
+        return _INVALID
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        errs.append(where.bad(path, "must be an integer", value))
+        return _INVALID
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            errs.append(where.bad(path, "must be a number", value))
+            return _INVALID
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        errs.append(where.bad(path, "must be a string", value))
+        return _INVALID
+    return value
+
+
+# -- YAML: duplicate keys are errors, every key's line is known ---------------------------------
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _read_yaml(path: str | os.PathLike[str]) -> tuple[Any, dict[str, int]]:
+    """The file's data and the line of every dotted key; ConfigError naming file, line and
+    column for a syntax error or a duplicate key (PyYAML alone keeps the last one silently)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([f"cannot read {path}: {e.strerror}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        lines: dict[str, int] = {}
+        dups: list[str] = []
+        if node is not None:
+            _walk_keys(node, "", lines, dups, str(path))
+        if dups:
+            raise ConfigError(dups)
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = " ".join(filter(None, [e.context, e.problem])) or "not valid YAML"
+        raise ConfigError([f"{at}: not valid YAML: {what}"]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
+    finally:
+        loader.dispose()
+    return (data if data is not None else {}), lines
+
+
+def _walk_keys(node: yaml.Node, prefix: str, lines: dict[str, int], dups: list[str], file: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        first: dict[object, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<': merged keys may be overridden
+                continue
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node.value)
+            line = key_node.start_mark.line + 1
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            if key in first:
+                dups.append(f"{file}:{line}:{key_node.start_mark.column + 1}: duplicate key '{dotted}' "
+                            f"(first at line {first[key]}); YAML would silently keep the last one")
+                continue
+            first[key] = line
+            lines[dotted] = line
+            _walk_keys(value_node, dotted, lines, dups, file)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            dotted = f"{prefix}[{i}]"
+            lines[dotted] = item.start_mark.line + 1
+            _walk_keys(item, dotted, lines, dups, file)
+
+
+def _leaf_paths(data: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(data, Mapping) and data:
+        for k, v in data.items():
+            yield from _leaf_paths(v, f"{prefix}.{k}" if prefix else str(k))
+    elif prefix:
+        yield prefix
+
+
+# -- environment --------------------------------------------------------------------------------
+STORE_SCHEMES = ("redis://", "rediss://", "unix://")
+_STORE_HELP = ("memory, redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///PATH/redis.sock")
+
+
+def store_settings(value: str, label: str) -> dict[str, str]:
+    """``memory`` or a Redis URL (``PROMPTSTAMP_STORE`` / ``--store``) as store.* settings.
+    ValueError names ``label`` and the scheme only: a URL may carry a password."""
+    value = value.strip()
+    if value == "memory":
+        return {"store.backend": "memory"}
+    if value.startswith(STORE_SCHEMES):
+        return {"store.backend": "redis", "store.url": value}
+    scheme, sep, _ = value.partition("://")
+    shown = f"{scheme}://…" if sep else value
+    raise ValueError(f"{label}={shown!r}: not a supported store; supported: {_STORE_HELP}")
+
+
+# Environment variables: name -> dotted key. LANGFUSE_* are the names Langfuse's own SDK reads.
+ENVIRONMENT: dict[str, str] = {
+    "PROMPTSTAMP_LISTEN": "listen",
+    "PROMPTSTAMP_HOLD_SECONDS": "hold.seconds",
+    "PROMPTSTAMP_METRICS_LISTEN": "metrics_listen",  # "" disables the endpoint
+    "PROMPTSTAMP_STORE": "store.backend",  # and store.url
+    "LANGFUSE_BASE_URL": "exporter.langfuse.base_url",
+    "LANGFUSE_HOST": "exporter.langfuse.base_url",  # the older name, still read by Langfuse's SDK
+    "LANGFUSE_PUBLIC_KEY": "exporter.langfuse.public_key",
+    "LANGFUSE_SECRET_KEY": "exporter.langfuse.secret_key",
+}
+_EMPTY_MEANS_SET = frozenset({"PROMPTSTAMP_METRICS_LISTEN"})
+
+
+@dataclass
+class LoadedConfig:
+    """A validated Config, where each setting came from, and what the loader decided for you.
+
+    ``sources``: dotted key -> ``file PATH:LINE``, ``environment NAME`` or ``flag``; keys not in
+    it have their defaults. ``notes``: one line each, for the operator (``serve`` logs them at
+    WARNING, ``check-config`` prints them).
+    """
+
+    config: Config
+    sources: dict[str, str]
+    notes: list[str]
+
+
+def load(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> LoadedConfig:
+    """Defaults, then the file, then the environment, then ``overrides`` (command-line flags:
+    dotted keys; ``None`` values are skipped). Raises ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    errs: list[str] = []
+    notes: list[str] = []
+    sources: dict[str, str] = {}
+    data: Any = {}
+    lines: dict[str, int] = {}
+    if path is not None:
+        data, lines = _read_yaml(path)
+    cfg: Config = _build(Config, data, "", errs, _Where(str(path or ""), lines))
+    for leaf in _leaf_paths(data if isinstance(data, Mapping) else {}):
+        line = lines.get(leaf)
+        sources[leaf] = f"file {path}" + (f":{line}" if line is not None else "")
+
+    def setting(dotted: str, value: Any, source: str, label: str = "") -> None:
+        nonlocal cfg
+        before = len(errs)
+        cfg = _set(cfg, dotted.split("."), value, dotted, errs, _Where(label=label))
+        if len(errs) == before:
+            # a file subtree replaced by this value is no longer the file's
+            for key in [k for k in sources if k.startswith(dotted + ".")]:
+                del sources[key]
+            sources[dotted] = source
+
+    for var, dotted in ENVIRONMENT.items():
+        value = env.get(var)
+        if value is None or (value == "" and var not in _EMPTY_MEANS_SET):
+            continue
+        if var == "LANGFUSE_HOST" and env.get("LANGFUSE_BASE_URL"):
+            if langfuse_base_url(env["LANGFUSE_BASE_URL"]) != langfuse_base_url(value):
+                notes.append("LANGFUSE_BASE_URL and LANGFUSE_HOST are both set and differ: "
+                             "using LANGFUSE_BASE_URL")
+            continue
+        source, label = f"environment {var}", f"{var}={value!r}"
+        if var == "PROMPTSTAMP_STORE":
+            try:
+                for key, v in store_settings(value, var).items():
+                    setting(key, v, source)
+            except ValueError as e:
+                errs.append(str(e))
+            continue
+        setting(dotted, value, source, "" if "SECRET" in var else label)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            setting(dotted, value, "flag")
+    cfg = _normalise(cfg, sources, notes, errs)
+    errs.extend(_blame(e, sources) for e in cfg.validate())
+    if errs:
+        raise ConfigError(errs)
+    return LoadedConfig(cfg, sources, notes)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """:func:`load`'s Config alone."""
+    return load(path, env, overrides).config
+
+
+def _origin(sources: Mapping[str, str], dotted: str) -> str:
+    return sources.get(dotted, "the default")
+
+
+def _normalise(cfg: Config, sources: Mapping[str, str], notes: list[str], errs: list[str]) -> Config:
+    """Accept the spellings operators copy from Langfuse's and OTel's docs, and say so."""
+    lf = cfg.exporter.langfuse
+    base = langfuse_base_url(lf.base_url) if lf.base_url else ""
+    if base != lf.base_url.strip().rstrip("/"):
+        origin = _origin(sources, "exporter.langfuse.base_url")
+        notes.append(f"exporter.langfuse.base_url {lf.base_url!r} (from {origin}) "
+                     f"ends in Langfuse's OTLP path; using {base!r}: the relay appends "
+                     f"{LANGFUSE_OTLP_PATH} itself")
+    cfg = replace(cfg, exporter=replace(cfg.exporter, langfuse=replace(lf, base_url=base)))
+    tenants = {}
+    for name, t in cfg.auth.tenants.items():
+        t_base = langfuse_base_url(t.langfuse_base_url) if t.langfuse_base_url else ""
+        if t_base != t.langfuse_base_url.strip().rstrip("/"):
+            notes.append(f"auth.tenants.{name}.langfuse_base_url {t.langfuse_base_url!r} ends in Langfuse's "
+                         f"OTLP path; using {t_base!r}")
+        tenants[name] = replace(t, langfuse_base_url=t_base)
+    cfg = replace(cfg, auth=replace(cfg.auth, tenants=tenants))
+    for section in ("exporter", "logs_exporter", "metrics_exporter"):
+        g = getattr(cfg, section).otlp_grpc
+        scheme = g.endpoint.strip().partition("://")[0] if "://" in g.endpoint else ""
+        explicit = f"{section}.otlp_grpc.insecure" in sources
+        if scheme == "https" and explicit and g.insecure:
+            errs.append(f"'{section}.otlp_grpc.insecure' is true but the endpoint {g.endpoint!r} is https:// "
+                        "(TLS): drop insecure, or use http:// for plain gRPC")
+        if scheme == "http" and explicit and not g.insecure:
+            errs.append(f"'{section}.otlp_grpc.insecure' is false but the endpoint {g.endpoint!r} is http:// "
+                        "(plain gRPC): use https:// for TLS")
+    if (cfg.exporter.type == "" and not base and (lf.public_key or lf.secret_key)
+            and not cfg.auth.passthrough_langfuse_credentials):
+        given = " and ".join(_origin(sources, f"exporter.langfuse.{k}") for k in ("public_key", "secret_key")
+                             if getattr(lf, k))
+        notes.append(f"Langfuse keys are set ({given}) but no base URL (LANGFUSE_BASE_URL, LANGFUSE_HOST or "
+                     "exporter.langfuse.base_url): using the debug exporter, which prints stamped spans "
+                     "and sends nothing. Set LANGFUSE_BASE_URL (e.g. https://cloud.langfuse.com) to export "
+                     "to Langfuse")
+    return cfg
+
+
+_QUOTED_KEY = re.compile(r"^'([A-Za-z0-9_.\[\]-]+)'")
+
+
+def _blame(error: str, sources: Mapping[str, str]) -> str:
+    """A validation error about a key set by the environment or a flag says so."""
+    m = _QUOTED_KEY.match(error)
+    if m:
+        source = sources.get(m[1], "")
+        if source.startswith("environment "):
+            return f"{error} (set by {source.removeprefix('environment ')})"
+        if source == "flag":
+            return f"{error} (set by a command-line flag)"
+        if source.startswith("file "):
+            return f"{source.removeprefix('file ')}: {error}"
+    return error
+
+
+def _set(obj: Any, parts: list[str], value: Any, dotted: str, errs: list[str], where: _Where) -> Any:
+    name = parts[0]
+    hints = get_type_hints(type(obj))
+    if name not in hints:
+        known = [f.name for f in fields(obj)]
+        hint = _did_you_mean(name, known, dotted.rpartition(".")[0])
+        errs.append(f"'{dotted}' is not a known setting{hint}")
+        return obj
+    if len(parts) == 1:
+        new = _coerce(hints[name], value, dotted, errs, where)
+        return obj if new is _INVALID else replace(obj, **{name: new})
+    child = getattr(obj, name)
+    if not is_dataclass(child):
+        errs.append(f"'{dotted}' is not a known setting")
+        return obj
+    return replace(obj, **{name: _set(child, parts[1:], value, dotted, errs, where)})
+
+
+# -- explain ------------------------------------------------------------------------------------
+_SECRET_LEAVES = frozenset({"secret_key", "langfuse_secret_key", "tokens", "webhook_secrets"})
+
+
+def _shown(dotted: str, value: Any) -> str:
+    leaf = dotted.rpartition(".")[2]
+    if leaf in _SECRET_LEAVES or ".headers" in dotted or dotted.endswith("headers"):
+        if not value:
+            return "(empty)"
+        return f"(set, {len(value)} entries)" if isinstance(value, (list, dict)) else "(set)"
+    if isinstance(value, str) and "://" in value and "@" in value:  # a URL with credentials
+        scheme, _, rest = value.partition("://")
+        return repr(f"{scheme}://***@{rest.rpartition('@')[2]}")
+    return json.dumps(value) if not isinstance(value, str) else repr(value)
+
+
+def explain(loaded: LoadedConfig) -> list[tuple[str, str, str]]:
+    """Every effective setting as (dotted key, value as shown, where it came from). Secrets are
+    never shown: only whether they are set."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in fields(obj):
+            dotted = f"{prefix}{f.name}"
+            value = getattr(obj, f.name)
+            if is_dataclass(value):
+                walk(value, dotted + ".")
+            elif isinstance(value, dict) and value and all(is_dataclass(v) for v in value.values()):
+                for k, v in value.items():
+                    walk(v, f"{dotted}.{k}.")
+            else:
+                source = loaded.sources.get(dotted)
+                if source is None:  # a file subtree (a mapping or list value)
+                    inner = sorted({s for k, s in loaded.sources.items()
+                                    if k.startswith((dotted + ".", dotted + "["))})
+                    source = ", ".join(inner) if inner else "default"
+                rows.append((dotted, _shown(dotted, value), source))
+
+    walk(loaded.config, "")
+    return rows

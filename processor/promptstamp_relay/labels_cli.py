@@ -1,0 +1,515 @@
+"""``promptstamp-relay labels show | compare | rollback | promote`` (docs/rollouts.md).
+
+The timeline comes from a running relay (``--relay http://HOST:PORT``, default the local
+metrics listener of the config), or straight from a persistent queue directory or a Redis URL.
+Label moves go through Langfuse's public API with the tenant's keys (``exporter.langfuse`` /
+``LANGFUSE_*``, or ``auth.tenants.<tenant>``): plan, confirmation (unless ``--yes``),
+``PATCH /api/public/v2/prompts/{name}/versions/{v}`` with ``{"newLabels": [LABEL]}``, then a
+``GET ?label=LABEL`` to verify. Nothing is changed without confirmation, and each failure has
+its own exit code (:data:`EXIT_CODES`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import itertools
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from .rollouts._model import previous_version, render_prompt
+
+__all__ = ["EXIT_CODES", "add_parser", "run"]
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_TIMELINE = 9
+EXIT_NOT_CONFIRMED = 10
+EXIT_LANGFUSE_AUTH = 11
+EXIT_LANGFUSE_NOT_FOUND = 12
+EXIT_LANGFUSE_NETWORK = 13
+EXIT_LANGFUSE_ERROR = 14
+EXIT_NOT_VERIFIED = 15
+EXIT_REFUSED = 16
+
+EXIT_CODES = """exit codes:
+  0   done; rollback/promote: the label was moved and Langfuse confirmed it (or it was there already)
+  2   invalid command line or configuration (e.g. no Langfuse keys for the tenant)
+  9   the timeline cannot be read: relay unreachable or refusing the credentials, or nothing
+      known of NAME / LABEL
+  10  not confirmed: nothing was changed
+  11  Langfuse refused the keys (401/403): nothing was changed
+  12  Langfuse does not know the prompt, label or version (404): nothing was changed
+  13  Langfuse could not be reached (network failure or timeout); after a PATCH was sent the
+      label may or may not have moved: check with `labels show` or Langfuse's UI
+  14  Langfuse answered another error (400, 5xx)
+  15  the move was sent but not verified: GET ?label=LABEL answers another version
+  16  refused: promote of a version that served no generations under --from (--force
+      overrides), or rollback with no earlier version on the timeline (give --to)
+"""
+
+TOKEN_ENV = "PROMPTSTAMP_RELAY_TOKEN"
+_TIMEOUT = 10.0
+
+
+class Failure(Exception):
+    """A precise message and its exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+# -- arguments ------------------------------------------------------------------------------------
+def add_parser(sub: Any) -> None:
+    """The ``labels`` subcommand group on ``sub`` (an argparse subparsers object)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("labels", help="prompt rollouts: the label timeline, compare, rollback, promote",
+                       description="The label timeline the relay keeps (which version each label served, "
+                                   "where and when, with what results), and label moves in Langfuse.",
+                       epilog=EXIT_CODES, formatter_class=fmt)
+    cmds = p.add_subparsers(dest="labels_command", required=True)
+
+    def common(c: argparse.ArgumentParser, *, langfuse: bool = False) -> None:
+        c.add_argument("--relay", metavar="SOURCE",
+                       help="where the timeline is: http://HOST:PORT of a relay's metrics listener "
+                            "(default: metrics_listen of the config), a persistent queue directory, or "
+                            "a redis:// URL (the shared store)")
+        c.add_argument("--config", help="the relay's YAML config (metrics_listen, tenants, Langfuse keys)")
+        c.add_argument("--tenant", default=None,
+                       help="whose prompts (default: 'default'; with auth, the tenant the credentials name)")
+        c.add_argument("--token", help=f"bearer token for the relay when auth is on (env {TOKEN_ENV})")
+        if langfuse:
+            c.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+
+    s = cmds.add_parser("show", help="the timeline as a table (or JSON)", epilog=EXIT_CODES,
+                        formatter_class=fmt)
+    s.add_argument("name", help="the Langfuse prompt name")
+    s.add_argument("--label", help="only this label")
+    s.add_argument("--json", action="store_true", help="the timeline JSON, as the relay serves it")
+    common(s)
+
+    c = cmds.add_parser("compare", help="one row per version that served LABEL, and the change between them",
+                        epilog=EXIT_CODES, formatter_class=fmt)
+    c.add_argument("name")
+    c.add_argument("--label", required=True)
+    common(c)
+
+    r = cmds.add_parser("rollback",
+                        help="move LABEL back to the version that served it before (Langfuse API)",
+                        epilog=EXIT_CODES, formatter_class=fmt)
+    r.add_argument("name")
+    r.add_argument("label")
+    r.add_argument("--to", type=int, metavar="VERSION",
+                   help="the version to move LABEL to (default: the one that served it before the "
+                        "current one)")
+    common(r, langfuse=True)
+
+    m = cmds.add_parser("promote", help="move --to onto the version --from points to (Langfuse API)",
+                        epilog=EXIT_CODES, formatter_class=fmt)
+    m.add_argument("name")
+    m.add_argument("--from", dest="from_label", required=True, metavar="LABEL")
+    m.add_argument("--to", dest="to_label", required=True, metavar="LABEL")
+    m.add_argument("--force", action="store_true",
+                   help="move even when the version served no generations under --from")
+    common(m, langfuse=True)
+
+
+# -- the configuration ----------------------------------------------------------------------------
+@dataclass
+class _Context:
+    cfg: Any  # Config
+    tenant: str
+    token: str | None
+    out: Callable[[str], None]
+    ask: Callable[[str], str | None]
+
+
+def _config(path: str | None) -> Any:
+    from .config import ConfigError, load
+
+    try:
+        return load(path, overrides={}).config
+    except ConfigError as e:
+        raise Failure(str(e), EXIT_USAGE) from None
+
+
+def _langfuse_keys(ctx: _Context) -> tuple[str, str, str]:
+    from .export import DebugExporter
+    from .export.routing import TenantRouter
+
+    router = TenantRouter(ctx.cfg, DebugExporter())
+    try:
+        creds = router.api_credentials(ctx.tenant)
+    finally:
+        router.shutdown()
+    if creds is None or not all(creds):
+        raise Failure(f"no Langfuse keys for tenant {ctx.tenant!r}: set LANGFUSE_BASE_URL, "
+                      f"LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY (or exporter.langfuse / "
+                      f"auth.tenants.{ctx.tenant}.langfuse_* in --config)", EXIT_USAGE)
+    return creds
+
+
+# -- reading the timeline ------------------------------------------------------------------------
+def _relay_url(ctx: _Context, source: str | None) -> str:
+    if source:
+        return source
+    listen = ctx.cfg.metrics_listen
+    if not listen:
+        raise Failure("no --relay given and the config has no metrics_listen: say where the timeline is "
+                      "(--relay http://HOST:PORT, a queue directory or a redis:// URL)", EXIT_USAGE)
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+
+
+def _relay_authorization(ctx: _Context) -> str | None:
+    if ctx.token:
+        return f"Bearer {ctx.token}"
+    tenant = ctx.cfg.auth.tenants.get(ctx.tenant) if ctx.cfg.auth.enabled else None
+    if tenant is not None and tenant.tokens:
+        return f"Bearer {tenant.tokens[0]}"
+    if tenant is not None and tenant.langfuse_public_key:
+        pair = f"{tenant.langfuse_public_key}:{tenant.langfuse_secret_key}".encode()
+        return "Basic " + base64.b64encode(pair).decode()
+    return None
+
+
+def read_timeline(ctx: _Context, source: str | None, name: str, label: str | None) -> dict[str, Any]:
+    """The timeline body (as the relay serves it) for ``name``; Failure(EXIT_TIMELINE) when it
+    cannot be had or knows nothing of ``name`` / ``label``."""
+    where = _relay_url(ctx, source)
+    what = f"prompt {name!r}" + (f" with label {label!r}" if label else "")
+    if where.startswith(("http://", "https://")):
+        url = f"{where.rstrip('/')}/api/v1/prompts/{quote(name, safe='')}/timeline"
+        if label:
+            url += f"?label={quote(label, safe='')}"
+        req = urllib.request.Request(url, headers={"Accept": "application/json"})
+        auth = _relay_authorization(ctx)
+        if auth:
+            req.add_header("Authorization", auth)
+        try:
+            with urllib.request.urlopen(req, timeout=_TIMEOUT) as resp:
+                body: dict[str, Any] = json.loads(resp.read())
+                return body
+        except urllib.error.HTTPError as e:
+            detail = _error_text(e)
+            if e.code == 401:
+                raise Failure(f"the relay at {where} refused the credentials ({detail}); pass --token or set "
+                              f"{TOKEN_ENV}", EXIT_TIMELINE) from None
+            if e.code == 404:
+                raise Failure(f"the relay at {where} has no timeline for {what} ({detail})",
+                              EXIT_TIMELINE) from None
+            raise Failure(f"the relay at {where} answered {e.code} ({detail})", EXIT_TIMELINE) from None
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise Failure(f"cannot read the timeline from {where}: {reason}", EXIT_TIMELINE) from None
+    if where.startswith(("redis://", "rediss://", "unix://")):
+        try:
+            from .rollouts._redis import RedisTimelines
+
+            store = RedisTimelines(where, ctx.cfg.rollouts.retention_ns)
+            try:
+                labels = store.read(ctx.tenant, name)
+            finally:
+                store.close()
+        except ImportError:
+            raise Failure("reading from Redis needs the redis extra (pip install 'promptstamp[redis]')",
+                          EXIT_USAGE) from None
+        except Exception as e:  # redis.RedisError and connection errors
+            raise Failure(f"cannot read the timeline from Redis: {type(e).__name__}: {e}",
+                          EXIT_TIMELINE) from None
+    else:
+        from .rollouts._sqlite import read_directory
+
+        try:
+            found = read_directory(where, ctx.tenant, name)
+        except OSError as e:
+            raise Failure(str(e), EXIT_TIMELINE) from None
+        if found is None:
+            raise Failure(f"{where} holds no relay timeline (not a persistent queue directory, or written "
+                          "before the relay kept one)", EXIT_TIMELINE)
+        labels = found
+    if label:
+        labels = {k: v for k, v in labels.items() if k == label}
+    body = render_prompt(name, labels, with_moves=bool(ctx.cfg.rollouts.webhook_secrets))
+    if not body["labels"]:
+        raise Failure(f"{where} has no timeline for {what} (tenant {ctx.tenant!r})", EXIT_TIMELINE)
+    return body
+
+
+def _error_text(e: urllib.error.HTTPError) -> str:
+    try:
+        data = json.loads(e.read() or b"{}")
+    except (ValueError, OSError):
+        return f"HTTP {e.code}"
+    if isinstance(data, dict):
+        return str(data.get("error") or data.get("message") or f"HTTP {e.code}")
+    return f"HTTP {e.code}"
+
+
+# -- Langfuse -------------------------------------------------------------------------------------
+class _Langfuse:
+    """The two calls the commands make, each failure as a :class:`Failure`."""
+
+    def __init__(self, creds: tuple[str, str, str]) -> None:
+        self.base, public_key, secret_key = creds
+        self.base = self.base.rstrip("/")
+        self._auth = "Basic " + base64.b64encode(f"{public_key}:{secret_key}".encode()).decode()
+
+    def _call(self, method: str, path: str, body: Any = None, *, what: str, after_send: bool = False) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Authorization": self._auth, "Accept": "application/json"})
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=_TIMEOUT) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as e:
+            detail = _error_text(e)
+            if e.code in (401, 403):
+                raise Failure(f"Langfuse at {self.base} refused the keys for {what} "
+                              f"(HTTP {e.code}: {detail}); nothing was changed", EXIT_LANGFUSE_AUTH) from None
+            if e.code == 404:
+                raise Failure(f"Langfuse at {self.base}: {what}: not found ({detail}); nothing was changed",
+                              EXIT_LANGFUSE_NOT_FOUND) from None
+            raise Failure(f"Langfuse at {self.base} answered HTTP {e.code} to {what}: {detail}",
+                          EXIT_LANGFUSE_ERROR) from None
+        except (TimeoutError, urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            tail = ("; the PATCH may or may not have been applied: check with `labels show` or in Langfuse"
+                    if after_send else "; nothing was changed")
+            raise Failure(f"cannot reach Langfuse at {self.base} for {what}: {reason}{tail}",
+                          EXIT_LANGFUSE_NETWORK) from None
+        except ValueError:
+            raise Failure(f"Langfuse at {self.base} answered {what} with something that is not JSON",
+                          EXIT_LANGFUSE_ERROR) from None
+
+    def version_of(self, name: str, label: str) -> int:
+        path = f"/api/public/v2/prompts/{quote(name, safe='')}?label={quote(label, safe='')}"
+        got = self._call("GET", path, what=f"GET prompt {name!r} label {label!r}")
+        return int(got["version"])
+
+    def move(self, name: str, version: int, label: str) -> None:
+        self._call("PATCH", f"/api/public/v2/prompts/{quote(name, safe='')}/versions/{version}",
+                   {"newLabels": [label]}, what=f"PATCH prompt {name!r} version {version}", after_send=True)
+
+
+# -- output ---------------------------------------------------------------------------------------
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def _show(body: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for label, tl in body["labels"].items():
+        lines.append(f"{body['prompt']}  label {label}  current v{tl['current']}")
+        rows = [["version", "first served", "last served", "fetches", "generations", "errors", "p50 ms",
+                 "p95 ms", "input tokens", "output tokens"]]
+        for v in tl["versions"]:
+            rows.append([f"v{v['version']}", v["first_served"] or "-", v["last_served"] or "-",
+                         str(v["fetches"]),
+                         str(v["generations"]), str(v["errors"]), _ms(v["duration_p50_ms"]),
+                         _ms(v["duration_p95_ms"]), str(v["input_tokens"]), str(v["output_tokens"])])
+        lines += ["  " + line for line in _table(rows)]
+        if tl["instances"]:
+            lines.append("  instances (last hand-out):")
+            lines += [f"    {i['instance']}" + (f" ({i['service']})" if i["service"] else "")
+                      + f"  v{i['version']}  {i['last_served']}" for i in tl["instances"]]
+        if tl["lagging"]:
+            lines.append("  lagging (still handing out an older version):")
+            lines += [f"    {i['instance']}" + (f" ({i['service']})" if i["service"] else "")
+                      + f"  v{i['version']}  {i['behind_seconds']:.1f} s behind" for i in tl["lagging"]]
+        if tl.get("moves"):
+            lines.append("  label moves (Langfuse webhooks):")
+            lines += [f"    v{m['version']}  {m['at']}" for m in tl["moves"]]
+        lines.append("")
+    return lines
+
+
+def _rate(v: Mapping[str, Any]) -> float | None:
+    return None if not v["generations"] else v["errors"] / v["generations"]
+
+
+def _per_gen(v: Mapping[str, Any], key: str) -> float | None:
+    return None if not v["generations"] else v[key] / v["generations"]
+
+
+def _pct(a: float | None, b: float | None) -> str:
+    if a is None or b is None:
+        return "n/a"
+    if a == 0:
+        return "n/a" if b == 0 else "new"
+    return f"{(b - a) / a * 100:+.1f} %"
+
+
+def _compare(body: Mapping[str, Any], label: str) -> list[str]:
+    tl = body["labels"][label]
+    rows = [["version", "window", "generations", "error rate", "p50 ms", "p95 ms", "input tok/gen",
+             "output tok/gen"]]
+    for v in tl["versions"]:
+        rate, tin, tout = _rate(v), _per_gen(v, "input_tokens"), _per_gen(v, "output_tokens")
+        rows.append([f"v{v['version']}", f"{v['first_served'] or '-'} .. {v['last_served'] or '-'}",
+                     str(v["generations"]), "-" if rate is None else f"{rate * 100:.1f} %",
+                     _ms(v["duration_p50_ms"]), _ms(v["duration_p95_ms"]),
+                     "-" if tin is None else f"{tin:.0f}", "-" if tout is None else f"{tout:.0f}"])
+    lines = [f"{body['prompt']}  label {label}  current v{tl['current']}", *["  " + r for r in _table(rows)]]
+    versions = tl["versions"]
+    if len(versions) > 1:
+        lines.append("  change from each version to the next:")
+    for a, b in itertools.pairwise(versions):
+        ra, rb = _rate(a), _rate(b)
+        err = "n/a" if ra is None or rb is None else f"{(rb - ra) * 100:+.1f} pp"
+        lines.append(f"    v{a['version']} -> v{b['version']}: error rate {err}, "
+                     f"p50 {_pct(a['duration_p50_ms'], b['duration_p50_ms'])}, "
+                     f"p95 {_pct(a['duration_p95_ms'], b['duration_p95_ms'])}, "
+                     f"input tok/gen {_pct(_per_gen(a, 'input_tokens'), _per_gen(b, 'input_tokens'))}, "
+                     f"output tok/gen {_pct(_per_gen(a, 'output_tokens'), _per_gen(b, 'output_tokens'))}")
+    return lines
+
+
+def _describe(v: Mapping[str, Any] | None) -> str:
+    if v is None:
+        return "the relay has not seen it serve this label"
+    rate = _rate(v)
+    return (f"last served {v['last_served'] or '-'}, {v['generations']} generations, "
+            f"{'-' if rate is None else f'{rate * 100:.1f} %'} errors, p50 {_ms(v['duration_p50_ms'])} ms, "
+            f"p95 {_ms(v['duration_p95_ms'])} ms")
+
+
+def _find(label: Mapping[str, Any] | None, version: int) -> Mapping[str, Any] | None:
+    if label is None:
+        return None
+    return next((v for v in label["versions"] if v["version"] == version), None)
+
+
+def _confirm(ctx: _Context, args: argparse.Namespace, question: str) -> None:
+    if args.yes:
+        return
+    answer = ctx.ask(f"{question} [y/N] ")
+    if (answer or "").strip().lower() not in ("y", "yes"):
+        raise Failure("not confirmed: nothing was changed", EXIT_NOT_CONFIRMED)
+
+
+def _move(ctx: _Context, lf: _Langfuse, name: str, label: str, target: int) -> None:
+    """PATCH, then verify with GET ?label=."""
+    lf.move(name, target, label)
+    now = lf.version_of(name, label)
+    if now != target:
+        raise Failure(f"sent the move of {label} to v{target}, but Langfuse now answers v{now} for "
+                      f"label {label}: not verified (another change at the same time?)", EXIT_NOT_VERIFIED)
+    ctx.out(f"done: {name} label {label} -> v{target} (verified with GET ?label={label})")
+
+
+# -- the commands ---------------------------------------------------------------------------------
+def _cmd_show(ctx: _Context, args: argparse.Namespace) -> int:
+    body = read_timeline(ctx, args.relay, args.name, args.label)
+    if args.json:
+        ctx.out(json.dumps(body, indent=2))
+    else:
+        for line in _show(body):
+            ctx.out(line)
+    return EXIT_OK
+
+
+def _cmd_compare(ctx: _Context, args: argparse.Namespace) -> int:
+    body = read_timeline(ctx, args.relay, args.name, args.label)
+    for line in _compare(body, args.label):
+        ctx.out(line)
+    return EXIT_OK
+
+
+def _cmd_rollback(ctx: _Context, args: argparse.Namespace) -> int:
+    lf = _Langfuse(_langfuse_keys(ctx))
+    body = read_timeline(ctx, args.relay, args.name, args.label)
+    tl = body["labels"][args.label]
+    target = args.to if args.to is not None else previous_version(tl)
+    if target is None:
+        raise Failure(f"the timeline shows no version that served {args.label} before v{tl['current']}: "
+                      "give --to VERSION", EXIT_REFUSED)
+    now = lf.version_of(args.name, args.label)
+    ctx.out(f"plan: {args.name} label {args.label}: v{now} -> v{target}")
+    ctx.out(f"  v{now}: {_describe(_find(tl, now))}")
+    ctx.out(f"  v{target}: {_describe(_find(tl, target))}")
+    if now == target:
+        ctx.out(f"nothing to do: {args.label} already points to v{target}")
+        return EXIT_OK
+    _confirm(ctx, args, f"Move {args.label} of {args.name} from v{now} to v{target}?")
+    _move(ctx, lf, args.name, args.label, target)
+    return EXIT_OK
+
+
+def _cmd_promote(ctx: _Context, args: argparse.Namespace) -> int:
+    lf = _Langfuse(_langfuse_keys(ctx))
+    source, dest = args.from_label, args.to_label
+    version = lf.version_of(args.name, source)
+    try:
+        body = read_timeline(ctx, args.relay, args.name, source)
+        evidence: Mapping[str, Any] | None = _find(body["labels"][source], version)
+        why_not = "" if evidence else f"the timeline of {source} has no v{version}"
+    except Failure as e:
+        if e.code != EXIT_TIMELINE:
+            raise
+        evidence, why_not = None, e.message
+    generations = int(evidence["generations"]) if evidence else 0
+    if generations == 0:
+        reason = why_not or f"v{version} has served no generations under {source}"
+        if not args.force:
+            raise Failure(f"refusing to promote {args.name} v{version} from {source} to {dest}: {reason}. "
+                          f"It has not been exercised under {source}; --force moves it anyway",
+                          EXIT_REFUSED)
+        ctx.out(f"--force: promoting v{version} without evidence that it served generations under {source} "
+                f"({reason})")
+    try:
+        before: int | None = lf.version_of(args.name, dest)
+    except Failure as e:
+        if e.code != EXIT_LANGFUSE_NOT_FOUND:
+            raise
+        before = None
+    ctx.out(f"plan: {args.name} label {dest}: {'(none)' if before is None else f'v{before}'} -> v{version} "
+            f"(what {source} points to)")
+    ctx.out(f"  v{version} under {source}: {_describe(evidence)}")
+    if before == version:
+        ctx.out(f"nothing to do: {dest} already points to v{version}")
+        return EXIT_OK
+    _confirm(ctx, args, f"Move {dest} of {args.name} to v{version}?")
+    _move(ctx, lf, args.name, dest, version)
+    return EXIT_OK
+
+
+def _ask(prompt: str) -> str | None:
+    try:
+        return input(prompt)
+    except EOFError:
+        return None
+
+
+def run(args: argparse.Namespace, *, out: Callable[[str], None] | None = None,
+        ask: Callable[[str], str | None] | None = None) -> int:
+    """Run one ``labels`` command; the exit code (messages on stderr)."""
+    try:
+        cfg = _config(args.config)
+        ctx = _Context(cfg, args.tenant or "default", args.token or os.environ.get(TOKEN_ENV) or None,
+                       out or print, ask or _ask)
+        commands = {"show": _cmd_show, "compare": _cmd_compare, "rollback": _cmd_rollback,
+                    "promote": _cmd_promote}
+        return commands[args.labels_command](ctx, args)
+    except Failure as e:
+        print(f"promptstamp-relay labels: {e.message}", file=sys.stderr)
+        return e.code
