@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import logging
 import os
 import signal
@@ -14,6 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import Config, ConfigError, LoadedConfig, load
+from .counters import count
+from .errors import ListenError, MetricsListenError, ReceiverListenError
 
 __all__ = ["main"]
 
@@ -132,7 +133,7 @@ def _version() -> str:
 
 
 def _items(n: int) -> str:
-    return f"{n} item" if n == 1 else f"{n} items"
+    return count(n, "item")
 
 
 def _load_explained(path: str | None, overrides: dict[str, Any]) -> LoadedConfig:
@@ -283,19 +284,24 @@ def _truncate_record(cfg: Config) -> int | None:
     return None
 
 
-def _start_failure(e: BaseException, cfg: Config) -> int:
-    """A bind failure that slipped past the probes (a race): still one line."""
-    text = str(e)
-    if isinstance(e, OSError) and e.errno == errno.EADDRINUSE:
-        return _fail(f"cannot listen on {cfg.metrics_listen} for the metrics endpoint: port in use; "
-                     "set --metrics-listen to a free port", EXIT_METRICS_IN_USE)
-    if "(OTLP/HTTP)" in text:
-        return _fail(f"{text}; set --http-listen (receivers.http.listen) to a free port, or '' to turn "
-                     "the OTLP/HTTP receiver off", EXIT_LISTEN_IN_USE)
-    if "bind" in text.lower() or "cannot listen" in text:
-        return _fail(f"cannot listen on {cfg.listen} for the OTLP receiver: {text}; set --listen to a free "
-                     "port on an address of this machine", EXIT_LISTEN_IN_USE)
-    return _fail(f"cannot start: {text}", EXIT_CONFIG)
+#: Start-up failures by exception type, most specific first: the exit code for each. A failure
+#: of no type here is a start-up problem of another kind (exit 2, its message).
+START_FAILURES: tuple[tuple[type[BaseException], int], ...] = (
+    (MetricsListenError, EXIT_METRICS_IN_USE),
+    (ReceiverListenError, EXIT_LISTEN_IN_USE),
+    (ConfigError, EXIT_CONFIG),
+)
+
+
+def start_failure_code(e: BaseException) -> int:
+    return next((code for kind, code in START_FAILURES if isinstance(e, kind)), EXIT_CONFIG)
+
+
+def _start_failure(e: BaseException) -> int:
+    """A failure to start (a bind that slipped past the probes, in a race): one line, its code."""
+    if isinstance(e, ListenError):
+        return _fail(f"{e}; {e.hint}" if e.hint else str(e), start_failure_code(e))
+    return _fail(f"cannot start: {e}", start_failure_code(e))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -330,7 +336,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         relay = RelayServer(cfg)
     except (OSError, ValueError, ImportError, RuntimeError) as e:
-        return _start_failure(e, cfg)
+        return _start_failure(e)
     if upstream_ok is not None:
         relay.upstream_ok = upstream_ok  # what /readyz reports
     stop = threading.Event()
@@ -346,7 +352,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         relay.start()
     except (OSError, RuntimeError) as e:
         relay.stop()
-        return _start_failure(e, cfg)
+        return _start_failure(e)
     exporter = cfg.exporter_type()
     if exporter == "debug" and not cfg.exporter.type:
         log.warning("no upstream configured (set LANGFUSE_BASE_URL, LANGFUSE_PUBLIC_KEY and "

@@ -1,4 +1,5 @@
-"""A base for components' stats objects: counters that stay exact when many threads add.
+"""A base for components' stats objects: counters that stay exact when many threads add; and the
+words for a count (``count(1, "item")`` is "1 item", never "1 items").
 
 A component declares its counters as a dataclass deriving from :class:`Counters` and calls
 :meth:`Counters.add` (one lock per stats object, held for a few attribute updates); the
@@ -10,7 +11,13 @@ from __future__ import annotations
 import threading
 from dataclasses import fields
 
-__all__ = ["Counters"]
+__all__ = ["Counters", "count"]
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and the noun in its number: ``count(1, "request")`` → "1 request", ``count(2,
+    "entry", "entries")`` → "2 entries". Every count the relay writes in words goes through here."""
+    return f"{n} {noun if n == 1 else (plural or noun + 's')}"
 
 
 class Counters:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from ..counters import count
 from .queue import DeliveryItem, WorkerQueue
 
 __all__ = ["MemoryQueue"]
@@ -25,5 +26,5 @@ class MemoryQueue(WorkerQueue):
         self.stats.lost_items += n_items
 
     def _log_given_up(self, why: str, n_items: int, n_requests: int) -> None:
-        log.error("%s: %s: %d items in %d requests lost (in-memory queue)",
-                  self.name, why, n_items, n_requests)
+        log.error("%s: %s: %s in %s lost (in-memory queue)",
+                  self.name, why, count(n_items, "item"), count(n_requests, "request"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from ..counters import count
 from ..export.retry import Backoff
 from ..journal import Journal, JournalError
 from ._config import QueueConfig
@@ -78,8 +79,8 @@ class PersistentQueue(WorkerQueue):
             self.stats.recovered_requests += len(rows)
             self.stats.recovered_items += n
         if rows:
-            log.warning("%s: re-sending %d requests (%d items) left in the persistent queue "
-                        "by an earlier run", self.name, len(rows), n)
+            log.warning("%s: re-sending %s (%s) left in the persistent queue by an earlier run",
+                        self.name, count(len(rows), "request"), count(n, "item"))
 
     def put(self, item: DeliveryItem) -> None:
         journal = self._journal
@@ -106,5 +107,5 @@ class PersistentQueue(WorkerQueue):
         self.stats.kept_items += n_items
 
     def _log_given_up(self, why: str, n_items: int, n_requests: int) -> None:
-        log.warning("%s: %s: %d items in %d requests kept in the persistent queue for the next start",
-                    self.name, why, n_items, n_requests)
+        log.warning("%s: %s: %s in %s kept in the persistent queue for the next start",
+                    self.name, why, count(n_items, "item"), count(n_requests, "request"))

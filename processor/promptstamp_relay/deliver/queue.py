@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from ..counters import count
 from ..export.retry import Backoff
 from ._config import QueueConfig
 
@@ -330,11 +331,10 @@ class WorkerQueue(ABC):
             return
         if outcome == "exported":
             if result is not None and (result.rejected or result.message):
-                log.warning("%s upstream rejected %d of %d items (partial success): %s",
-                            self.name, rejected, item.items, result.message)
+                log.warning("%s upstream rejected %d of %s (partial success): %s",
+                            self.name, rejected, count(item.items, "item"), result.message)
         else:
-            log.error("%s: %s; %d %s not delivered", self.name, why, item.items,
-                      "item" if item.items == 1 else "items")
+            log.error("%s: %s; %s not delivered", self.name, why, count(item.items, "item"))
         self._settled(item)
 
     # -- shutdown ------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from ..errors import MetricsListenError
+
 __all__ = ["HttpRequest", "HttpResponse", "MetricsListener", "RouteHandler"]
 
 log = logging.getLogger("promptstamp_relay.ops.listener")
@@ -118,8 +120,8 @@ class MetricsListener:
         try:
             self._server = Server((self._host, self._port), Handler)
         except OSError as e:
-            where = f"{self._host}:{self._port}"
-            raise OSError(f"cannot listen on {where} (metrics): {e.strerror or e}") from None
+            raise MetricsListenError(f"{self._host}:{self._port}", "metrics", str(e.strerror or e),
+                                     "set --metrics-listen to a free port") from None
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-listener",
                                         kwargs={"poll_interval": 0.2}, daemon=True)

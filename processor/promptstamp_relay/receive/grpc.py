@@ -23,6 +23,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..admission import Admitter, CallInfo, Refusal, RefusalReason
+from ..errors import ReceiverListenError
 
 __all__ = [
     "LOGS_SERVICE",
@@ -135,7 +136,7 @@ class OtlpGrpcReceiver:
         return call
 
     def start(self) -> None:
-        """Bind ``listen`` and serve; OSError when the address cannot be bound."""
+        """Bind ``listen`` and serve; :class:`ReceiverListenError` when it cannot be bound."""
         try:
             if self._credentials is None:
                 port = self._server.add_insecure_port(self._listen)
@@ -144,8 +145,8 @@ class OtlpGrpcReceiver:
         except RuntimeError:  # grpcio's "Failed to bind": in use, or a host it cannot resolve
             port = 0
         if port == 0:
-            raise OSError(f"cannot listen on {self._listen} (OTLP/gRPC): address in use or not "
-                          "resolvable")
+            raise ReceiverListenError(self._listen, "OTLP/gRPC", "address in use or not resolvable",
+                                      "set --listen to a free port on an address of this machine")
         self.port = port
         self._server.start()
         self._started = True

@@ -45,6 +45,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from ..admission import Admitter, CallInfo, Refusal, RefusalReason
 from ..admission.budget import ByteBudget
+from ..errors import ReceiverListenError
 from ..wire.otlpjson import OtlpJsonError, Signal, encode_line, to_protobuf
 from .settings import HttpReceiverConfig, effective_listen
 
@@ -297,7 +298,8 @@ class OtlpHttpReceiver:
         self.serving = serving
 
     def start(self) -> None:
-        """Bind ``config.listen`` and serve in a background thread; OSError when it cannot bind."""
+        """Bind ``config.listen`` and serve in a background thread; :class:`ReceiverListenError`
+        when it cannot bind."""
         host, _, port = self.config.listen.rpartition(":")
         host = host.strip("[]")
         handler = type("Handler", (_Handler,), {"timeout": self.config.idle_timeout_seconds})
@@ -308,7 +310,10 @@ class OtlpHttpReceiver:
         try:
             server = server_cls((host, int(port)), handler, bind_and_activate=True)
         except OSError as e:
-            raise OSError(f"cannot listen on {self.config.listen} (OTLP/HTTP): {e.strerror or e}") from None
+            raise ReceiverListenError(
+                self.config.listen, "OTLP/HTTP", str(e.strerror or e),
+                "set --http-listen (receivers.http.listen) to a free port, or '' to turn the OTLP/HTTP "
+                "receiver off") from None
         server.receiver = self
         if self._ssl is not None:
             server.socket = self._ssl.wrap_socket(server.socket, server_side=True,
