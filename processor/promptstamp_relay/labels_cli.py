@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from . import hostport
 from .rollouts._model import previous_version, render_prompt
 
 __all__ = ["EXIT_CODES", "add_parser", "run"]
@@ -166,11 +167,10 @@ def _relay_url(ctx: _Context, source: str | None) -> str:
     if not listen:
         raise Failure("no --relay given and the config has no metrics_listen: say where the timeline is "
                       "(--relay http://HOST:PORT, a queue directory or a redis:// URL)", EXIT_USAGE)
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
+    host, port = hostport.parse(listen)
     if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1"
-    return f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    return f"http://{hostport.HostPort(host, port)}"
 
 
 def _relay_authorization(ctx: _Context) -> str | None:

@@ -37,3 +37,14 @@ class LimitsConfig:
     max_attributes_per_span: int = 1024
     max_attribute_value_bytes: int = 1024 * 1024
     max_value_depth: int = 32
+
+    def validate(self, path: str = "limits") -> list[str]:
+        errs = [f"'{path}.{k}' must be > 0" for k in (
+            "max_request_bytes", "max_spans_per_request", "max_attributes_per_span",
+            "max_attribute_value_bytes", "max_value_depth", "max_inflight_request_bytes")
+            if getattr(self, k) <= 0]
+        if self.max_value_depth > 100:
+            errs.append(f"'{path}.max_value_depth' must be <= 100 (the protobuf parser's own limit)")
+        if self.max_inflight_request_bytes < self.max_request_bytes:
+            errs.append(f"'{path}.max_inflight_request_bytes' must be >= {path}.max_request_bytes")
+        return errs

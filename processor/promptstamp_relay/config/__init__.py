@@ -35,6 +35,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .. import hostport
 from ..admission.settings import AuthConfig, LimitsConfig, TenantConfig
 from ..deliver._config import QueueConfig
 from ..export.endpoints import LANGFUSE_OTLP_PATH, grpc_target, langfuse_base_url
@@ -179,7 +180,7 @@ class Config:
         errs: list[str] = []
         for name, value in (("listen", self.listen), ("metrics_listen", self.metrics_listen)):
             if value or name == "listen":
-                why = _check_hostport(value)
+                why = hostport.problem(value)
                 if why:
                     errs.append(f"'{name}' {why}")
         if self.record_mode not in ("append", "truncate"):
@@ -193,46 +194,10 @@ class Config:
         if self.resolution.api.refresh_seconds <= 0:
             errs.append("'resolution.api.refresh_seconds' must be > 0")
         errs.extend(self.store.validate("store"))
-        ex = self.exporter
-        if ex.type not in ("", "langfuse", "otlp_grpc", "file", "debug"):
-            errs.append(f"'exporter.type' must be langfuse, otlp_grpc, file or debug, got {ex.type!r}")
-        if ex.type == "langfuse" or (ex.type == "" and ex.langfuse.base_url):
-            lf = ex.langfuse
-            if not lf.base_url.startswith(("http://", "https://")):
-                errs.append("'exporter.langfuse.base_url' must be an http(s) URL (or set LANGFUSE_BASE_URL)")
-            if not self.auth.passthrough_langfuse_credentials and not (lf.public_key and lf.secret_key):
-                errs.append(
-                    "'exporter.langfuse.public_key' and 'secret_key' are required "
-                    "(or set LANGFUSE_PUBLIC_KEY / LANGFUSE_SECRET_KEY)"
-                )
-            if not 1 <= lf.ingestion_version <= 4:
-                errs.append("'exporter.langfuse.ingestion_version' must be an integer from 1 to 4")
-            if not 0 <= lf.gzip_level <= 9:
-                errs.append("'exporter.langfuse.gzip_level' must be 0..9 (0 = no compression)")
-        if ex.type == "otlp_grpc":
-            why = _check_grpc_endpoint(ex.otlp_grpc.endpoint, ex.otlp_grpc.insecure)
-            if why:
-                errs.append(f"'exporter.otlp_grpc.endpoint' {why}")
-        if ex.type == "file" and not ex.file:
-            errs.append("'exporter.file' must name a file when exporter.type is file")
-        lx = self.logs_exporter
-        if lx.type not in ("none", "otlp_grpc", "file"):
-            errs.append(f"'logs_exporter.type' must be none, otlp_grpc or file, got {lx.type!r}")
-        if lx.type == "otlp_grpc":
-            why = _check_grpc_endpoint(lx.otlp_grpc.endpoint, lx.otlp_grpc.insecure)
-            if why:
-                errs.append(f"'logs_exporter.otlp_grpc.endpoint' {why}")
-        if lx.type == "file" and not lx.file:
-            errs.append("'logs_exporter.file' must name a file when logs_exporter.type is file")
-        mx = self.metrics_exporter
-        if mx.type not in ("none", "otlp_grpc", "file"):
-            errs.append(f"'metrics_exporter.type' must be none, otlp_grpc or file, got {mx.type!r}")
-        if mx.type == "otlp_grpc":
-            why = _check_grpc_endpoint(mx.otlp_grpc.endpoint, mx.otlp_grpc.insecure)
-            if why:
-                errs.append(f"'metrics_exporter.otlp_grpc.endpoint' {why}")
-        if mx.type == "file" and not mx.file:
-            errs.append("'metrics_exporter.file' must name a file when metrics_exporter.type is file")
+        errs.extend(self.exporter.validate(
+            "exporter", passthrough_credentials=self.auth.passthrough_langfuse_credentials))
+        errs.extend(self.logs_exporter.validate("logs_exporter"))
+        errs.extend(self.metrics_exporter.validate("metrics_exporter"))
         errs.extend(self.receivers.http.validate("receivers.http"))
         if (self.receivers.http.listen and self.receivers.http.listen == self.listen
                 and not self.listen.endswith(":0")):  # two port-0 listeners get two free ports
@@ -247,22 +212,8 @@ class Config:
         for tenant in self.rollouts.webhook_secrets:
             if self.auth.enabled and tenant not in self.auth.tenants:
                 errs.append(f"'rollouts.webhook_secrets.{tenant}' names no tenant in auth.tenants")
-        if bool(self.tls.cert_file) != bool(self.tls.key_file):
-            errs.append("'tls.cert_file' and 'tls.key_file' go together")
-        for k in ("cert_file", "key_file", "client_ca_file"):
-            path = getattr(self.tls, k)
-            if path and not Path(path).is_file():
-                errs.append(f"'tls.{k}' does not exist: {path}")
-        if self.tls.client_ca_file and not self.tls.cert_file:
-            errs.append("'tls.client_ca_file' (mTLS) needs tls.cert_file and tls.key_file")
-        for k in ("max_request_bytes", "max_spans_per_request", "max_attributes_per_span",
-                  "max_attribute_value_bytes", "max_value_depth", "max_inflight_request_bytes"):
-            if getattr(self.limits, k) <= 0:
-                errs.append(f"'limits.{k}' must be > 0")
-        if self.limits.max_value_depth > 100:
-            errs.append("'limits.max_value_depth' must be <= 100 (the protobuf parser's own limit)")
-        if self.limits.max_inflight_request_bytes < self.limits.max_request_bytes:
-            errs.append("'limits.max_inflight_request_bytes' must be >= limits.max_request_bytes")
+        errs.extend(self.tls.validate("tls"))
+        errs.extend(self.limits.validate("limits"))
         if self.hold.max_spans_per_tenant <= 0:
             errs.append("'hold.max_spans_per_tenant' must be > 0")
         return errs
@@ -314,15 +265,6 @@ def _check_grpc_endpoint(value: str, insecure: bool) -> str | None:
         grpc_target(value, insecure)
     except ValueError as e:
         return str(e)
-    return None
-
-
-def _check_hostport(value: str) -> str | None:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host:
-        return f"must be host:port, got {value!r}"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        return f"must end in a port number 0..65535, got {value!r}"
     return None
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import urllib.parse
 from dataclasses import dataclass
 
+from .. import hostport
+
 __all__ = [
     "LANGFUSE_OTLP_PATH",
     "GrpcTarget",
@@ -65,8 +67,7 @@ def grpc_target(endpoint: str, insecure: bool) -> GrpcTarget:
 
 
 def _check_hostport(value: str) -> None:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"must be host:port, http://host:port or https://host:port, got {value!r}")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"must end in a port number 0..65535, got {value!r}")
+    why = hostport.problem(value)
+    if why is not None:
+        raise ValueError(why.replace("must be host:port,", "must be host:port, http://host:port or "
+                                     "https://host:port,"))

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .endpoints import grpc_target
+
 __all__ = [
     "ExporterConfig",
     "LangfuseConfig",
@@ -44,6 +46,24 @@ class ExporterConfig:
     otlp_grpc: OtlpGrpcConfig = field(default_factory=OtlpGrpcConfig)
     file: str = ""
 
+    def validate(self, path: str = "exporter", *, passthrough_credentials: bool = False) -> list[str]:
+        """Every problem in this section. ``passthrough_credentials``: the senders' own Langfuse
+        keys are passed through (``auth.passthrough_langfuse_credentials``), so none are needed here."""
+        kinds = ("", "langfuse", "otlp_grpc", "file", "debug")
+        errs = _choice(path, self.type, kinds, self.otlp_grpc, self.file)
+        if self.effective_type() == "langfuse":
+            lf = self.langfuse
+            if not lf.base_url.startswith(("http://", "https://")):
+                errs.append(f"'{path}.langfuse.base_url' must be an http(s) URL (or set LANGFUSE_BASE_URL)")
+            if not passthrough_credentials and not (lf.public_key and lf.secret_key):
+                errs.append(f"'{path}.langfuse.public_key' and 'secret_key' are required "
+                            "(or set LANGFUSE_PUBLIC_KEY / LANGFUSE_SECRET_KEY)")
+            if not 1 <= lf.ingestion_version <= 4:
+                errs.append(f"'{path}.langfuse.ingestion_version' must be an integer from 1 to 4")
+            if not 0 <= lf.gzip_level <= 9:
+                errs.append(f"'{path}.langfuse.gzip_level' must be 0..9 (0 = no compression)")
+        return errs
+
     def effective_type(self) -> str:
         """The configured type, else ``langfuse`` when a base URL is set, else ``debug``."""
         if self.type:
@@ -59,6 +79,9 @@ class LogsExporterConfig:
     otlp_grpc: OtlpGrpcConfig = field(default_factory=OtlpGrpcConfig)
     file: str = ""
 
+    def validate(self, path: str) -> list[str]:
+        return _choice(path, self.type, ("none", "otlp_grpc", "file"), self.otlp_grpc, self.file)
+
 
 @dataclass
 class MetricsExporterConfig:
@@ -67,6 +90,9 @@ class MetricsExporterConfig:
     type: str = "none"
     otlp_grpc: OtlpGrpcConfig = field(default_factory=OtlpGrpcConfig)
     file: str = ""
+
+    def validate(self, path: str) -> list[str]:
+        return _choice(path, self.type, ("none", "otlp_grpc", "file"), self.otlp_grpc, self.file)
 
 
 @dataclass
@@ -92,3 +118,19 @@ class RetryConfig:
         if not 0 <= self.randomization < 1:
             errs.append(f"'{path}.randomization' must be in [0, 1)")
         return errs
+
+
+def _choice(path: str, kind: str, kinds: tuple[str, ...], grpc: OtlpGrpcConfig, file: str) -> list[str]:
+    """An exporter section's type, and the settings that type needs (one check for all three)."""
+    shown = [k for k in kinds if k]
+    if kind not in kinds:
+        return [f"'{path}.type' must be {', '.join(shown[:-1])} or {shown[-1]}, got {kind!r}"]
+    errs: list[str] = []
+    if kind == "otlp_grpc":
+        try:
+            grpc_target(grpc.endpoint, grpc.insecure)
+        except ValueError as e:
+            errs.append(f"'{path}.otlp_grpc.endpoint' {e}")
+    if kind == "file" and not file:
+        errs.append(f"'{path}.file' must name a file when {path}.type is file")
+    return errs

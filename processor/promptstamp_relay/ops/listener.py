@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from .. import hostport
 from ..errors import MetricsListenError
 
 __all__ = ["HttpRequest", "HttpResponse", "MetricsListener", "RouteHandler"]
@@ -54,9 +55,7 @@ class MetricsListener:
 
     def __init__(self, listen: str, registry: CollectorRegistry | None = None, *,
                  max_body_bytes: int = MAX_BODY_BYTES) -> None:
-        host, _, port = listen.rpartition(":")
-        self._host = host.strip("[]")
-        self._port = int(port)
+        self._host, self._port = hostport.parse(listen)
         self._max_body = max_body_bytes
         self._routes: dict[tuple[str, str], RouteHandler] = {}
         self._lock = threading.Lock()

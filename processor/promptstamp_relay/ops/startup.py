@@ -30,6 +30,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Protocol
 
+from .. import hostport
 from ..admission.settings import AuthConfig
 from ..export.endpoints import grpc_target, langfuse_base_url
 from ..export.settings import ExporterConfig
@@ -58,16 +59,14 @@ class ListenProblem:
     message: str
 
 
-def probe_listen(hostport: str, what: str, flag: str) -> ListenProblem | None:
-    """``None`` when ``hostport`` can be bound now, else why not. ``what`` names the listener
-    ("the OTLP receiver"), ``flag`` the setting to change ("--listen / PROMPTSTAMP_LISTEN")."""
-    host, _, port_s = hostport.rpartition(":")
-    host = host.strip("[]")
-    port = int(port_s)
+def probe_listen(address: str, what: str, flag: str) -> ListenProblem | None:
+    """``None`` when ``address`` (``host:port``) can be bound now, else why not. ``what`` names the
+    listener ("the OTLP receiver"), ``flag`` the setting to change ("--listen / PROMPTSTAMP_LISTEN")."""
+    host, port = hostport.parse(address)
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
-        return ListenProblem("host", f"cannot listen on {hostport} for {what}: host {host!r} does not "
+        return ListenProblem("host", f"cannot listen on {address} for {what}: host {host!r} does not "
                                          f"resolve ({e.strerror}); set {flag} to an address of this machine, "
                                          "e.g. 127.0.0.1 or 0.0.0.0")
     family, kind, proto, _, addr = infos[0]
@@ -77,18 +76,18 @@ def probe_listen(hostport: str, what: str, flag: str) -> ListenProblem | None:
         sock.bind(addr)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
-            return ListenProblem("port", f"cannot listen on {hostport} for {what}: port {port} is already "
+            return ListenProblem("port", f"cannot listen on {address} for {what}: port {port} is already "
                                            "in use by another process (a local collector?); stop it or set "
                                            f"{flag} to a free port")
         if e.errno == errno.EADDRNOTAVAIL:
-            return ListenProblem("host", f"cannot listen on {hostport} for {what}: {host!r} is not an "
+            return ListenProblem("host", f"cannot listen on {address} for {what}: {host!r} is not an "
                                              f"address of this machine; set {flag} to one, e.g. 127.0.0.1 "
                                              "or 0.0.0.0")
         if e.errno == errno.EACCES:
-            return ListenProblem("port", f"cannot listen on {hostport} for {what}: permission denied "
+            return ListenProblem("port", f"cannot listen on {address} for {what}: permission denied "
                                            f"(ports below 1024 need privileges); set {flag} to a port "
                                            ">= 1024")
-        return ListenProblem("host", f"cannot listen on {hostport} for {what}: {e.strerror}")
+        return ListenProblem("host", f"cannot listen on {address} for {what}: {e.strerror}")
     finally:
         sock.close()
     return None
@@ -190,8 +189,7 @@ def check_otlp_grpc(endpoint: str, *, insecure: bool = True, timeout: float = 10
     target = grpc_target(endpoint, insecure)
     shown = ("https://" if target.tls else "http://") + target.target
     what = f"OTLP/gRPC upstream {shown}"
-    host, _, port_s = target.target.rpartition(":")
-    host, port = host.strip("[]"), int(port_s)
+    host, port = hostport.parse(target.target)
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             if target.tls:

@@ -43,6 +43,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from .. import hostport
 from ..admission import Admitter, CallInfo, Refusal, RefusalReason
 from ..admission.budget import ByteBudget
 from ..errors import ReceiverListenError
@@ -300,15 +301,14 @@ class OtlpHttpReceiver:
     def start(self) -> None:
         """Bind ``config.listen`` and serve in a background thread; :class:`ReceiverListenError`
         when it cannot bind."""
-        host, _, port = self.config.listen.rpartition(":")
-        host = host.strip("[]")
+        host, port = hostport.parse(self.config.listen)
         handler = type("Handler", (_Handler,), {"timeout": self.config.idle_timeout_seconds})
         server_cls = type("Server", (_Server,), {
             "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET,
             "request_queue_size": 128,
         })
         try:
-            server = server_cls((host, int(port)), handler, bind_and_activate=True)
+            server = server_cls((host, port), handler, bind_and_activate=True)
         except OSError as e:
             raise ReceiverListenError(
                 self.config.listen, "OTLP/HTTP", str(e.strerror or e),

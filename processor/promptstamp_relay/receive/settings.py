@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+
+from .. import hostport
 
 __all__ = ["DEFAULT_HTTP_LISTEN", "HttpReceiverConfig", "TlsConfig", "effective_listen"]
 
@@ -33,11 +36,9 @@ class HttpReceiverConfig:
     def validate(self, path: str = "receivers.http") -> list[str]:
         """Every problem in this section, as ``'<path>.key' must …`` lines."""
         errs: list[str] = []
-        if self.listen:
-            host, sep, port = self.listen.rpartition(":")
-            if not sep or not host or not port.isdigit() or int(port) > 65535:
-                errs.append(f"'{path}.listen' must be host:port (port 0..65535), or \"\" to turn "
-                            f"the HTTP listener off, got {self.listen!r}")
+        if self.listen and hostport.problem(self.listen):
+            errs.append(f"'{path}.listen' must be host:port (port 0..65535), or \"\" to turn "
+                        f"the HTTP listener off, got {self.listen!r}")
         if self.max_connections <= 0:
             errs.append(f"'{path}.max_connections' must be > 0")
         if not 0 < self.threads <= 64:
@@ -51,8 +52,8 @@ def effective_listen(http: HttpReceiverConfig, grpc_listen: str) -> str:
     """Where the HTTP listener binds: ``http.listen``, except that the default follows an
     ephemeral gRPC port — ``listen: host:0`` (tests, benchmarks, several relays on one machine)
     gives the HTTP listener a free port on the same host instead of a fixed 4318."""
-    if http.listen == DEFAULT_HTTP_LISTEN and grpc_listen.rpartition(":")[2] == "0":
-        return f"{grpc_listen.rpartition(':')[0]}:0"
+    if http.listen == DEFAULT_HTTP_LISTEN and hostport.parse(grpc_listen).port == 0:
+        return str(hostport.HostPort(hostport.parse(grpc_listen).host, 0))
     return http.listen
 
 
@@ -61,3 +62,15 @@ class TlsConfig:
     cert_file: str = ""
     key_file: str = ""
     client_ca_file: str = ""  # mTLS when set
+
+    def validate(self, path: str = "tls") -> list[str]:
+        errs: list[str] = []
+        if bool(self.cert_file) != bool(self.key_file):
+            errs.append(f"'{path}.cert_file' and '{path}.key_file' go together")
+        for k in ("cert_file", "key_file", "client_ca_file"):
+            file = getattr(self, k)
+            if file and not Path(file).is_file():
+                errs.append(f"'{path}.{k}' does not exist: {file}")
+        if self.client_ca_file and not self.cert_file:
+            errs.append(f"'{path}.client_ca_file' (mTLS) needs {path}.cert_file and {path}.key_file")
+        return errs
