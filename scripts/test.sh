@@ -18,6 +18,17 @@ PY=${PYTHON:-python3}
 
 .venv/bin/ruff check sdk processor tests bench examples
 .venv/bin/mypy
+
+# --- TypeScript SDK (sdk/js) ------------------------------------------------------------------
+# Installed from package-lock.json, built and tested with node --test; before pytest, because
+# tests/js drives the built SDK through a real relay (and skips, saying so, without a build).
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+  (cd sdk/js && npm ci --no-audit --no-fund && npm run build && npm test)
+else
+  echo "node/npm not found: skipping the TypeScript SDK (tests/js skips too)" >&2
+fi
+# --- end TypeScript SDK -----------------------------------------------------------------------
+
 .venv/bin/python -m pytest "$@"
 
 # The SDK and the Langfuse SDK app again with langfuse 4.x (5.x needs a Langfuse v4 server, so

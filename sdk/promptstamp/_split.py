@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from ._validate import validate_label
 
@@ -29,6 +29,16 @@ def _unit_interval(subject_id: str, salt: str) -> float:
     material = str(len(salt_bytes)).encode("ascii") + b":" + salt_bytes + subject_id.encode("utf-8")
     digest = hashlib.blake2b(material, digest_size=8).digest()
     return int.from_bytes(digest, "big") / _SCALE
+
+
+def _left_to_right_sum(values: Iterable[float]) -> float:
+    """Plain float addition in order. Not ``sum()``: from Python 3.12 it compensates rounding, so
+    a subject within rounding of a boundary would land differently on 3.11 and 3.12 (and in the
+    TypeScript SDK, which adds left to right)."""
+    total = 0.0
+    for v in values:
+        total += v
+    return total
 
 
 def _checked_weights(weights: Mapping[str, float]) -> list[tuple[str, float]]:
@@ -66,7 +76,7 @@ def label_for(subject_id: str, weights: Mapping[str, float], salt: str = "") -> 
     if not isinstance(salt, str):
         raise TypeError(f"salt must be a str, not {type(salt)!r}")
     checked = _checked_weights(weights)
-    total = sum(weight for _, weight in checked)
+    total = _left_to_right_sum(weight for _, weight in checked)
     point = _unit_interval(subject_id, salt) * total
     cumulative = 0.0
     chosen = ""

@@ -53,15 +53,19 @@ def _node_major() -> int:
     return int(match.group(1)) if match else 0
 
 
-NODE_MAJOR = _node_major()
-pytestmark = [
-    pytest.mark.skipif(NODE is None, reason="node is not installed: the TypeScript SDK needs Node >= 20"),
-    pytest.mark.skipif(NODE is not None and NODE_MAJOR < 20, reason=f"node {NODE_MAJOR} found; the SDK needs >= 20"),
-    pytest.mark.skipif(
-        not (SDK_JS / "dist" / "index.js").exists() or not KIT.exists(),
-        reason="sdk/js is not built: run scripts/test.sh, or `cd sdk/js && npm ci && npm run build`",
-    ),
-]
+def _why_not() -> str | None:
+    if NODE is None:
+        return "node is not installed: the TypeScript SDK needs Node >= 20"
+    major = _node_major()
+    if major < 20:
+        return f"node {major} found; the TypeScript SDK needs >= 20"
+    if not (SDK_JS / "dist" / "index.js").exists() or not KIT.exists():
+        return "sdk/js is not built: run scripts/test.sh, or `cd sdk/js && npm ci && npm run build`"
+    return None
+
+
+WHY_NOT = _why_not()
+needs_node = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 
 PROMPT = "order-status-answer"
 CHAT = [
@@ -180,6 +184,7 @@ def assert_linked_as_handed(langfuse: LangfuseServer, relay: RelayServer, result
 # --------------------------------------------------------------------------------------------
 # Scenarios
 # --------------------------------------------------------------------------------------------
+@needs_node
 @pytest.mark.parametrize("logs", [False, True], ids=["tracing-only", "with-logs"])
 def test_production(langfuse: LangfuseServer, relay: RelayServer, model: FakeOpenAI, logs: bool) -> None:
     langfuse.create_prompt(PROMPT, CHAT, labels=["production"], config={"model": "gpt-4o-mini"})
@@ -195,6 +200,7 @@ def test_production(langfuse: LangfuseServer, relay: RelayServer, model: FakeOpe
     assert stats.fetch_duplicates == (4 if logs else 0)
 
 
+@needs_node
 def test_ab_split_picks_what_python_picks(langfuse: LangfuseServer, relay: RelayServer, model: FakeOpenAI) -> None:
     langfuse.create_prompt(PROMPT, CHAT, labels=["prod-a"], config={"model": "gpt-4o-mini"})  # v1
     langfuse.create_prompt(PROMPT, CHAT, labels=["prod-b", "production"], config={"model": "gpt-4o"})  # v2
@@ -206,6 +212,7 @@ def test_ab_split_picks_what_python_picks(langfuse: LangfuseServer, relay: Relay
     assert_linked_as_handed(langfuse, relay, results)
 
 
+@needs_node
 def test_cache_fallback_while_langfuse_fails(langfuse: LangfuseServer, relay: RelayServer, model: FakeOpenAI) -> None:
     langfuse.create_prompt(PROMPT, CHAT, labels=["production"], config={"model": "gpt-4o-mini"})
     langfuse.create_prompt(PROMPT, CHAT, labels=["production"], config={"model": "gpt-4o-mini"})  # v2
@@ -217,6 +224,7 @@ def test_cache_fallback_while_langfuse_fails(langfuse: LangfuseServer, relay: Re
     assert_linked_as_handed(langfuse, relay, results)
 
 
+@needs_node
 def test_long_request_after_the_label_moved(langfuse: LangfuseServer, relay: RelayServer, model: FakeOpenAI) -> None:
     langfuse.create_prompt(PROMPT, CHAT, labels=["production"], config={"model": "gpt-4o-mini"})  # v1
     langfuse.create_prompt(PROMPT, CHAT, labels=[], config={"model": "gpt-4o"})  # v2, not yet live
@@ -230,6 +238,7 @@ def test_long_request_after_the_label_moved(langfuse: LangfuseServer, relay: Rel
     assert second.start_time_unix_nano - first.start_time_unix_nano >= 8e9  # it was a long request
 
 
+@needs_node
 def test_langfuse_client_pointed_at_the_relay_fails_closed(
     langfuse: LangfuseServer, relay: RelayServer, model: FakeOpenAI
 ) -> None:
@@ -238,6 +247,7 @@ def test_langfuse_client_pointed_at_the_relay_fails_closed(
     assert model.requests == []
 
 
+@needs_node
 def test_a_string_version_is_rejected_and_logged(
     langfuse: LangfuseServer, relay: RelayServer, model: FakeOpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -268,6 +278,7 @@ def test_the_js_contract_names_are_the_contract_package_names() -> None:
         assert getattr(contract, name) == value, name
 
 
+@needs_node
 def test_vercel_ai_sdk_telemetry(langfuse: LangfuseServer, relay: RelayServer, model: FakeOpenAI) -> None:
     """The Vercel AI SDK's own generation spans (``experimental_telemetry``) inside the scope."""
     langfuse.create_prompt(PROMPT, CHAT, labels=["production"], config={"model": "gpt-4o-mini"})

@@ -64,3 +64,12 @@ def test_the_file_is_what_the_generator_writes() -> None:
 
     assert cases() == CASES
     assert blake2b_vectors() == DOCUMENT["blake2b"]
+
+
+def test_weights_are_added_left_to_right_on_every_python() -> None:
+    """Python 3.12's ``sum()`` compensates rounding (0.1 * 10 → 1.0, 3.11 gives 0.999…9): the
+    split adds in order, as 3.10/3.11 and the TypeScript SDK do, so no Python version moves a
+    subject that sits within rounding of a boundary."""
+    from promptstamp._split import _left_to_right_sum
+
+    assert _left_to_right_sum([0.1] * 10) == 0.9999999999999999
