@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from ..counters import Counters
+from ..counters import Counters, metric
 from .auth import Authenticator, Unauthenticated
 from .budget import ByteBudget
 from .decode import Violation, decode_logs, decode_traces
@@ -88,17 +88,23 @@ class Admitter(Protocol):
 class AdmissionStats(Counters):
     """Admission's counters; :meth:`add` is exact under concurrent receiver threads."""
 
-    spans_received: int = 0
-    logs_received: int = 0
-    logs_dropped: int = 0  # non-fetch log records, no logs exporter configured
-    logs_other: int = 0  # log records in requests without any fetch record (not looked at)
-    metric_points_received: int = 0
-    metric_points_dropped: int = 0  # no metrics exporter configured
-    refused: int = 0  # every refusal except ``invalid``
-    refused_backpressure: int = 0  # of ``refused``: backpressure / unavailable (retryable)
-    refused_unauthenticated: int = 0  # of ``refused``: missing or wrong credentials
-    invalid: int = 0
-    passthrough_requests: int = 0  # trace requests forwarded as they came (nothing to stamp)
+    spans_received: int = metric("Spans received over OTLP")
+    logs_received: int = metric("Log records received over OTLP")
+    logs_dropped: int = metric("Non-fetch log records dropped (no logs exporter)")
+    # log records in requests without any fetch record (not looked at): exported summed with the
+    # processor's other_logs as promptstamp_logs_other_total
+    logs_other: int = 0
+    metric_points_received: int = metric("Metric data points received over OTLP")
+    metric_points_dropped: int = metric("Metric data points dropped (no metrics_exporter configured)")
+    refused: int = metric("Requests refused (backpressure, limits, auth)", name="requests_refused")
+    refused_backpressure: int = metric(
+        "Of requests_refused: relay full (UNAVAILABLE + RetryInfo; senders retry)",
+        name="requests_refused_backpressure")
+    refused_unauthenticated: int = metric("Of requests_refused: missing or wrong credentials",
+                                          name="requests_refused_unauthenticated")
+    invalid: int = metric("Requests refused as malformed", name="requests_invalid")
+    passthrough_requests: int = metric("Trace requests forwarded as they came (nothing to stamp)",
+                                       name="requests_passthrough")
 
 
 def count_spans(req: ExportTraceServiceRequest) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, get_args
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -21,12 +21,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 import promptstamp_contract as c
 
 from .. import wire
+from ..counters import Counters, metric
 from ._recent import RecentKeys
 from .evidence import LateEvidence, LateRecord
 from .fetch_records import FetchLogBatch, Invalid, span_fetch_events, split_fetch_log
 from .fetch_store import FetchLogStore
 from .hold import HoldWindow
-from .model import DEFAULT_TENANT, FetchRecord, GenerationRecord
+from .model import DEFAULT_TENANT, FetchRecord, GenerationRecord, UnresolvedReason
 from .resolve import ApiLookup, Resolver, pick_in_trace
 from .stamp import (
     Conflict,
@@ -72,23 +73,34 @@ class PipelineObserver(Protocol):
 
 
 @dataclass
-class ProcessorStats:
-    """Counters the telemetry layer exports; only ever incremented."""
+class ProcessorStats(Counters):
+    """The processor's counters; only ever incremented, under the relay's processing lock (the
+    fields are updated directly there; telemetry reads :meth:`snapshot`)."""
 
-    spans_received: int = 0
-    spans_held: int = 0
-    stamped: Counter[str] = field(default_factory=Counter)  # by resolution tier (unresolved included)
-    unresolved: Counter[str] = field(default_factory=Counter)  # by UnresolvedReason
-    hold_overflow: int = 0  # generations stamped at once because the hold window was full
-    fetch_records: int = 0  # new versioned fetch records (log records and span events)
-    fetch_fallbacks: int = 0  # new ``fallback`` fetch records (no version: they resolve nothing)
-    fetch_duplicates: int = 0  # the second form (log record / span event) of a fetch already taken in
+    spans_received: int = metric("Spans in requests that went through stamping (the others were "
+                                 "forwarded as they came)", name="spans_processed")
+    spans_held: int = metric("Generation spans held for their fetch log")
+    stamped: Counter[str] = metric("Generation spans stamped, by resolution tier", name="spans_stamped",
+                                   label="tier", values=c.TIERS)  # unresolved included
+    unresolved: Counter[str] = metric("Generations stamped unresolved, by reason", label="reason",
+                                      values=get_args(UnresolvedReason))
+    hold_overflow: int = metric("Generations stamped at once because the hold window was full")
+    fetch_records: int = metric("Fetch-log records taken into the store")  # versioned, new
+    fetch_fallbacks: int = metric("Fetch-log records with source fallback (a code-embedded prompt: "
+                                  "no version)", name="fetch_records_fallback")
+    fetch_duplicates: int = metric("Fetch records seen a second time (as log record and span event): "
+                                   "taken once", name="fetch_records_duplicate")
     fetch_invalid: int = 0
-    fetch_invalid_reasons: Counter[str] = field(default_factory=Counter)  # by Invalid.code
-    other_logs: int = 0  # log records that are not fetch records (passed on)
-    #: a trace's record that arrived after one of its generations was sent without it, by verdict
-    late_records: Counter[str] = field(default_factory=Counter)
-    prompt_conflicts: int = 0  # already-linked generations whose trace's record names another version
+    fetch_invalid_reasons: Counter[str] = metric("Fetch-log records rejected as malformed, by reason",
+                                                 name="fetch_records_invalid", label="reason")
+    other_logs: int = 0  # log records that are not fetch records (passed on): see AdmissionStats
+    late_records: Counter[str] = metric(
+        "A trace's fetch record that arrived after one of its generations was sent without it, by "
+        "verdict: agreed (the lower tier's guess was right), disagreed (linked to another version "
+        "than the app was handed), was_unresolved", name="late_fetch_records", label="verdict",
+        values=("agreed", "disagreed", "was_unresolved"))
+    prompt_conflicts: int = metric("Generations that arrived linked (kept as they were) while their "
+                                   "trace's fetch record names another version")
 
 
 @dataclass

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from ..counters import count
+from ..counters import Counters, count, metric
 from ..export.retry import Backoff
 from ._config import QueueConfig
 
@@ -75,19 +75,20 @@ class DeliveryItem:
 
 
 @dataclass
-class DeliveryStats:
-    """A queue's counters. Only ever incremented, by the queue, under its lock."""
+class DeliveryStats(Counters):
+    """A queue's counters, exported per queue (label ``signal``). Only ever incremented, by the
+    queue, under its lock."""
 
-    exported_items: int = 0
-    exported_requests: int = 0
-    retries: int = 0
-    failed_permanent_items: int = 0
-    failed_permanent_requests: int = 0
-    rejected_items: int = 0  # upstream partial success
-    lost_items: int = 0  # memory: not delivered by the shutdown deadline (always logged)
-    kept_items: int = 0  # persistent: left on disk at shutdown for the next start
-    recovered_items: int = 0  # persistent: found on disk at start, re-sent
-    recovered_requests: int = 0
+    exported_items: int = metric("Items exported upstream")
+    exported_requests: int = metric("Requests exported upstream")
+    retries: int = metric("Export attempts retried", name="export_retries")
+    failed_permanent_items: int = metric("Items that failed permanently", name="export_failed_items")
+    failed_permanent_requests: int = metric("Requests that failed permanently", name="export_failed_requests")
+    rejected_items: int = metric("Items rejected by upstream partial success", name="export_rejected_items")
+    lost_items: int = metric("Items given up at shutdown (memory mode)")  # always logged too
+    kept_items: int = metric("Items left in the persistent queue at shutdown, for the next start")
+    recovered_items: int = metric("Items found in the persistent queue at start and re-sent")
+    recovered_requests: int = metric("Requests found in the persistent queue at start and re-sent")
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
-from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence, Sized
+from collections.abc import Iterator, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any, Protocol, get_args
+from typing import Any, Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -22,11 +21,9 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
-import promptstamp_contract as c
-
 from ..admission import AdmissionStats
-from ..core.model import UnresolvedReason
 from ..core.pipeline import ProcessorStats
+from ..counters import exported
 from ..deliver.queue import LATENCY_BUCKETS
 from ..store.label_pointers import ApiStats
 
@@ -90,35 +87,6 @@ class Sources:
     api: ApiStats | None = None
 
 
-#: (metric name, help, DeliveryStats attribute): one series per queue, label ``signal``.
-_QUEUE_COUNTERS = (
-    ("exported_items", "Items exported upstream", "exported_items"),
-    ("exported_requests", "Requests exported upstream", "exported_requests"),
-    ("export_retries", "Export attempts retried", "retries"),
-    ("export_failed_items", "Items that failed permanently", "failed_permanent_items"),
-    ("export_failed_requests", "Requests that failed permanently", "failed_permanent_requests"),
-    ("export_rejected_items", "Items rejected by upstream partial success", "rejected_items"),
-    ("lost_items", "Items given up at shutdown (memory mode)", "lost_items"),
-    ("kept_items", "Items left in the persistent queue at shutdown, for the next start", "kept_items"),
-    ("recovered_items", "Items found in the persistent queue at start and re-sent", "recovered_items"),
-    ("recovered_requests", "Requests found in the persistent queue at start and re-sent",
-     "recovered_requests"),
-)
-
-#: (metric name, help, whether a gauge, RedisStore stats attribute).
-_STORE_SERIES = (
-    ("store_degraded", "1 while Redis is unreachable: resolving from the local view", True, "degraded"),
-    ("store_connected", "1 while both Redis links are up", True, "connected"),
-    ("store_pending", "Fetch-log records waiting to be written to Redis", True, "pending"),
-    ("store_errors", "Failed Redis operations (connects, flushes, reads)", False, "errors"),
-    ("store_flushed", "Fetch-log records written to Redis", False, "flushed"),
-    ("store_dropped", "Fetch-log records never written to Redis (buffer full)", False, "dropped"),
-    ("store_remote_records", "Fetch-log records taken in from other relays", False, "remote"),
-    ("store_degraded_resolutions", "instance/latest answers given while degraded", False,
-     "degraded_resolutions"),
-)
-
-
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(f"promptstamp_{name}", doc, value=value)
 
@@ -127,14 +95,32 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"promptstamp_{name}", doc, value=value)
 
 
-def _copy(counter: Mapping[str, int]) -> dict[str, int]:
-    """A Counter another thread may be updating: copy it, retrying a resize mid-copy."""
-    for _ in range(10):
-        try:
-            return dict(counter)
-        except RuntimeError:
+def _families(stats: Any, snapshot: dict[str, Any] | None = None) -> Iterator[_Family]:
+    """A family for every field of ``stats`` declared with :func:`~promptstamp_relay.counters.metric`."""
+    for spec, value in exported(stats, snapshot):
+        name = f"promptstamp_{spec.name}"
+        if spec.label is None:
+            kind = GaugeMetricFamily if spec.gauge else CounterMetricFamily
+            yield kind(name, spec.help, value=float(value))
             continue
-    return {}
+        family = CounterMetricFamily(name, spec.help, labels=[spec.label])
+        seen: dict[str, int] = value
+        for label in (*spec.values, *sorted(set(seen) - set(spec.values))):
+            family.add_metric([label], seen.get(label, 0))
+        yield family
+
+
+def _per_queue(queues: Sequence[QueueSource]) -> Iterator[_Family]:
+    """Each declared DeliveryStats metric once, a sample per queue (label ``signal``)."""
+    families: dict[str, CounterMetricFamily] = {}
+    for q in queues:
+        for spec, value in exported(q.stats):
+            family = families.get(spec.name)
+            if family is None:
+                family = families[spec.name] = CounterMetricFamily(
+                    f"promptstamp_{spec.name}", spec.help, labels=["signal"])
+            family.add_metric([q.name], value)
+    yield from families.values()
 
 
 class RelayCollector(Collector):
@@ -144,10 +130,12 @@ class RelayCollector(Collector):
     def collect(self) -> Iterator[_Family]:
         s = self._s
         admission = s.admission.snapshot()
-        yield from self._admission(admission)
-        yield from self._processor(s.processor)
+        processor = s.processor.snapshot()
+        yield from _families(s.admission, admission)
+        yield from _families(s.processor, processor)
+        # the one derived series: log records looked at by admission and by the processor
         yield _counter("logs_other", "Log records that are not fetch records (forwarded, or dropped "
-                       "without a logs exporter)", admission["logs_other"] + s.processor.other_logs)
+                       "without a logs exporter)", admission["logs_other"] + processor["other_logs"])
         held = GaugeMetricFamily("promptstamp_held_spans", "Spans in the hold window now")
         held.add_metric([], len(s.hold))
         yield held
@@ -160,12 +148,7 @@ class RelayCollector(Collector):
             yield _counter("persistent_queue_commits", "Persistent queue transactions committed",
                            s.journal.commits)
         if s.api is not None:
-            api = s.api.snapshot()
-            yield _counter("api_fetches", "Prompts API calls made by the api tier", api["fetches"])
-            yield _counter("api_errors", "Prompts API calls that failed (answer kept from before)",
-                           api["errors"])
-            yield _counter("api_overflow", "api tier lookups not tracked: too many prompt/label keys",
-                           api["overflow"])
+            yield from _families(s.api)
         b = s.build
         info = GaugeMetricFamily("promptstamp_build_info", "The relay's build: always 1",
                                  labels=["version", "python", "protobuf_backend", "native"])
@@ -173,77 +156,8 @@ class RelayCollector(Collector):
         yield info
 
     @staticmethod
-    def _admission(a: dict[str, int]) -> Iterator[_Family]:
-        yield _counter("spans_received", "Spans received over OTLP", a["spans_received"])
-        yield _counter("logs_received", "Log records received over OTLP", a["logs_received"])
-        yield _counter("logs_dropped", "Non-fetch log records dropped (no logs exporter)", a["logs_dropped"])
-        yield _counter("metric_points_received", "Metric data points received over OTLP",
-                       a["metric_points_received"])
-        yield _counter("metric_points_dropped", "Metric data points dropped (no metrics_exporter configured)",
-                       a["metric_points_dropped"])
-        yield _counter("requests_refused", "Requests refused (backpressure, limits, auth)", a["refused"])
-        yield _counter("requests_refused_backpressure",
-                       "Of requests_refused: relay full (UNAVAILABLE + RetryInfo; senders retry)",
-                       a["refused_backpressure"])
-        yield _counter("requests_refused_unauthenticated",
-                       "Of requests_refused: missing or wrong credentials", a["refused_unauthenticated"])
-        yield _counter("requests_invalid", "Requests refused as malformed", a["invalid"])
-        yield _counter("requests_passthrough", "Trace requests forwarded as they came (nothing to stamp)",
-                       a["passthrough_requests"])
-
-    @staticmethod
-    def _processor(st: ProcessorStats) -> Iterator[_Family]:
-        yield _counter("fetch_records", "Fetch-log records taken into the store", st.fetch_records)
-        invalid = CounterMetricFamily("promptstamp_fetch_records_invalid",
-                                      "Fetch-log records rejected as malformed, by reason", labels=["reason"])
-        by_code = _copy(getattr(st, "fetch_invalid_reasons", None) or Counter())
-        for code, n in sorted(by_code.items()):
-            invalid.add_metric([code], n)
-        if st.fetch_invalid > sum(by_code.values()):
-            invalid.add_metric(["other"], st.fetch_invalid - sum(by_code.values()))
-        yield invalid
-        yield _counter("fetch_records_duplicate",
-                       "Fetch records seen a second time (as log record and span event): taken once",
-                       getattr(st, "fetch_duplicates", 0))
-        yield _counter("spans_processed", "Spans in requests that went through stamping (the others "
-                       "were forwarded as they came)", st.spans_received)
-        yield _counter("fetch_records_fallback",
-                       "Fetch-log records with source fallback (a code-embedded prompt: no version)",
-                       st.fetch_fallbacks)
-        stamped = CounterMetricFamily(
-            "promptstamp_spans_stamped", "Generation spans stamped, by resolution tier", labels=["tier"]
-        )
-        by_tier = _copy(st.stamped)
-        for tier in (*c.TIERS, *sorted(set(by_tier) - set(c.TIERS))):
-            stamped.add_metric([tier], by_tier.get(tier, 0))
-        yield stamped
-        unresolved = CounterMetricFamily(
-            "promptstamp_unresolved", "Generations stamped unresolved, by reason", labels=["reason"]
-        )
-        by_reason = _copy(getattr(st, "unresolved", None) or Counter())
-        reasons = get_args(UnresolvedReason)
-        for reason in (*reasons, *sorted(set(by_reason) - set(reasons))):
-            unresolved.add_metric([reason], by_reason.get(reason, 0))
-        yield unresolved
-        late = CounterMetricFamily(
-            "promptstamp_late_fetch_records",
-            "A trace's fetch record that arrived after one of its generations was sent without it, by "
-            "verdict: agreed (the lower tier's guess was right), disagreed (linked to another version "
-            "than the app was handed), was_unresolved", labels=["verdict"])
-        by_verdict = _copy(getattr(st, "late_records", None) or Counter())
-        for verdict in ("agreed", "disagreed", "was_unresolved"):
-            late.add_metric([verdict], by_verdict.get(verdict, 0))
-        yield late
-        yield _counter("prompt_conflicts", "Generations that arrived linked (kept as they were) while "
-                       "their trace's fetch record names another version", getattr(st, "prompt_conflicts", 0))
-        yield _counter("spans_held", "Generation spans held for their fetch log", st.spans_held)
-        yield _counter("hold_overflow", "Generations stamped at once because the hold window was full",
-                       st.hold_overflow)
-
-    @staticmethod
     def _queues(s: Sources) -> Iterator[_Family]:
-        families = {name: CounterMetricFamily(f"promptstamp_{name}", doc, labels=["signal"])
-                    for name, doc, _ in _QUEUE_COUNTERS}
+        yield from _per_queue(s.queues)
         depth = GaugeMetricFamily("promptstamp_queue_depth", "Requests queued or in flight",
                                   labels=["signal"])
         qbytes = GaugeMetricFamily("promptstamp_queue_bytes", "Bytes queued or in flight (on disk in "
@@ -253,8 +167,6 @@ class RelayCollector(Collector):
                                         labels=["signal"])
         for q in s.queues:
             d = q.stats
-            for name, _, attr in _QUEUE_COUNTERS:
-                families[name].add_metric([q.name], getattr(d, attr))
             depth.add_metric([q.name], q.depth)
             qbytes.add_metric([q.name], q.bytes)
             counts = list(d.latency_counts)[:buckets]
@@ -263,7 +175,6 @@ class RelayCollector(Collector):
                 cum += n
                 series.append((bound, cum))
             latency.add_metric([q.name], series, sum_value=d.latency_sum)
-        yield from families.values()
         yield depth
         yield qbytes
         yield _gauge("queue_limit_bytes", "queue.max_bytes: the bound on queued + in-flight + held bytes",
@@ -276,9 +187,7 @@ class RelayCollector(Collector):
         sst = getattr(store, "stats", None)  # a shared store's link (store/redis.py)
         if sst is None:
             return
-        for name, doc, gauge, attr in _STORE_SERIES:
-            v = float(getattr(sst, attr))
-            yield _gauge(name, doc, v) if gauge else _counter(name, doc, v)
+        yield from _families(sst)
 
 
 def make_registry(sources: Sources) -> CollectorRegistry:

@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..counters import Counters
+from ..counters import Counters, metric
 from ..export.langfuse import basic_auth
 
 __all__ = ["MAX_KEYS", "ApiStats", "LabelPointers"]
@@ -35,9 +35,9 @@ Credentials = Callable[[str], "tuple[str, str, str] | None"]
 class ApiStats(Counters):
     """The api tier's counters (exported as ``promptstamp_api_*_total``)."""
 
-    fetches: int = 0  # prompts API calls made
-    errors: int = 0  # of those: failed (not a 404), the last answer kept
-    overflow: int = 0  # lookups not registered because MAX_KEYS were already wanted
+    fetches: int = metric("Prompts API calls made by the api tier", name="api_fetches")
+    errors: int = metric("Prompts API calls that failed (answer kept from before)", name="api_errors")
+    overflow: int = metric("api tier lookups not tracked: too many prompt/label keys", name="api_overflow")
 
 
 class LabelPointers:

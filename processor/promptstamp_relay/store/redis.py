@@ -27,6 +27,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..core.model import FetchRecord
+from ..counters import Counters, metric
 from ._config import StoreBounds, StoreConfig
 from ._index import FetchIndex
 
@@ -181,18 +182,22 @@ def _redacted(url: str) -> str:
 
 # -- the store -----------------------------------------------------------------------------------
 @dataclass
-class RedisStoreStats:
+class RedisStoreStats(Counters):
     """What the metrics layer reads (``promptstamp_store_*``). Written by the store's threads."""
 
-    connected: bool = False  # both links (writer, reader) up
-    degraded: bool = False  # a link is down: answering from the local view only
-    errors: int = 0  # failed Redis operations (each failed connect, flush or read)
-    flushed: int = 0  # records written to Redis
-    dropped: int = 0  # records never written: the outbound buffer was full (Redis down or slow)
-    pending: int = 0  # records waiting in the outbound buffer now
-    remote: int = 0  # records taken in from other relays (or from Redis at (re)connect)
+    connected: bool = metric("1 while both Redis links are up", name="store_connected", gauge=True,
+                             default=False)
+    degraded: bool = metric("1 while Redis is unreachable: resolving from the local view",
+                            name="store_degraded", gauge=True, default=False)
+    errors: int = metric("Failed Redis operations (connects, flushes, reads)", name="store_errors")
+    flushed: int = metric("Fetch-log records written to Redis", name="store_flushed")
+    dropped: int = metric("Fetch-log records never written to Redis (buffer full)", name="store_dropped")
+    pending: int = metric("Fetch-log records waiting to be written to Redis", name="store_pending",
+                          gauge=True)
+    remote: int = metric("Fetch-log records taken in from other relays", name="store_remote_records")
     rejected: int = 0  # members in Redis that are not valid records (ignored)
-    degraded_resolutions: int = 0  # instance/latest answers given while degraded
+    degraded_resolutions: int = metric("instance/latest answers given while degraded",
+                                       name="store_degraded_resolutions")
     reconnects: int = 0  # successful connects after a failure
     flush_batches: int = 0
     flush_seconds: float = 0.0  # total time spent in flush round trips
