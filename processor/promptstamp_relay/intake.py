@@ -22,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 import promptstamp_contract as c
 
 from .admission import AdmissionStats, Refusal, count_logs
+from .core import conventions
 from .core.fetch_records import CORRECT_RECORD
 from .core.fetch_records import MARKER as FETCH_MARKER
 from .core.pipeline import Notices, Outgoing, Processor
@@ -36,6 +37,17 @@ __all__ = ["Intake"]
 log = logging.getLogger("promptstamp_relay.intake")
 
 _KEY_MARKER = c.PROMPT_KEY.encode()
+#: Every key a prompt is named under (ours and the other conventions'): each contains this.
+_PROMPT = b"prompt"
+_CONVENTION_MARKERS = tuple(k.encode() for k in sorted(conventions.NAME_KEYS))
+
+
+def _names_a_prompt(data: bytes) -> bool:
+    """Whether a span in ``data`` may name a prompt. One search on the usual pass-through path (no
+    ``prompt`` anywhere); the specific keys only when that word is there."""
+    if _PROMPT not in data:
+        return False
+    return _KEY_MARKER in data or any(m in data for m in _CONVENTION_MARKERS)
 
 
 class Intake:
@@ -108,7 +120,7 @@ class Intake:
     def traces(self, req: ExportTraceServiceRequest, data: bytes, spans: int, tenant: str) -> None:
         if self._recorder is not None:
             self._recorder.write(req)
-        if _KEY_MARKER not in data:
+        if not _names_a_prompt(data):
             # Nothing to stamp: forward the bytes as they came, no re-encoding.
             self.stats.add(spans_received=spans, passthrough_requests=1)
             self.trace_queue.put(DeliveryItem(data, spans, tenant))

@@ -83,6 +83,8 @@ def build_processor(cfg: Config, store: FetchLogStore | None = None, *,
         prompt_names=dict(cfg.prompt_names),
         staleness_ns=int(cfg.resolution.latest_staleness_seconds * 1e9),
         hold_ns=int(cfg.hold.seconds * 1e9),
+        convention_names=dict(cfg.conventions.openinference_prompts),
+        semconv_link=cfg.stamp.semconv_link,
     )
     # One tenant's share of the hold window matters only when there can be several tenants.
     tenants = cfg.auth.enabled or cfg.auth.passthrough_langfuse_credentials

@@ -37,6 +37,10 @@ LF_META_PROMPT_NAME = "langfuse.observation.metadata.prompt_name"
 LF_META_PROMPT_LABEL = "langfuse.observation.metadata.prompt_label"
 LF_META_RESOLUTION = "langfuse.observation.metadata.prompt_resolution"
 LF_META_SOURCE = "langfuse.observation.metadata.prompt_source"
+# §3 — metadata the relay adds beside the table's (free-form Langfuse metadata): a convention's
+# claim that its trace's fetch record contradicts, and why a claim could not be linked.
+LF_META_CONFLICT = "langfuse.observation.metadata.prompt_conflict"
+LF_META_REASON = "langfuse.observation.metadata.prompt_unresolved_reason"
 OBSERVATION_TYPE_GENERATION = "generation"
 
 # §4 — resolution tiers, in the order they are tried.
@@ -46,6 +50,12 @@ TIER_LATEST = "latest"
 TIER_API = "api"
 TIER_UNRESOLVED = "unresolved"
 TIERS = (TIER_TRACE, TIER_INSTANCE, TIER_LATEST, TIER_API, TIER_UNRESOLVED)
+# §3 — a link read from another convention's attributes (not one of §4's tiers).
+TIER_CONVENTION = "convention"
+
+# §3 — the GenAI semantic conventions' prompt link (read in, and written out when opted in).
+GEN_AI_PROMPT_NAME = "gen_ai.prompt.name"
+GEN_AI_PROMPT_VERSION = "gen_ai.prompt.version"
 
 # §3 — every link form Langfuse reads: a span carrying one is left as it arrived.
 LF_LEGACY_PROMPT_NAME = "langfuse.prompt.name"
@@ -82,6 +92,8 @@ __all__ = [
     "FETCH_SOURCE",
     "FETCH_SPAN_NAME",
     "GEN_AI_OPERATION_NAME",
+    "GEN_AI_PROMPT_NAME",
+    "GEN_AI_PROMPT_VERSION",
     "GEN_AI_REQUEST_MODEL",
     "GEN_AI_RESPONSE_MODEL",
     "GEN_AI_TOOL_CALL_ID",
@@ -92,8 +104,10 @@ __all__ = [
     "GEN_AI_USAGE_PROMPT_TOKENS",
     "LF_LEGACY_PROMPT_NAME",
     "LF_LEGACY_PROMPT_VERSION",
+    "LF_META_CONFLICT",
     "LF_META_PROMPT_LABEL",
     "LF_META_PROMPT_NAME",
+    "LF_META_REASON",
     "LF_META_RESOLUTION",
     "LF_META_SOURCE",
     "LF_OBSERVATION_MODEL",
@@ -120,6 +134,7 @@ __all__ = [
     "TELEMETRY_SDK_LANGUAGE",
     "TIERS",
     "TIER_API",
+    "TIER_CONVENTION",
     "TIER_INSTANCE",
     "TIER_LATEST",
     "TIER_TRACE",

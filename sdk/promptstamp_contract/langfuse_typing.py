@@ -40,6 +40,7 @@ import promptstamp_contract as c
 
 __all__ = [
     "GENERATION_MARKER_KEYS",
+    "INPUT_SOURCES",
     "LINK_KEYS",
     "RULES",
     "TABLE_KEYS",
@@ -51,6 +52,7 @@ __all__ = [
     "is_generation",
     "js_string",
     "js_value",
+    "langfuse_input",
     "langfuse_type",
 ]
 
@@ -526,3 +528,78 @@ def is_generation(
     if t.type == GENERATION:
         return True
     return t.type == SPAN and c.LF_OBSERVATION_TYPE not in attrs and rules.matches(attrs)
+
+
+# -- the observation's input, as Langfuse extracts it ------------------------------------------------
+#
+# ``OtelIngestionProcessor.extractInputAndOutput`` (langfuse/langfuse at commit 0030ed8f): the first
+# source that yields an input wins. Mirrored for span attributes (and the GenAI message events), in
+# its order, as data: ("key", input key) reads one attribute; ("prefix", p) collects every attribute
+# whose key starts with ``p`` into a nested object (its ``convertKeyPathToNestedObject``); ("scope",
+# name, keys...) applies only to that instrumentation scope; ("events", names) reads events.
+# The consequence the relay must respect: any key starting with ``gen_ai.prompt`` (``gen_ai.prompt.name``
+# included) feeds the OpenLLMetry branch, which runs before OpenInference's ``llm.input_messages``.
+INPUT_SOURCES: tuple[tuple[str, ...], ...] = (
+    ("key", "langfuse.observation.input"),
+    ("scope", "ai", "ai.prompt.messages", "ai.prompt", "ai.toolCall.args"),
+    ("events", "gen_ai.system.message", "gen_ai.user.message", "gen_ai.assistant.message",
+     "gen_ai.tool.message"),
+    ("key", "gcp.vertex.agent.llm_request"),
+    ("key", "gcp.vertex.agent.tool_call_args"),
+    ("key", "prompt"),
+    ("key", "lk.input_text"),
+    ("key", "lk.user_transcript"),
+    ("key", "lk.chat_ctx"),
+    ("key", "mlflow.spanInputs"),
+    ("key", "traceloop.entity.input"),
+    ("key", "input.value"),
+    ("key", "input"),
+    ("scope", "pydantic-ai", "pydantic_ai.all_messages"),
+    ("key", "tool_arguments"),
+    ("prefix", "gen_ai.prompt"),
+    ("prefix", "llm.input_messages"),
+    ("key", "gen_ai.input.messages"),
+    ("key", "gen_ai.tool.call.arguments"),
+)
+
+
+def _nested(attrs: Mapping[str, object], prefix: str) -> dict[str, object]:
+    """``convertKeyPathToNestedObject``: ``prefix.a.b = v`` becomes ``{"a": {"b": v}}``."""
+    out: dict[str, object] = {}
+    for key, value in attrs.items():
+        if not key.startswith(prefix):
+            continue
+        path = key[len(prefix):].lstrip(".").split(".") if key != prefix else [""]
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                child = node[part] = {"": child}
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def langfuse_input(attrs: Mapping[str, object], *, scope_name: str = "",
+                   event_names: tuple[str, ...] = ()) -> object:
+    """The input Langfuse would show for a span (None when no source yields one): the first of
+    :data:`INPUT_SOURCES` that gives something. ``event_names``: the span's event names (the
+    GenAI message events are shown as a list of their roles)."""
+    for source in INPUT_SOURCES:
+        kind = source[0]
+        if kind == "key":
+            value = attrs.get(source[1])
+            if value:
+                return value
+        elif kind == "scope":
+            if scope_name == source[1]:
+                for key in source[2:]:
+                    if key in attrs:
+                        return attrs[key]
+        elif kind == "events":
+            roles = [n.replace("gen_ai.", "").replace(".message", "") for n in event_names if n in source[1:]]
+            if roles:
+                return [{"role": r} for r in roles]
+        elif kind == "prefix" and any(k.startswith(source[1]) for k in attrs):
+            return _nested(attrs, source[1])
+    return None

@@ -43,10 +43,12 @@ from ._schema import (
     ApiTierConfig,
     Config,
     ConfigError,
+    ConventionsConfig,
     GenerationConfig,
     HoldConfig,
     ReceiversConfig,
     ResolutionConfig,
+    StampConfig,
 )
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "AuthConfig",
     "Config",
     "ConfigError",
+    "ConventionsConfig",
     "ExporterConfig",
     "GenerationConfig",
     "HoldConfig",
@@ -72,6 +75,7 @@ __all__ = [
     "ResolutionConfig",
     "RetryConfig",
     "RolloutsConfig",
+    "StampConfig",
     "StoreConfig",
     "TenantConfig",
     "TlsConfig",

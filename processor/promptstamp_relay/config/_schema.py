@@ -96,6 +96,26 @@ class GenerationConfig:
 
 
 @dataclass
+class StampConfig:
+    """What the relay writes beside Langfuse's link (contract §3)."""
+
+    # Also write the GenAI conventions' gen_ai.prompt.name / gen_ai.prompt.version with every link,
+    # for backends that are not Langfuse (Tempo, Datadog, Phoenix behind a collector). Refused
+    # with the Langfuse exporter: Langfuse reads any gen_ai.prompt* key as the generation's input.
+    semconv_link: bool = False
+
+
+@dataclass
+class ConventionsConfig:
+    """Prompt links in other conventions (contract §3, ``core/conventions.py``)."""
+
+    # OpenInference spans carry llm.prompt_template.version and no prompt name: a prompt.id, or
+    # the template text itself (llm.prompt_template.template, using_prompt_template()), mapped to
+    # the Langfuse prompt name to link.
+    openinference_prompts: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     listen: str = "127.0.0.1:4317"
     metrics_listen: str = ""  # host:port for /metrics; "" = off
@@ -105,6 +125,8 @@ class Config:
     resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
     prompt_names: dict[str, str] = field(default_factory=dict)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    stamp: StampConfig = field(default_factory=StampConfig)
+    conventions: ConventionsConfig = field(default_factory=ConventionsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     logs_exporter: LogsExporterConfig = field(default_factory=LogsExporterConfig)
@@ -139,6 +161,8 @@ class Config:
         errs.extend(self.exporter.validate(
             "exporter", passthrough_credentials=self.auth.passthrough_langfuse_credentials))
         errs.extend(self.logs_exporter.validate("logs_exporter"))
+        if self.stamp.semconv_link and self.exporter_type() == "langfuse":
+            errs.append(SEMCONV_WITH_LANGFUSE)
         errs.extend(self.metrics_exporter.validate("metrics_exporter"))
         errs.extend(self.receivers.http.validate("receivers.http"))
         if (self.receivers.http.listen and self.receivers.http.listen == self.listen
@@ -166,6 +190,13 @@ class Config:
 
 
 MIN_TOKEN_LENGTH = 16
+
+SEMCONV_WITH_LANGFUSE = (
+    "'stamp.semconv_link' cannot be used with the Langfuse exporter: Langfuse's ingestion reads any "
+    "attribute whose key starts with gen_ai.prompt as OpenLLMetry's prompt messages, before "
+    "OpenInference's llm.input_messages, so every linked generation would show {name, version} as "
+    "its input. Turn it on only for exports that do not reach Langfuse (exporter.type otlp_grpc to a "
+    "collector that does not forward to Langfuse either)")
 
 
 def _auth_errors(cfg: Config) -> list[str]:

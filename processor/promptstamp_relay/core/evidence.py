@@ -98,7 +98,8 @@ class LateEvidence:
         out: list[LateRecord] = []
         for r in records:
             k = (tenant, r.trace_id, r.key, r.label)
-            entries = self._sent.pop(k, None)
+            entries = self._sent.pop(k, [])
+            entries += self._sent.pop((tenant, r.trace_id, r.key, ""), [])  # a convention's claims
             if not entries:
                 continue
             self._count -= len(entries)

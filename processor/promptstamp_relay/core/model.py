@@ -74,7 +74,11 @@ class FetchRecord:
 #: ``trace_record_missing``: its prompt's records arrive on fetch spans, so its trace's own record
 #: is on its way or lost, and it could not be held for it (hold window full or off): the lower
 #: tiers, which would guess from other traces, are not asked.
-UnresolvedReason = Literal["no_fetch_record", "fallback_only", "hold_expired", "trace_record_missing"]
+#: ``convention_version_not_int`` / ``convention_name_not_mapped``: a span with no prompt key whose
+#: claim in another convention (``core/conventions.py``) cannot be linked: a version that is no
+#: positive integer (a hash, ``v1``), an OpenInference ``prompt.id`` the config does not map.
+UnresolvedReason = Literal["no_fetch_record", "fallback_only", "hold_expired", "trace_record_missing",
+                           "convention_version_not_int", "convention_name_not_mapped"]
 
 
 @dataclass(slots=True, unsafe_hash=True)

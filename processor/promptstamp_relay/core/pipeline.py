@@ -209,6 +209,7 @@ class Processor:
         st.fetch_records += len(versioned)
         st.fetch_fallbacks += len(new) - len(versioned)
         self.store.add(tenant, versioned, now_ns)
+        self.resolver.labels.add(tenant, versioned)
         if len(self.evidence):
             late = self.evidence.arrived(tenant, [r for r in versioned if r.trace_id], now_ns,
                                          self.store.in_trace, pick_in_trace)

@@ -19,9 +19,10 @@ no clock; called by the processor with the relay's processing lock held.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, get_args
 
 import promptstamp_contract as c
 
@@ -34,6 +35,7 @@ __all__ = [
     "ApiLookup",
     "FallbackMemory",
     "FetchSpanKeys",
+    "LabelMemory",
     "Resolution",
     "Resolver",
     "Sources",
@@ -162,6 +164,33 @@ class FetchSpanKeys:
         return item in self._seen
 
 
+class LabelMemory:
+    """The labels each prompt key was fetched by, per tenant (a convention's claim names a prompt
+    but no label: its trace's records are looked up under each). Bounded: at most ``per_key``
+    labels per key, ``keys`` keys in all, the oldest forgotten first."""
+
+    def __init__(self, keys: int = 16384, per_key: int = 16) -> None:
+        self._keys = keys
+        self._per_key = per_key
+        self._labels: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
+
+    def add(self, tenant: str, records: Iterable[FetchRecord]) -> None:
+        for r in records:
+            k = (tenant, r.key)
+            labels = self._labels.get(k)
+            if labels is None:
+                if len(self._labels) >= self._keys:
+                    self._labels.popitem(last=False)
+                labels = self._labels[k] = []
+            if r.label not in labels:
+                if len(labels) >= self._per_key:
+                    labels.pop(0)
+                labels.append(r.label)
+
+    def labels(self, tenant: str, key: str) -> list[str]:
+        return list(self._labels.get((tenant, key), ()))
+
+
 class FallbackMemory:
     """Recent ``fallback`` fetches per tenant: they resolve nothing, but explain why a span is
     unresolved (``fallback_only``). Bounded (see :class:`RecentKeys`)."""
@@ -185,7 +214,7 @@ class FallbackMemory:
 
 _UNRESOLVED: dict[UnresolvedReason, Resolution] = {
     reason: Resolution(c.TIER_UNRESOLVED, reason=reason)
-    for reason in ("no_fetch_record", "fallback_only", "hold_expired", "trace_record_missing")
+    for reason in get_args(UnresolvedReason)
 }
 
 
@@ -204,7 +233,30 @@ class Resolver:
         self.sources = Sources(store, staleness_ns, api)
         self.fallbacks = fallbacks if fallbacks is not None else FallbackMemory()
         self.fetch_span_keys = FetchSpanKeys()
+        self.labels = LabelMemory()
         self.tiers = tuple(tiers)
+
+    def convention_evidence(self, span: SpanKey) -> tuple[int, str, str] | None:
+        """For a convention's claim (a prompt name, no label): the version, label and source of
+        its trace's fetch record for that prompt under any label it was fetched by, picked as the
+        ``trace`` tier picks (the latest not after the span's start, else the earliest after)."""
+        if not span.trace_id:
+            return None
+        best: tuple[int, str, FetchRecord] | None = None  # (rank, label, record)
+        for label in self.labels.labels(span.tenant, span.key):
+            record = pick_in_trace(self.sources.store.in_trace(span.tenant, span.trace_id, span.key, label),
+                                   span.start_ns)
+            if record is None or record.version is None:
+                continue
+            before = record.time_ns <= span.start_ns
+            rank = record.time_ns if before else -record.time_ns  # latest before; else earliest after
+            if best is None or (before, rank) > (best[2].time_ns <= span.start_ns, best[0]):
+                best = (rank, label, record)
+        if best is None:
+            return None
+        record = best[2]
+        assert record.version is not None
+        return record.version, best[1], record.source
 
     def trace_evidence(self, span: SpanKey) -> int | None:
         """The version the span's own trace's fetch record names, if one has arrived."""

@@ -22,6 +22,8 @@ import promptstamp_contract as c
 from promptstamp_contract.langfuse_typing import LINK_KEYS, GenerationRules, is_generation
 
 from .. import wire
+from . import conventions
+from .conventions import Claim
 from .model import GenerationRecord, resource_instance, resource_service
 from .resolve import Resolution, Resolver, SpanKey
 
@@ -46,14 +48,18 @@ _ALREADY_STAMPED = c.LF_META_RESOLUTION
 _TYPING_CACHE_MAX = 4096
 _MISS = object()
 #: What :meth:`StampSettings.judge` says of a span to stamp: prompt key, label, prompt name,
-#: and whether it has a ``langfuse.observation.type`` already.
-Verdict = tuple[str, str, str, bool]
+#: whether it has a ``langfuse.observation.type`` already, and whether it gets the portable link
+#: (``stamp.semconv_link`` on and no ``gen_ai.prompt.*`` of its own).
+Verdict = tuple[str, str, str, bool, bool]
+#: What :meth:`StampSettings.convention_verdict` says of a span with no prompt key that claims a
+#: prompt in another convention: the claim, has a type, gets the portable link.
+ConventionVerdict = tuple[Claim, bool, bool]
 _INPUT_TOKENS = (c.GEN_AI_USAGE_INPUT_TOKENS, c.GEN_AI_USAGE_PROMPT_TOKENS, c.LLM_TOKEN_COUNT_PROMPT)
 _OUTPUT_TOKENS = (
     c.GEN_AI_USAGE_OUTPUT_TOKENS, c.GEN_AI_USAGE_COMPLETION_TOKENS, c.LLM_TOKEN_COUNT_COMPLETION
 )
 #: What a GenerationRecord reads of a span that was not scanned at arrival (a released one).
-_RECORD_KEYS = wire.ScanKeys(c.PROMPT_KEY, frozenset(), (), (_INPUT_TOKENS, _OUTPUT_TOKENS))
+_RECORD_KEYS = wire.ScanKeys(frozenset({c.PROMPT_KEY}), frozenset(), (), (_INPUT_TOKENS, _OUTPUT_TOKENS))
 
 
 @dataclass(frozen=True)
@@ -62,16 +68,22 @@ class StampSettings:
     prompt_names: Mapping[str, str] = field(default_factory=dict)
     staleness_ns: int = 3600 * 10**9
     hold_ns: int = 2 * 10**9
+    #: OpenInference ``prompt.id`` → prompt name (``conventions.openinference_prompts``)
+    convention_names: Mapping[str, str] = field(default_factory=dict)
+    #: ``stamp.semconv_link``: also write ``gen_ai.prompt.name`` / ``.version`` (never to Langfuse)
+    semconv_link: bool = False
 
     def __post_init__(self) -> None:
         marker_keys = self.rules.marker_keys()
-        keys = self.rules.keys() | marker_keys | {c.PROMPT_KEY, c.PROMPT_LABEL, _ALREADY_STAMPED}
+        keys = (self.rules.keys() | marker_keys | {c.PROMPT_KEY, c.PROMPT_LABEL, _ALREADY_STAMPED}
+                | conventions.KEYS)
         ordered = tuple(sorted(keys))
         object.__setattr__(self, "_scan_key_pairs", (tuple(k.encode() for k in ordered), ordered))
         object.__setattr__(self, "_marker_keys", marker_keys)
-        # Candidates: a prompt key and one of the keys every generation carries (whole keys).
-        scan = wire.ScanKeys(c.PROMPT_KEY, marker_keys, ordered, (_INPUT_TOKENS, _OUTPUT_TOKENS),
-                             c.FETCH_EVENT_NAME)
+        # Candidates: a prompt key (ours, or another convention's name key) and one of the keys
+        # every generation carries (whole keys): one native pass finds both kinds.
+        scan = wire.ScanKeys(frozenset({c.PROMPT_KEY}) | conventions.NAME_KEYS, marker_keys, ordered,
+                             (_INPUT_TOKENS, _OUTPUT_TOKENS), c.FETCH_EVENT_NAME)
         object.__setattr__(self, "_scan_keys", scan)
         object.__setattr__(self, "_typing", {})
 
@@ -104,7 +116,33 @@ class StampSettings:
             return None
         label = attrs.get(c.PROMPT_LABEL)
         return key, label if isinstance(label, str) else "", self.prompt_names.get(key, key), \
-            c.LF_OBSERVATION_TYPE in attrs
+            c.LF_OBSERVATION_TYPE in attrs, self._portable(attrs)
+
+    def _portable(self, attrs: Mapping[str, object]) -> bool:
+        return self.semconv_link and c.GEN_AI_PROMPT_NAME not in attrs \
+            and c.GEN_AI_PROMPT_VERSION not in attrs
+
+    def convention_verdict(self, found: tuple[tuple[str, object], ...], scope: tuple[str, str],
+                           span_name: str, language: str) -> ConventionVerdict | None:
+        """For a span with no prompt key: the prompt it claims in another convention, if it is a
+        generation to Langfuse, not linked and not stamped yet (remembered per distinct input)."""
+        cache: dict[tuple[object, ...], ConventionVerdict | None] = self._typing  # type: ignore[attr-defined]
+        k = ("convention", found, scope, span_name, language)
+        got = cache.get(k, _MISS)
+        if got is _MISS:
+            got = None
+            attrs = dict(found)
+            if (c.PROMPT_KEY not in attrs and _ALREADY_STAMPED not in attrs and LINK_KEYS.isdisjoint(attrs)
+                    and not self._marker_keys.isdisjoint(attrs)  # type: ignore[attr-defined]
+                    and is_generation(attrs, self.rules, scope_name=scope[0], scope_version=scope[1],
+                                      span_name=span_name, sdk_language=language)):
+                found_claim = conventions.claim(attrs, self.convention_names)
+                if found_claim is not None:
+                    got = (found_claim, c.LF_OBSERVATION_TYPE in attrs, self._portable(attrs))
+            if len(cache) >= _TYPING_CACHE_MAX:
+                cache.clear()
+            cache[k] = got
+        return got  # type: ignore[return-value]
 
     def linked(self, found: tuple[tuple[str, object], ...]) -> tuple[str, str, str, object] | None:
         """(prompt key, label, linked prompt name, linked version) of a span that carries a
@@ -151,6 +189,7 @@ class HeldSpan:
     has_type: bool
     arrival_ns: int
     service: str = ""
+    portable: bool = False
 
     @property
     def span(self) -> Span:
@@ -199,7 +238,8 @@ class StampOutcome:
     conflicts: list[Conflict] = field(default_factory=list)  # linked already, evidence disagrees
 
 
-def _stamp_bytes(prompt_name: str, label: str, resolution: Resolution, has_type: bool) -> bytes:
+def _stamp_bytes(prompt_name: str, label: str, resolution: Resolution, has_type: bool, portable: bool,
+                 metadata: tuple[tuple[str, str], ...]) -> bytes:
     """The contract §3 attributes, encoded as a Span holding only them (field 9, repeated)."""
     extra = Span()
     attrs = extra.attributes
@@ -214,39 +254,48 @@ def _stamp_bytes(prompt_name: str, label: str, resolution: Resolution, has_type:
     put(c.LF_META_RESOLUTION, resolution.tier)
     if resolution.source is not None:
         put(c.LF_META_SOURCE, resolution.source)
+    for key, value in metadata:
+        put(key, value)
     if resolution.version is not None:
         put(c.LF_PROMPT_NAME, prompt_name)
         kv = attrs.add()
         kv.key = c.LF_PROMPT_VERSION
         kv.value.int_value = resolution.version
+        if portable:  # the GenAI conventions' names: the version as a decimal string (contract §3)
+            put(c.GEN_AI_PROMPT_NAME, prompt_name)
+            put(c.GEN_AI_PROMPT_VERSION, str(resolution.version))
     if not has_type:
         put(c.LF_OBSERVATION_TYPE, c.OBSERVATION_TYPE_GENERATION)
     return bytes(extra.SerializeToString())
 
 
 # Stamps repeat (few prompts, labels, versions): encode each once. Bounded; cleared when full.
-_STAMP_CACHE: dict[tuple[str, str, str, int | None, str | None, bool], bytes] = {}
+_STAMP_CACHE: dict[tuple[object, ...], bytes] = {}
 _STAMP_CACHE_MAX = 4096
 
 
-def stamp_bytes(prompt_name: str, label: str, resolution: Resolution, has_type: bool) -> bytes:
-    """The encoded attributes :func:`stamp_span` appends (cached: stamps repeat)."""
-    k = (prompt_name, label, resolution.tier, resolution.version, resolution.source, has_type)
+def stamp_bytes(prompt_name: str, label: str, resolution: Resolution, has_type: bool, portable: bool = False,
+                extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """The encoded attributes :func:`stamp_span` appends (cached: stamps repeat). ``portable``:
+    add ``gen_ai.prompt.name`` / ``.version`` with the link; ``extra``: more metadata pairs."""
+    k = (prompt_name, label, resolution.tier, resolution.version, resolution.source, has_type, portable,
+         extra)
     encoded = _STAMP_CACHE.get(k)
     if encoded is None:
         if len(_STAMP_CACHE) >= _STAMP_CACHE_MAX:
             _STAMP_CACHE.clear()
-        encoded = _STAMP_CACHE[k] = _stamp_bytes(prompt_name, label, resolution, has_type)
+        encoded = _STAMP_CACHE[k] = _stamp_bytes(prompt_name, label, resolution, has_type, portable, extra)
     return encoded
 
 
-def stamp_span(span: Span, *, prompt_name: str, label: str, resolution: Resolution, has_type: bool) -> None:
+def stamp_span(span: Span, *, prompt_name: str, label: str, resolution: Resolution, has_type: bool,
+               portable: bool = False) -> None:
     """Add the contract §3 attributes. Only ever appends; the link pair goes together.
 
     Merging an encoded Span that holds only repeated ``attributes`` appends them after the
     span's own, in one call, leaving every other field as it was.
     """
-    span.MergeFromString(stamp_bytes(prompt_name, label, resolution, has_type))
+    span.MergeFromString(stamp_bytes(prompt_name, label, resolution, has_type, portable))
 
 
 _M = TypeVar("_M", Resource, InstrumentationScope)
@@ -279,7 +328,8 @@ class _Containers:
             got = self._scopes[(r, s)] = (str(scope.name), str(scope.version))
         return got
 
-    def hold(self, data: bytes, i: int, key: SpanKey, name: str, has_type: bool, now_ns: int) -> HeldSpan:
+    def hold(self, data: bytes, i: int, key: SpanKey, name: str, has_type: bool, now_ns: int,
+             portable: bool = False) -> HeldSpan:
         """Span ``i`` as a HeldSpan: its bytes, copies of its resource and scope (the decoded
         request is dropped once stamping returns)."""
         r, s, _ = self.index.locate(i)
@@ -289,7 +339,7 @@ class _Containers:
         scope = self._copy((r, s), ss.scope, InstrumentationScope)
         span_bytes = data[self.index.span_starts[i]:self.index.span_ends[i]]
         return HeldSpan(span_bytes, resource, rs.schema_url, scope, ss.schema_url, key, name, has_type,
-                        now_ns, self.who(r)[1])
+                        now_ns, self.who(r)[1], portable)
 
     def _copy(self, where: tuple[int, int], message: _M, kind: type[_M]) -> _M:
         """One copy per container, shared by its held spans."""
@@ -299,6 +349,46 @@ class _Containers:
             got.CopyFrom(message)
         assert isinstance(got, kind)
         return got
+
+
+def _with_number(found_claim: Claim, span_bytes: bytes) -> Claim:
+    """A claim whose version the scan saw only as "not a string" (an OTLP int): read it."""
+    if found_claim.raw_version is not True:
+        return found_claim
+    value: object = None
+    for kv in Span.FromString(span_bytes).attributes:
+        if kv.key == found_claim.convention.version_key:
+            which = kv.value.WhichOneof("value")
+            value = getattr(kv.value, which) if which else None
+    version = conventions.parse_version(value)
+    reason = found_claim.reason if version is None else None
+    return Claim(found_claim.convention, found_claim.prompt_name, version, value, reason)
+
+
+def _resolve_claim(resolver: Resolver, key: SpanKey, found_claim: Claim
+                   ) -> tuple[SpanKey, Resolution, tuple[tuple[str, str], ...]]:
+    """A convention's claim, decided (contract §3): its trace's fetch record for that prompt,
+    where there is one, decides (a different version is recorded as ``prompt_conflict``); else the
+    claim's own positive integer version; else unresolved with why."""
+    if found_claim.reason == "convention_name_not_mapped":
+        return key, Resolution(c.TIER_UNRESOLVED, reason="convention_name_not_mapped"), (
+            (c.LF_META_REASON, f"{found_claim.convention.name_key}={found_claim.prompt_name!s} is not mapped "
+                               "to a prompt name (conventions.openinference_prompts)"),)
+    evidence = resolver.convention_evidence(key)
+    if evidence is not None:
+        version, label, source = evidence
+        key = key._replace(label=label)
+        extra: tuple[tuple[str, str], ...] = ()
+        if found_claim.version != version:
+            extra = ((c.LF_META_CONFLICT,
+                      f"{found_claim.convention.version_key}={found_claim.raw_version!s}; the trace's fetch "
+                      f"record says {version}"),)
+        return key, Resolution(c.TIER_CONVENTION, version, source), extra
+    if found_claim.version is not None:
+        return key, Resolution(c.TIER_CONVENTION, found_claim.version), ()
+    return key, Resolution(c.TIER_UNRESOLVED, reason="convention_version_not_int"), (
+        (c.LF_META_REASON, f"{found_claim.convention.version_key}={found_claim.raw_version!s} is not a "
+                           "positive integer version"),)
 
 
 def _linked_version(span_bytes: bytes) -> object:
@@ -318,7 +408,8 @@ def _has_link(found: tuple[tuple[str, object], ...]) -> bool:
 def _generations(
     scan: wire.Scan, settings: StampSettings, spans: _Containers, tenant: str,
     linked: list[tuple[SpanKey, str, wire.Candidate, str, object]],
-) -> Iterator[tuple[int, SpanKey, str, bool, str, wire.Candidate]]:
+    claimed: list[tuple[int, SpanKey, ConventionVerdict, str, wire.Candidate]],
+) -> Iterator[tuple[int, SpanKey, str, bool, bool, str, wire.Candidate]]:
     """(span index, key, prompt name, has a type already, service, its scan) of every span to
     stamp (:meth:`StampSettings.judge`). The candidates are the scan's (a prompt key and a
     generation marker key, whole keys); their scanned attributes decide. Candidates that carry
@@ -338,10 +429,15 @@ def _generations(
             if link is not None:
                 linked.append((SpanKey(tenant, link[0], link[1], cand[4], instance, cand[5]), service, cand,
                                link[2], link[3]))
+                continue
+            conv = settings.convention_verdict(cand[3], scope, cand[6], language)
+            if conv is not None:
+                claimed.append((cand[0], SpanKey(tenant, conv[0].prompt_name, "", cand[4], instance, cand[5]),
+                                conv, service, cand))
         else:
-            key, label, name, has_type = verdict
+            key, label, name, has_type, portable = verdict
             skey = SpanKey(tenant, key, label, cand[4], instance, cand[5])
-            yield cand[0], skey, name, has_type, service, cand
+            yield cand[0], skey, name, has_type, portable, service, cand
 
 
 def stamp_request(
@@ -372,16 +468,27 @@ def stamp_request(
     if scan is None:
         scan = wire.scan_spans(data, index, settings.scan_keys)
     linked: list[tuple[SpanKey, str, wire.Candidate, str, object]] = []
-    for i, key, name, has_type, service, scanned in _generations(scan, settings, spans, tenant, linked):
+    claimed: list[tuple[int, SpanKey, ConventionVerdict, str, wire.Candidate]] = []
+    for i, key, name, has_type, portable, service, scanned in _generations(
+            scan, settings, spans, tenant, linked, claimed):
         res = resolver.at_arrival(key, name, may_hold=hold_on and len(out.held) < hold_capacity)
         if res is None:
-            out.held.append(spans.hold(data, i, key, name, has_type, now_ns))
+            out.held.append(spans.hold(data, i, key, name, has_type, now_ns, portable))
             edits[i] = wire.DELETE
             continue
         if hold_on and res.tier != c.TIER_TRACE:
             out.overflow += 1  # it would have been held: the window is full
-        edits[i] = stamp_bytes(name, key.label, res, has_type)
+        edits[i] = stamp_bytes(name, key.label, res, has_type, portable)
         out.stamped.append(Stamped(key, res, name, service, scanned))
+    for i, key, (found_claim, has_type, portable), service, scanned in claimed:
+        found_claim = _with_number(found_claim, data[index.span_starts[i]:index.span_ends[i]])
+        key, res, extra = _resolve_claim(resolver, key, found_claim)
+        edits[i] = stamp_bytes(found_claim.prompt_name, key.label, res, has_type, portable, extra)
+        out.stamped.append(Stamped(key, res, found_claim.prompt_name, service, scanned))
+        if any(k == c.LF_META_CONFLICT for k, _ in extra):
+            out.conflicts.append(Conflict(tenant, key.trace_id, scanned[7], key.key, key.label,
+                                          f"{found_claim.convention.name}:{found_claim.prompt_name}",
+                                          found_claim.raw_version, res.version or 0, service))
     for key, service, cand, linked_name, _ in linked:  # rare: spans an app linked itself
         evidence = resolver.trace_evidence(key)
         if evidence is None:
@@ -409,7 +516,8 @@ def release_spans(
     for h in held:
         res = resolver.resolve(h.key, h.prompt_name, held=True)
         span = h.span
-        stamp_span(span, prompt_name=h.prompt_name, label=h.key.label, resolution=res, has_type=h.has_type)
+        stamp_span(span, prompt_name=h.prompt_name, label=h.key.label, resolution=res, has_type=h.has_type,
+                   portable=h.portable)
         stamped.append(Stamped(h.key, res, h.prompt_name, h.service, None, h.span_bytes))
         r_enc = encoded.get(id(h.resource))
         if r_enc is None:  # spans held from one container share its resource and scope objects

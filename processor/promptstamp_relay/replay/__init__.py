@@ -569,6 +569,10 @@ REASONS: Mapping[str, str] = {
     "hold_expired": "the hold window ended before its fetch record arrived",
     "trace_record_missing": "its trace's fetch record had not arrived and it could not be held for it "
                             "(hold window full or off); other traces' records are not used for it",
+    "convention_version_not_int": "a prompt link in another convention whose version is no positive integer "
+                                  "(a hash, v1): recorded, not linked",
+    "convention_name_not_mapped": "an OpenInference prompt (prompt.id or template) that "
+                                  "conventions.openinference_prompts does not map to a prompt name",
     "not_a_generation": "not a generation by Langfuse's rules",
     "outside_prompt_scope": "the model call ran outside `with promptstamp.prompt(...)` (or in a thread "
                             "the context did not reach): re-enter the prompt around it with `with p:`",

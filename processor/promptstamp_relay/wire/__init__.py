@@ -313,12 +313,13 @@ def scan_span(
 
 @dataclass(frozen=True)
 class ScanKeys:
-    """What :func:`scan_spans` looks for: spans with an attribute keyed ``need`` and one keyed by
-    any of ``markers`` (every span when ``need`` is empty); of those, the values of ``keys`` and
-    one count per group of ``counts`` (e.g. the keys an input token count may be under, in order
-    of preference); and the spans with an event named ``event`` (none when it is empty)."""
+    """What :func:`scan_spans` looks for: spans with an attribute keyed by any of ``needs`` and
+    one keyed by any of ``markers`` (every span when ``needs`` is empty); of those, the values of
+    ``keys`` and one count per group of ``counts`` (e.g. the keys an input token count may be
+    under, in order of preference); and the spans with an event named ``event`` (none when it is
+    empty)."""
 
-    need: str
+    needs: frozenset[str]
     markers: frozenset[str]
     keys: tuple[str, ...]
     counts: tuple[tuple[str, ...], ...] = ()
@@ -329,12 +330,14 @@ class ScanKeys:
         if len(set(flat)) != len(flat) or len(flat) > 32:
             raise ValueError("count keys: at most 32, each in one group only")
         enc = object.__setattr__
-        enc(self, "_args", (self.need.encode(), tuple(sorted(k.encode() for k in self.markers)),
+        enc(self, "_args", (tuple(sorted(k.encode() for k in self.needs)),
+                            tuple(sorted(k.encode() for k in self.markers)),
                             tuple(k.encode() for k in self.keys), self.keys,
                             tuple(k.encode() for k in flat), tuple(len(g) for g in self.counts),
                             self.event.encode()))
         # The pure-Python prefilter: a span holding a key holds its bytes (widens, never narrows).
         enc(self, "_needles", tuple(k.encode() for k in sorted(self.markers)))
+        enc(self, "_need_needles", tuple(k.encode() for k in sorted(self.needs)))
 
 
 #: One candidate span as :func:`scan_spans` gives it: (index, resource_spans index, scope_spans
@@ -352,8 +355,8 @@ class Scan(NamedTuple):
 def scan_spans(data: bytes, index: RequestIndex, keys: ScanKeys) -> Scan:
     """One pass over every span's attribute keys and event names (C speed; the fallback decodes).
 
-    ``candidates``: every span (in order) with an attribute keyed ``keys.need`` and one keyed by
-    any of ``keys.markers`` — whole keys, as the decoder reads them — with what stamping reads of
+    ``candidates``: every span (in order) with an attribute keyed by any of ``keys.needs`` and one
+    keyed by any of ``keys.markers`` — whole keys, as the decoder reads them — with what stamping reads of
     it (:func:`scan_decoded` is the definition). ``events``: the spans with an event named
     ``keys.event``.
     """
@@ -363,21 +366,22 @@ def scan_spans(data: bytes, index: RequestIndex, keys: ScanKeys) -> Scan:
     if _c is not None:
         candidates, events = _c.scan_spans(data, starts, ends, index.scope_counts, *keys._args)  # type: ignore[attr-defined]
         return Scan(candidates, events)
-    need: bytes = keys._args[0]  # type: ignore[attr-defined]
+    needs: tuple[bytes, ...] = keys._need_needles  # type: ignore[attr-defined]
     event: bytes = keys._args[-1]  # type: ignore[attr-defined]
     needles: tuple[bytes, ...] = keys._needles  # type: ignore[attr-defined]
     out = Scan([], [])
     for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
         may_event = bool(event) and data.find(event, s, e) != -1
-        may_stamp = not need or (
-            data.find(need, s, e) != -1 and any(data.find(m, s, e) != -1 for m in needles))
+        may_stamp = not needs or (
+            any(data.find(n, s, e) != -1 for n in needs) and any(data.find(m, s, e) != -1 for m in needles))
         if not (may_event or may_stamp):
             continue
         span = Span.FromString(data[s:e])
         if may_event and any(ev.name == keys.event for ev in span.events):
             out.events.append(i)
         present = {kv.key for kv in span.attributes}
-        if may_stamp and (not need or (keys.need in present and not keys.markers.isdisjoint(present))):
+        if may_stamp and (not needs or (not keys.needs.isdisjoint(present)
+                                        and not keys.markers.isdisjoint(present))):
             r, sc, _ = index.locate(i)
             out.candidates.append(scan_decoded(i, r, sc, span, keys))
     return out
@@ -385,9 +389,9 @@ def scan_spans(data: bytes, index: RequestIndex, keys: ScanKeys) -> Scan:
 
 def scan_one(span: bytes, keys: ScanKeys) -> Candidate:
     """What :func:`scan_spans` gives for one encoded span alone (index, resource and scope 0),
-    whatever ``keys.need`` and ``keys.markers`` say."""
+    whatever ``keys.needs`` and ``keys.markers`` say."""
     if _c is not None:
-        args = (b"", (), *keys._args[2:])  # type: ignore[attr-defined]
+        args = ((), (), *keys._args[2:])  # type: ignore[attr-defined]
         candidates, _ = _c.scan_spans(span, [0], [len(span)], [[1]], *args)
         return candidates[0]  # type: ignore[no-any-return]
     return scan_decoded(0, 0, 0, Span.FromString(span), keys)
@@ -395,7 +399,7 @@ def scan_one(span: bytes, keys: ScanKeys) -> Candidate:
 
 def scan_decoded(i: int, r: int, s: int, span: Span, keys: ScanKeys) -> Candidate:
     """What :func:`scan_spans` gives for span ``i`` of scope ``s`` of resource ``r``, from the
-    decoded span: the definition the C scan is checked against (``need``, ``markers`` and
+    decoded span: the definition the C scan is checked against (``needs``, ``markers`` and
     ``event`` are not looked at here). ``found``: (key, value) for each of ``keys.keys``
     present, in that order: its str value, or True for any other value (the last occurrence
     wins); the same attributes give the same tuple (hashable: a cache key). ``counts``: per group of

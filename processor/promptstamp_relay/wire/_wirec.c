@@ -843,11 +843,11 @@ static int event_named(const unsigned char *d, Py_ssize_t start, Py_ssize_t end,
     return r == 0 && len == want_len && memcmp(d + at, want, (size_t)want_len) == 0;
 }
 
-/* scan_spans(data, starts, ends, scope_counts, need, markers, keys_b, keys_s, nums_b, groups,
+/* scan_spans(data, starts, ends, scope_counts, needs, markers, keys_b, keys_s, nums_b, groups,
  * event) -> (candidates, event_spans).
  * candidates: (i, r, s, found, trace_id, start_ns, name, span_id, end_ns, status_code, counts)
- * in span order, for every span with an attribute keyed `need` and one keyed by any of
- * `markers` (keys as the decoder reads them: exact, whole keys), or every span when `need` is
+ * in span order, for every span with an attribute keyed by any of `needs` and one keyed by any of
+ * `markers` (keys as the decoder reads them: exact, whole keys), or every span when `needs` is
  * empty; (r, s): its resource_spans and
  * scope_spans. found: as scan_span, over keys_b, but as (key, value) pairs in keys' order. counts: per group of nums_b (groups: their
  * sizes, in order; a key in one group only), the value of the group's first key whose last int
@@ -855,18 +855,17 @@ static int event_named(const unsigned char *d, Py_ssize_t start, Py_ssize_t end,
  * event_spans: the spans with an event named `event` (none looked for when it is empty). */
 static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
     Py_buffer buf;
-    PyObject *starts, *ends, *counts, *need, *markers, *kb, *ks, *nb, *ns, *event;
+    PyObject *starts, *ends, *counts, *needs, *markers, *kb, *ks, *nb, *ns, *event;
     if (!PyArg_ParseTuple(args, "y*O!O!O!O!O!O!O!O!O!O!", &buf, &PyList_Type, &starts, &PyList_Type, &ends,
-                          &PyList_Type, &counts, &PyBytes_Type, &need, &PyTuple_Type, &markers,
+                          &PyList_Type, &counts, &PyTuple_Type, &needs, &PyTuple_Type, &markers,
                           &PyTuple_Type, &kb, &PyTuple_Type, &ks, &PyTuple_Type, &nb, &PyTuple_Type, &ns,
                           &PyBytes_Type, &event))
         return NULL;
     const unsigned char *d = buf.buf;
     PyObject *out = PyList_New(0), *events = PyList_New(0), *result = NULL;
-    KeySet mk = {0}, keys = {0}, nums = {0};
+    KeySet nk = {0}, mk = {0}, keys = {0}, nums = {0};
     Py_ssize_t nspans = PyList_GET_SIZE(starts);
-    const unsigned char *need_p = (const unsigned char *)PyBytes_AS_STRING(need);
-    Py_ssize_t need_len = PyBytes_GET_SIZE(need), event_len = PyBytes_GET_SIZE(event);
+    Py_ssize_t need_any = PyTuple_GET_SIZE(needs), event_len = PyBytes_GET_SIZE(event);
     const char *event_p = PyBytes_AS_STRING(event);
     /* Where span i is: resource r, scope s, `left` spans of that scope still to come. */
     Py_ssize_t r_at = 0, s_at = -1, left = 0, nres = PyList_GET_SIZE(counts);
@@ -889,7 +888,8 @@ static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "groups do not cover the number keys");
         goto done;
     }
-    if (keyset_init(&mk, markers) || keyset_init(&keys, kb) || keyset_init(&nums, nb)) goto done;
+    if (keyset_init(&nk, needs) || keyset_init(&mk, markers) || keyset_init(&keys, kb) ||
+        keyset_init(&nums, nb)) goto done;
     for (Py_ssize_t i = 0; i < nspans; i++) {
         while (left == 0) { /* the next non-empty scope */
             PyObject *scopes = r_at < nres ? PyList_GET_ITEM(counts, r_at) : NULL;
@@ -920,7 +920,7 @@ static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
             if (f.field == 9) {
                 Py_ssize_t key_at = 0, key_len = 0;
                 if (kv_key(d, f.start, f.end, &key_at, &key_len) <= 0) continue;
-                if (key_len == need_len && memcmp(d + key_at, need_p, (size_t)need_len) == 0) has_need = 1;
+                if (!has_need && need_any && keyset_find(&nk, d + key_at, key_len) >= 0) has_need = 1;
                 else if (!has_marker && keyset_find(&mk, d + key_at, key_len) >= 0) has_marker = 1;
             } else if (f.field == 11 && event_len && !has_event) {
                 has_event = event_named(d, f.start, f.end, event_p, event_len);
@@ -932,13 +932,14 @@ static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
             if (!idx || PyList_Append(events, idx)) { Py_XDECREF(idx); goto done; }
             Py_DECREF(idx);
         }
-        if (need_len && (!has_need || !has_marker)) continue; /* need empty: every span */
+        if (need_any && (!has_need || !has_marker)) continue; /* needs empty: every span */
         PyObject *one = scan_one(d, i, r_at, s_at, s, e, &keys, ks, &nums, ns);
         if (!one || PyList_Append(out, one)) { Py_XDECREF(one); goto done; }
         Py_DECREF(one);
     }
     result = PyTuple_Pack(2, out, events);
 done:
+    keyset_free(&nk);
     keyset_free(&mk);
     keyset_free(&keys);
     keyset_free(&nums);
@@ -949,7 +950,7 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"scan_spans", wire_scan_spans, METH_VARARGS, "scan_spans(data, starts, ends, scope_counts, need, markers, keys_b, keys_s, nums_b, groups, event) -> (candidates, event_spans)"},
+    {"scan_spans", wire_scan_spans, METH_VARARGS, "scan_spans(data, starts, ends, scope_counts, needs, markers, keys_b, keys_s, nums_b, groups, event) -> (candidates, event_spans)"},
     {"scan_span", wire_scan_span, METH_VARARGS, "scan_span(data, start, end, keys_bytes, keys_str) -> (found, trace_id, start_ns, name)"},
     {"walk", wire_walk, METH_VARARGS, "walk(data) -> (starts, ends, scope_counts)"},
     {"marked", wire_marked, METH_VARARGS, "marked(data, starts, ends, markers, among) -> list"},

@@ -16,6 +16,10 @@ REASONS: dict[str, str] = {
     "hold_expired": "the hold window ended before its fetch record arrived",
     "trace_record_missing": "its trace's fetch record had not arrived and it could not be held for it "
                             "(hold window full or off); other traces' records are not used for it",
+    "convention_version_not_int": "a prompt link in another convention whose version is no positive integer "
+                                  "(a hash, v1): recorded, not linked",
+    "convention_name_not_mapped": "an OpenInference prompt (prompt.id or template) that "
+                                  "conventions.openinference_prompts does not map to a prompt name",
     NOT_A_GENERATION: "not a generation by Langfuse's rules",
     OUTSIDE_PROMPT_SCOPE: "a generation with no prompt key in a trace that has a fetch record: the "
                           "model call ran outside `with promptstamp.prompt(...)`, or in a thread the "

@@ -93,6 +93,8 @@ class Observation:
     scope_name: str | None = None
     start_time_unix_nano: int = 0
     end_time_unix_nano: int = 0
+    #: the input Langfuse would show (``langfuse_typing.langfuse_input``: its extraction order)
+    input: Any = None
 
 
 @dataclass(frozen=True)
@@ -958,6 +960,8 @@ def _map_span(
         scope_name=scope_name,
         start_time_unix_nano=int(span.start_time_unix_nano),
         end_time_unix_nano=int(span.end_time_unix_nano),
+        input=detect.langfuse_input(attributes, scope_name=scope_name or "",
+                                    event_names=tuple(e.name for e in span.events)),
     )
     if reason is not None:
         return RejectedObservation(observation=observation, reason=reason), typing.error
