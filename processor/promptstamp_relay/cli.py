@@ -1,4 +1,4 @@
-"""``promptstamp-relay``: serve | replay | check-config | demo | labels."""
+"""``promptstamp-relay``: serve | replay | check-config | demo | labels | dev."""
 
 from __future__ import annotations
 
@@ -120,6 +120,12 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the order-status demo, end to end, on loopback")
     d.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
+
+    # Its options are promptstamp.testing's (``promptstamp-relay dev --help``), parsed there: the
+    # parser of every other command never imports the SDK.
+    sub.add_parser("dev", add_help=False,
+                   help="a local Langfuse, fake OpenAI and Anthropic APIs and the relay, wired together "
+                        "on loopback, for an app in any language (dev --help)")
     return p
 
 
@@ -411,8 +417,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return rc
 
 
+def cmd_dev(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    from promptstamp.testing._dev import main as dev_main
+
+    return dev_main(rest, prog="promptstamp-relay dev", verbose=args.verbose)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "dev":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -425,6 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": cmd_demo,
         "labels": cmd_labels,
     }
+    if args.command == "dev":
+        return cmd_dev(args, rest)
     return commands[args.command](args)
 
 

@@ -1,5 +1,6 @@
-"""Test utilities shipped with promptstamp: loopback fakes of Langfuse and OpenAI, capture
-helpers, replay of recordings, a live relay for an app under test, and a pytest plugin.
+"""Test utilities shipped with promptstamp: loopback fakes of Langfuse, OpenAI and Anthropic,
+capture helpers, replay of recordings, a live relay for an app under test, a pytest plugin, and
+``DevStack`` (all of them wired together: ``promptstamp-relay dev``).
 Standard-library HTTP only; every server binds 127.0.0.1 on a free port.
 
     from promptstamp.testing import LangfuseServer, FakeOpenAI
@@ -16,10 +17,14 @@ Checking that every generation is linked (docs/testing.md):
 
 The fixtures ``promptstamp_replay`` and ``promptstamp_relay`` come with the pytest plugin
 (registered when promptstamp is installed); without it, import them into a ``conftest.py``.
-Which parts need the relay (the ``relay`` extra): ``replay``, ``LiveRelay``, the fixtures, and
-``LangfuseServer``'s OTLP ingest path (it decodes protobuf). The prompts API of
-``LangfuseServer``, ``FakeOpenAI``, ``CaptureLogExporter`` and ``assert_all_linked`` over a list
-of generations never import it: Langfuse's typing rules come from ``promptstamp_contract``.
+Which parts need the relay (the ``relay`` extra): ``replay``, ``LiveRelay``, ``DevStack``, the
+fixtures, and ``LangfuseServer``'s OTLP ingest path (it decodes protobuf). The prompts API of
+``LangfuseServer``, ``FakeOpenAI``, ``FakeAnthropic``, ``CaptureLogExporter`` and
+``assert_all_linked`` over a list of generations never import it: Langfuse's typing rules come
+from ``promptstamp_contract``.
+
+The fake model APIs can delay, fail or answer differently per prompt version
+(``PromptBehaviours``: a request is matched to a version by its text; see ``_openai``).
 
 Names are imported when first used: ``import promptstamp.testing`` (and so the pytest plugin)
 loads neither the relay nor the fakes until a test asks for them.
@@ -35,8 +40,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from promptstamp.testing._anthropic import AnthropicRequest, FakeAnthropic
     from promptstamp.testing._assert import REASONS, assert_all_linked
     from promptstamp.testing._capture import CaptureLogExporter
+    from promptstamp.testing._dev import DevConfig, DevStack, load_dev_config
     from promptstamp.testing._langfuse import (
         IngestRequest,
         LangfuseServer,
@@ -45,14 +52,19 @@ if TYPE_CHECKING:
         RejectedObservation,
         reset_langfuse_clients,
     )
-    from promptstamp.testing._openai import FakeOpenAI, OpenAIRequest
+    from promptstamp.testing._openai import Behaviour, FakeOpenAI, OpenAIRequest, PromptBehaviours
     from promptstamp.testing._plugin import promptstamp_relay, promptstamp_relay_config, promptstamp_replay
     from promptstamp.testing._relay import LiveRelay
     from promptstamp.testing._replay import Generation, ReplayResult, replay
 
 __all__ = [
     "REASONS",
+    "AnthropicRequest",
+    "Behaviour",
     "CaptureLogExporter",
+    "DevConfig",
+    "DevStack",
+    "FakeAnthropic",
     "FakeOpenAI",
     "Generation",
     "IngestRequest",
@@ -60,10 +72,12 @@ __all__ = [
     "LiveRelay",
     "Observation",
     "OpenAIRequest",
+    "PromptBehaviours",
     "PromptRequest",
     "RejectedObservation",
     "ReplayResult",
     "assert_all_linked",
+    "load_dev_config",
     "promptstamp_relay",
     "promptstamp_relay_config",
     "promptstamp_replay",
@@ -74,7 +88,12 @@ __all__ = [
 _WHERE = {
     "REASONS": "_assert",
     "assert_all_linked": "_assert",
+    "AnthropicRequest": "_anthropic",
+    "FakeAnthropic": "_anthropic",
     "CaptureLogExporter": "_capture",
+    "DevConfig": "_dev",
+    "DevStack": "_dev",
+    "load_dev_config": "_dev",
     "IngestRequest": "_langfuse",
     "LangfuseServer": "_langfuse",
     "Observation": "_langfuse",
@@ -83,6 +102,8 @@ _WHERE = {
     "reset_langfuse_clients": "_langfuse",
     "FakeOpenAI": "_openai",
     "OpenAIRequest": "_openai",
+    "Behaviour": "_openai",
+    "PromptBehaviours": "_openai",
     "promptstamp_relay": "_plugin",  # imports pytest
     "promptstamp_relay_config": "_plugin",
     "promptstamp_replay": "_plugin",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -49,9 +50,10 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, owner: LoopbackServer) -> None:
+    def __init__(self, owner: LoopbackServer, host: str = "127.0.0.1", port: int = 0) -> None:
         self.owner = owner
-        super().__init__(("127.0.0.1", 0), _Handler)
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        super().__init__((host, port), _Handler)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -104,11 +106,12 @@ class LoopbackServer:
         self._stopping = threading.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self: _S) -> _S:
+    def start(self: _S, host: str = "127.0.0.1", port: int = 0) -> _S:
+        """Serve on ``host:port`` (default: loopback, a free port); a no-op when started."""
         with self._state_lock:
             if self._httpd is None:
                 self._stopping.clear()
-                httpd = _HTTPServer(self)
+                httpd = _HTTPServer(self, host, port)
                 thread = threading.Thread(
                     target=httpd.serve_forever,
                     kwargs={"poll_interval": 0.05},
