@@ -1,4 +1,4 @@
-"""Small builders for OTLP messages in tests (no network)."""
+"""Small builders for OTLP messages in tests (no network), and the OTLP/gRPC method paths."""
 
 from __future__ import annotations
 
@@ -15,6 +15,14 @@ import promptstamp_contract as c
 
 S = 10**9  # one second in ns
 T0 = 1_700_000_000 * S
+
+#: The OTLP/gRPC services and their ``Export`` method paths (what a raw gRPC client calls).
+TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
+METRICS_SERVICE = "opentelemetry.proto.collector.metrics.v1.MetricsService"
+TRACES_EXPORT = f"/{TRACE_SERVICE}/Export"
+LOGS_EXPORT = f"/{LOGS_SERVICE}/Export"
+METRICS_EXPORT = f"/{METRICS_SERVICE}/Export"
 
 
 def tid(n: int) -> bytes:

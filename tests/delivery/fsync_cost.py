@@ -18,21 +18,10 @@ from typing import Any
 
 import grpc
 
-from promptstamp_relay.export import OK, ExportResult
-from promptstamp_relay.server import RelayServer
 from tests.delivery.conftest import Sender, config
-
-EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-
-
-class NullExporter:
-    signal = "traces"
-
-    def export(self, payload: bytes) -> ExportResult:
-        return OK
-
-    def shutdown(self) -> None:
-        pass
+from tests.fakes import FakeExporter
+from tests.otlp_builders import TRACES_EXPORT
+from tests.relays import running
 
 
 def run(mode: str, body: bytes, n: int, threads: int) -> tuple[float, float]:
@@ -40,29 +29,30 @@ def run(mode: str, body: bytes, n: int, threads: int) -> tuple[float, float]:
         extra: dict[str, Any] = {"queue.max_requests": 100_000, "queue.max_bytes": 4 << 30}
         if mode != "memory":
             extra |= {"queue.directory": d, "queue.synchronous": mode}
-        relay = RelayServer(config("http://127.0.0.1:9", **extra), trace_exporter=NullExporter()).start()
-        channel = grpc.insecure_channel(relay.address)
-        call = channel.unary_unary(EXPORT)
-        call(body, timeout=10)
-        lat: list[float] = []
-        lock = threading.Lock()
+        # An upstream that answers at once, and keeps nothing.
+        with running(config("http://127.0.0.1:9", **extra), timeout=10,
+                     trace_exporter=FakeExporter(record=False)) as relay:
+            channel = grpc.insecure_channel(relay.address)
+            call = channel.unary_unary(TRACES_EXPORT)
+            call(body, timeout=10)
+            lat: list[float] = []
+            lock = threading.Lock()
 
-        def worker(k: int) -> None:
-            for _ in range(k):
-                t = time.perf_counter()
-                call(body, timeout=10)
-                with lock:
-                    lat.append(time.perf_counter() - t)
+            def worker(k: int) -> None:
+                for _ in range(k):
+                    t = time.perf_counter()
+                    call(body, timeout=10)
+                    with lock:
+                        lat.append(time.perf_counter() - t)
 
-        t0 = time.perf_counter()
-        ts = [threading.Thread(target=worker, args=(n // threads,)) for _ in range(threads)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        wall = time.perf_counter() - t0
-        channel.close()
-        relay.stop(timeout=10)
+            t0 = time.perf_counter()
+            ts = [threading.Thread(target=worker, args=(n // threads,)) for _ in range(threads)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            wall = time.perf_counter() - t0
+            channel.close()
         return statistics.median(lat) * 1e3, len(lat) / wall
 
 

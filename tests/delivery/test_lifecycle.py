@@ -10,15 +10,10 @@ import pytest
 
 from promptstamp_relay.journal import Journal, JournalError
 from promptstamp_relay.server import RelayServer
+from tests.relays import free_port, running
 
 from .conftest import config
 from .upstream import Upstream
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _bindable(port: int) -> bool:
@@ -40,7 +35,7 @@ def _lock_free(directory: Path) -> bool:
 
 def test_construction_binds_no_port_and_takes_no_lock_and_stop_before_start_is_fine(
         upstream: Upstream, tmp_path: Path) -> None:
-    port, metrics = _free_port(), _free_port()
+    port, metrics = free_port(), free_port()
     qdir = tmp_path / "q"
     cfg = config(upstream.base_url, **{"listen": f"127.0.0.1:{port}", "metrics_listen": f"127.0.0.1:{metrics}",
                                        "queue.directory": str(qdir)})
@@ -55,15 +50,13 @@ def test_construction_binds_no_port_and_takes_no_lock_and_stop_before_start_is_f
 
 
 def test_start_takes_the_port_and_the_lock_and_stop_releases_them_twice(upstream: Upstream, tmp_path: Path) -> None:
-    port, metrics = _free_port(), _free_port()
+    port, metrics = free_port(), free_port()
     qdir = tmp_path / "q"
-    relay = RelayServer(config(upstream.base_url, **{
-        "listen": f"127.0.0.1:{port}", "metrics_listen": f"127.0.0.1:{metrics}", "queue.directory": str(qdir)}))
-    relay.start()
-    try:
+    with running(config(upstream.base_url, **{
+            "listen": f"127.0.0.1:{port}", "metrics_listen": f"127.0.0.1:{metrics}", "queue.directory": str(qdir)}),
+            timeout=2) as relay:
         assert not _bindable(port) and not _bindable(metrics)
         assert not _lock_free(qdir)
-    finally:
         assert relay.stop(timeout=2) == 0
     assert relay.stop() == 0
     assert _bindable(port) and _bindable(metrics) and _lock_free(qdir)

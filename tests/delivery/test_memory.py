@@ -6,10 +6,12 @@ from pathlib import Path
 
 import grpc
 
-from .conftest import RelayProcess, Sender, base_settings
+from tests.otlp_builders import TRACES_EXPORT
+from tests.relays import RelayProcess
+
+from .conftest import NO_UPSTREAM_CHECK, Sender, base_settings
 from .upstream import Upstream
 
-EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 MiB = 1024 * 1024
 
 
@@ -22,11 +24,11 @@ def test_memory_stays_within_the_configured_limit_while_upstream_is_down(
         "queue.max_bytes": limit, "queue.max_requests": 10_000, "retry.max_elapsed_seconds": 0,
         "retry.initial_interval_seconds": 0.2, "retry.max_interval_seconds": 1,
     })
-    relay = RelayProcess(tmp_path, settings)
+    relay = RelayProcess(tmp_path, NO_UPSTREAM_CHECK, settings=settings)
     channel = grpc.insecure_channel(relay.address)
     sender = Sender(relay.address)
     try:
-        export = channel.unary_unary(EXPORT)
+        export = channel.unary_unary(TRACES_EXPORT)
         body = sender.exporter._translate_data(sender.make(10, pad=10_000)).SerializeToString()
         assert 90_000 < len(body) < 120_000
         export(body, timeout=5)  # warm up: imports, threads, first allocations
@@ -59,4 +61,5 @@ def test_memory_stays_within_the_configured_limit_while_upstream_is_down(
     finally:
         channel.close()
         sender.close()
+        relay.kill()  # no drain: the upstream is down for good
         relay.stop()

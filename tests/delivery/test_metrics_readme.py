@@ -28,7 +28,17 @@ from promptstamp_relay.ops.listener import MetricsListener
 from promptstamp_relay.ops.telemetry import make_registry
 from promptstamp_relay.server import RelayServer
 from promptstamp_relay.store import label_pointers as apitier
-from tests.otlp_builders import fetch_record, gen_attrs, logs, span, traces
+from tests.otlp_builders import (
+    LOGS_EXPORT,
+    METRICS_EXPORT,
+    TRACES_EXPORT,
+    fetch_record,
+    gen_attrs,
+    logs,
+    span,
+    traces,
+)
+from tests.relays import running
 from tests.waiting import wait_until
 
 from .collector import FakeCollector
@@ -36,9 +46,6 @@ from .conftest import config
 from .upstream import Upstream
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-TRACES = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-LOGS = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
-METRICS = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 TOKEN = "metrics-test-token-0123456789"
 
 
@@ -146,8 +153,7 @@ def test_every_metric_the_readme_lists_moves(langfuse: LangfuseServer, upstream:
         "resolution.api.enabled": True, "resolution.api.refresh_seconds": 0.1,
         "logs_exporter.type": "otlp_grpc", "logs_exporter.otlp_grpc.endpoint": logs_out.collector.address,
     }
-    relay = RelayServer(config(langfuse.base_url, **persistent)).start()
-    try:
+    with running(config(langfuse.base_url, **persistent), timeout=0.3) as relay:
         port = relay.metrics_port
         assert port is not None
         # Fetch records: one versioned (twice: the second is a duplicate), one fallback, one
@@ -155,9 +161,9 @@ def test_every_metric_the_readme_lists_moves(langfuse: LangfuseServer, upstream:
         good = fetch_record("order-status-answer", version=3, time=now, trace=1)
         bad = fetch_record("order-status-answer", version=None, time=now, trace=1)  # langfuse, no version
         fallback = fetch_record("embedded", version=None, source="fallback", time=now, trace=7)
-        assert send(relay.address, LOGS, logs([good, good, fallback, bad, app_log("hi")]).SerializeToString()) \
+        assert send(relay.address, LOGS_EXPORT, logs([good, good, fallback, bad, app_log("hi")]).SerializeToString()) \
             == grpc.StatusCode.OK
-        assert send(relay.address, LOGS, logs([app_log("plain")]).SerializeToString()) == grpc.StatusCode.OK
+        assert send(relay.address, LOGS_EXPORT, logs([app_log("plain")]).SerializeToString()) == grpc.StatusCode.OK
         langfuse.fail_ingest(503, times=1)  # one retry
         # Generations: resolved by trace; three held with no record (the window holds two: one
         # overflows); the api tier is asked for each key (a fourth key overflows its bound);
@@ -165,68 +171,63 @@ def test_every_metric_the_readme_lists_moves(langfuse: LangfuseServer, upstream:
         spans = [span(trace=1, span_id=1, start=now, attrs=gen_attrs())]
         spans += [span(trace=10 + i, span_id=10 + i, start=now, attrs=gen_attrs(key=k))
                   for i, k in enumerate(("api-known", "unknown-a", "unknown-b"))]
-        assert send(relay.address, TRACES, traces(spans).SerializeToString()) == grpc.StatusCode.OK
+        assert send(relay.address, TRACES_EXPORT, traces(spans).SerializeToString()) == grpc.StatusCode.OK
         seen.scrape(port)  # held spans and bytes, while held
-        assert send(relay.address, TRACES, traces([span(trace=30, span_id=30, start=now)]).SerializeToString()) \
+        assert send(relay.address, TRACES_EXPORT, traces([span(trace=30, span_id=30, start=now)]).SerializeToString()) \
             == grpc.StatusCode.OK
         langfuse.fail_prompts(500, times=1)
-        assert send(relay.address, TRACES, traces([span(trace=31, span_id=31, start=now,
-                                                         attrs=gen_attrs(key="unknown-c"))]).SerializeToString()) \
+        assert send(relay.address, TRACES_EXPORT, traces([span(trace=31, span_id=31, start=now,
+                                                                attrs=gen_attrs(key="unknown-c"))]).SerializeToString()) \
             == grpc.StatusCode.OK
-        assert send(relay.address, METRICS, metric_points()) == grpc.StatusCode.OK
-        assert send(relay.address, TRACES, b"\xff\xff\xff") == grpc.StatusCode.INVALID_ARGUMENT
+        assert send(relay.address, METRICS_EXPORT, metric_points()) == grpc.StatusCode.OK
+        assert send(relay.address, TRACES_EXPORT, b"\xff\xff\xff") == grpc.StatusCode.INVALID_ARGUMENT
         budget = relay.admission.decode_budget
         budget.wait_seconds = 0.1
         assert budget.acquire(budget.max_bytes)
         try:
-            assert send(relay.address, TRACES, traces([span()]).SerializeToString()) == grpc.StatusCode.UNAVAILABLE
+            assert send(relay.address, TRACES_EXPORT, traces([span()]).SerializeToString()) == grpc.StatusCode.UNAVAILABLE
         finally:
             budget.release(budget.max_bytes)
         wait_until(lambda: seen.scrape(port).get("promptstamp_held_spans", 1) == 0, 10, "the hold window to empty")
         # Evidence after the fact: trace 11's own record arrives after its generation was sent
         # without it; a generation already linked to version 9 whose trace's record names 3.
         late = fetch_record("unknown-a", version=2, time=now, trace=11)
-        assert send(relay.address, LOGS, logs([late]).SerializeToString()) == grpc.StatusCode.OK
+        assert send(relay.address, LOGS_EXPORT, logs([late]).SerializeToString()) == grpc.StatusCode.OK
         linked = span(trace=1, span_id=2, start=now, attrs=gen_attrs(**{
             "langfuse.observation.prompt.name": "order-status-answer", "langfuse.observation.prompt.version": 9}))
-        assert send(relay.address, TRACES, traces([linked]).SerializeToString()) == grpc.StatusCode.OK
+        assert send(relay.address, TRACES_EXPORT, traces([linked]).SerializeToString()) == grpc.StatusCode.OK
         wait_until(lambda: seen.scrape(port).get("promptstamp_api_fetches_total", 0) >= 2, 10, "api tier fetches")
         langfuse.fail_ingest(400, times=1)  # one permanent failure
-        assert send(relay.address, TRACES, traces([span(trace=40, span_id=40, start=now)]).SerializeToString()) \
+        assert send(relay.address, TRACES_EXPORT, traces([span(trace=40, span_id=40, start=now)]).SerializeToString()) \
             == grpc.StatusCode.OK
         wait_until(lambda: seen.scrape(port).get("promptstamp_export_failed_items_total", 0) >= 1, 10,
                    "the permanent failure")
         # A logs export on the wire at the shutdown deadline: queued (depth, bytes), then kept.
         logs_out.open.clear()
-        assert send(relay.address, LOGS, logs([app_log("kept")]).SerializeToString()) == grpc.StatusCode.OK
+        assert send(relay.address, LOGS_EXPORT, logs([app_log("kept")]).SerializeToString()) == grpc.StatusCode.OK
         wait_until(lambda: seen.scrape(port).get("promptstamp_queue_depth", 0) >= 1, 10, "a queued request")
         wait_until(lambda: seen.scrape(port).get("promptstamp_export_rejected_items_total", 0) >= 1, 10,
                    "the partial success")
-    finally:
-        relay.stop(timeout=0.3)
     seen.scrape_stopped(relay)  # kept_items
     logs_out.open.set()
-    again = RelayServer(config(langfuse.base_url, **persistent)).start()
     try:
-        assert again.metrics_port is not None
-        wait_until(lambda: seen.scrape(again.metrics_port or 0).get("promptstamp_recovered_items_total", 0) >= 1,
-                   10, "the kept request recovered")
+        with running(config(langfuse.base_url, **persistent), timeout=5) as again:
+            assert again.metrics_port is not None
+            wait_until(lambda: seen.scrape(again.metrics_port or 0).get("promptstamp_recovered_items_total", 0) >= 1,
+                       10, "the kept request recovered")
     finally:
-        again.stop(timeout=5)
         logs_out.collector.stop()
 
     # Memory mode: an unauthenticated caller, a dropped app log, and a span lost at shutdown.
     upstream.fail(503)
-    memory = RelayServer(config(upstream.base_url, **{
-        "metrics_listen": "127.0.0.1:0", "auth.enabled": True, "auth.tenants": {"a": {"tokens": [TOKEN]}}})).start()
     auth = (("authorization", f"Bearer {TOKEN}"),)
-    try:
-        assert send(memory.address, TRACES, traces([span()]).SerializeToString()) == grpc.StatusCode.UNAUTHENTICATED
-        assert send(memory.address, LOGS, logs([app_log("dropped")]).SerializeToString(), auth) == grpc.StatusCode.OK
-        assert send(memory.address, TRACES, traces([span(start=now)]).SerializeToString(), auth) == grpc.StatusCode.OK
+    with running(config(upstream.base_url, **{
+            "metrics_listen": "127.0.0.1:0", "auth.enabled": True, "auth.tenants": {"a": {"tokens": [TOKEN]}}}),
+            timeout=0.2) as memory:
+        assert send(memory.address, TRACES_EXPORT, traces([span()]).SerializeToString()) == grpc.StatusCode.UNAUTHENTICATED
+        assert send(memory.address, LOGS_EXPORT, logs([app_log("dropped")]).SerializeToString(), auth) == grpc.StatusCode.OK
+        assert send(memory.address, TRACES_EXPORT, traces([span(start=now)]).SerializeToString(), auth) == grpc.StatusCode.OK
         seen.scrape(memory.metrics_port or 0)
-    finally:
-        memory.stop(timeout=0.2)
     seen.scrape_stopped(memory)  # lost_items
 
     still = [n for n in names if seen.max.get(n, 0.0) <= 0]

@@ -8,10 +8,10 @@ from collections import Counter
 from pathlib import Path
 
 import promptstamp_contract as c
-from promptstamp_relay.server import RelayServer
+from tests.relays import RelayProcess, running
 from tests.waiting import wait_until
 
-from .conftest import GEN, RelayProcess, Sender, base_settings, config, ids
+from .conftest import GEN, NO_UPSTREAM_CHECK, Sender, base_settings, config, ids
 from .upstream import Upstream
 
 
@@ -21,28 +21,26 @@ def test_in_process_stop_keeps_unsent_items_on_disk_and_the_next_start_sends_the
     upstream.fail(503)
     qdir = tmp_path / "q"
     settings = {"queue.directory": str(qdir), "queue.workers": 1}
-    relay = RelayServer(config(upstream.base_url, **settings)).start()
-    sender = Sender(relay.address)
     order: list[bytes] = []
-    try:
-        for _ in range(5):
-            batch = sender.make(10)
-            assert sender.send(batch)
-            order.extend(s.context.span_id.to_bytes(8, "big") for s in batch)
-    finally:
-        sender.close()
-        lost = relay.stop(timeout=0.5)
+    with running(config(upstream.base_url, **settings)) as relay:
+        sender = Sender(relay.address)
+        try:
+            for _ in range(5):
+                batch = sender.make(10)
+                assert sender.send(batch)
+                order.extend(s.context.span_id.to_bytes(8, "big") for s in batch)
+        finally:
+            sender.close()
+            lost = relay.stop(timeout=0.5)
     assert lost == 0 and relay.trace_queue.stats.kept_items == 50
     upstream.recover()
     upstream.received.clear()
-    relay = RelayServer(config(upstream.base_url, **settings)).start()
-    try:
+    with running(config(upstream.base_url, **settings)) as relay:
         got = upstream.wait_for_spans(set(order), timeout=10)
         assert relay.trace_queue.stats.recovered_items == 50
         assert max(got.values()) == 1
         # One worker: re-sent in the order they were accepted.
         assert [s for r in upstream.snapshot() for s in r.span_ids] == order
-    finally:
         assert relay.stop(timeout=5) == 0
 
 
@@ -61,7 +59,7 @@ def test_kill_9_mid_stream_then_restart_every_accepted_span_arrives(upstream: Up
     upstream.delay(0.05)  # slow enough that the queue is never empty
     qdir = tmp_path / "q"
     settings = base_settings(upstream.base_url, **{"queue.workers": 2})
-    relay = RelayProcess(tmp_path, settings, queue_dir=qdir, name="run1")
+    relay = RelayProcess(tmp_path, NO_UPSTREAM_CHECK, "--queue-dir", str(qdir), settings=settings, name="run1")
     accepted: list[bytes] = []
     stop = threading.Event()
     sender = Sender(relay.address, timeout=2)
@@ -80,7 +78,7 @@ def test_kill_9_mid_stream_then_restart_every_accepted_span_arrives(upstream: Up
     before = upstream.accepted_span_ids()
     assert set(before) < set(accepted), "the kill came too late to leave anything on disk"
     upstream.delay(0)
-    relay = RelayProcess(tmp_path, settings, queue_dir=qdir, name="run2")
+    relay = RelayProcess(tmp_path, NO_UPSTREAM_CHECK, "--queue-dir", str(qdir), settings=settings, name="run2")
     try:
         upstream.wait_for_spans(set(accepted), timeout=30)
         recovered = relay.metric("promptstamp_recovered_items_total", 'signal="traces"')
@@ -104,8 +102,8 @@ def test_kill_9_keeps_held_spans_and_the_fetch_log(upstream: Upstream, tmp_path:
 
     qdir = tmp_path / "q"
     # Run 1: a long hold window, so the generation is still held when the relay dies.
-    relay = RelayProcess(tmp_path, base_settings(upstream.base_url, **{"hold.seconds": 60}),
-                         queue_dir=qdir, name="run1")
+    relay = RelayProcess(tmp_path, NO_UPSTREAM_CHECK, "--queue-dir", str(qdir),
+                         settings=base_settings(upstream.base_url, **{"hold.seconds": 60}), name="run1")
     resource = Resource.create({"service.name": "order-status", "service.instance.id": "agent-1"})
     lp = LoggerProvider(resource=resource)
     lp.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=relay.address, insecure=True)))
@@ -128,8 +126,8 @@ def test_kill_9_keeps_held_spans_and_the_fetch_log(upstream: Upstream, tmp_path:
         relay.stop()
     # Run 2: the held span is taken back, held again for the (short) window, then resolved from
     # the fetch log that run 1 wrote to disk.
-    relay = RelayProcess(tmp_path, base_settings(upstream.base_url, **{"hold.seconds": 0.2}),
-                         queue_dir=qdir, name="run2")
+    relay = RelayProcess(tmp_path, NO_UPSTREAM_CHECK, "--queue-dir", str(qdir),
+                         settings=base_settings(upstream.base_url, **{"hold.seconds": 0.2}), name="run2")
     try:
         upstream.wait_for_spans(ids(gen), timeout=10)
         (span,) = [s for r in upstream.snapshot() for rs in r.request.resource_spans
@@ -155,7 +153,7 @@ def test_logs_queue_is_persistent_too(upstream: Upstream, tmp_path: Path) -> Non
     import grpc
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-    from ..otlp_builders import logs
+    from ..otlp_builders import LOGS_EXPORT, logs
     from .collector import Abort, FakeCollector
 
     got: list[ExportLogsServiceRequest] = []
@@ -171,21 +169,20 @@ def test_logs_queue_is_persistent_too(upstream: Upstream, tmp_path: Path) -> Non
     settings = {"queue.directory": str(tmp_path / "q"), "logs_exporter.type": "otlp_grpc",
                 "logs_exporter.otlp_grpc.endpoint": collector.address}
     try:
-        relay = RelayServer(config(upstream.base_url, **settings)).start()
-        record = logs([])
-        record.resource_logs[0].scope_logs[0].log_records.add().body.string_value = "an app log line"
-        channel = grpc.insecure_channel(relay.address)
-        channel.unary_unary("/opentelemetry.proto.collector.logs.v1.LogsService/Export")(
-            record.SerializeToString(), timeout=5)
-        channel.close()
-        wait_until(lambda: relay.logs_queue is not None and relay.logs_queue.stats.retries > 0, 5, "a retry")
-        relay.stop(timeout=0.2)
+        with running(config(upstream.base_url, **settings)) as relay:
+            record = logs([])
+            record.resource_logs[0].scope_logs[0].log_records.add().body.string_value = "an app log line"
+            channel = grpc.insecure_channel(relay.address)
+            channel.unary_unary(LOGS_EXPORT)(record.SerializeToString(), timeout=5)
+            channel.close()
+            wait_until(lambda: relay.logs_queue is not None and relay.logs_queue.stats.retries > 0, 5, "a retry")
+            relay.stop(timeout=0.2)
         assert relay.logs_queue is not None and relay.logs_queue.stats.kept_items == 1
         assert relay.trace_queue.stats.kept_items == 0
         down = False
-        relay = RelayServer(config(upstream.base_url, **settings)).start()
-        wait_until(lambda: len(got) == 1, 10, "the kept log record")
-        assert got[0].resource_logs[0].scope_logs[0].log_records[0].body.string_value == "an app log line"
-        assert relay.stop(timeout=5) == 0
+        with running(config(upstream.base_url, **settings)) as relay:
+            wait_until(lambda: len(got) == 1, 10, "the kept log record")
+            assert got[0].resource_logs[0].scope_logs[0].log_records[0].body.string_value == "an app log line"
+            assert relay.stop(timeout=5) == 0
     finally:
         collector.stop()

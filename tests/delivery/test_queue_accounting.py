@@ -20,6 +20,7 @@ from promptstamp_relay.deliver.queue import WorkerQueue
 from promptstamp_relay.export import ExportResult
 from promptstamp_relay.export.retry import Backoff
 from promptstamp_relay.journal import Journal
+from tests.fakes import Answer, FakeExporter
 from tests.waiting import wait_until
 
 PUTTERS = 4
@@ -27,20 +28,12 @@ PER_PUTTER = 400
 FAST = Backoff(initial=0.001, maximum=0.002, max_elapsed=0.05, randomization=0)
 
 
-class Flaky:
+def flaky(seed: int) -> FakeExporter:
     """Answers at random (seeded): OK, retry, permanent, partial success, or raises."""
+    rng = random.Random(seed)
 
-    signal = "traces"
-
-    def __init__(self, seed: int) -> None:
-        self._rng = random.Random(seed)
-        self._lock = threading.Lock()
-        self.calls = 0
-
-    def export(self, payload: bytes) -> ExportResult:
-        with self._lock:
-            r = self._rng.random()
-            self.calls += 1
+    def answer() -> Answer:
+        r = rng.random()
         if r < 0.45:
             return ExportResult("ok")
         if r < 0.65:
@@ -49,13 +42,12 @@ class Flaky:
             return ExportResult("permanent", "400 injected")
         if r < 0.9:
             return ExportResult("ok", "1 span too old", rejected=1)
-        raise RuntimeError("injected exporter bug")
+        return RuntimeError("injected exporter bug")
 
-    def shutdown(self) -> None:
-        pass
+    return FakeExporter(then=answer, record=False)
 
 
-def _load(q: WorkerQueue, exporter: Flaky) -> int:
+def _load(q: WorkerQueue, exporter: FakeExporter) -> int:
     """Put from several threads across the shutdown and after it; the items put in all."""
     totals = [0] * PUTTERS
     halfway = threading.Barrier(PUTTERS + 1)
@@ -92,7 +84,7 @@ def _settled(q: WorkerQueue) -> int:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_memory_queue_accounts_for_every_item_under_concurrent_load(seed: int) -> None:
-    exporter = Flaky(seed)
+    exporter = flaky(seed)
     q = MemoryQueue(lambda t: exporter, QueueConfig(max_requests=10_000, workers=4), backoff=FAST)
     q.start()
     received = _load(q, exporter)
@@ -105,7 +97,7 @@ def test_memory_queue_accounts_for_every_item_under_concurrent_load(seed: int) -
 
 @pytest.mark.parametrize("seed", [4, 5])
 def test_persistent_queue_accounts_for_every_item_and_keeps_them_on_disk(tmp_path: Path, seed: int) -> None:
-    exporter = Flaky(seed)
+    exporter = flaky(seed)
     journal = Journal(tmp_path, synchronous="normal")
     try:
         q = PersistentQueue(lambda t: exporter, journal, QueueConfig(max_requests=10_000, workers=4),

@@ -6,7 +6,9 @@ import re
 import time
 from pathlib import Path
 
-from .conftest import GEN, RelayProcess, Sender, base_settings, ids
+from tests.relays import RelayProcess
+
+from .conftest import GEN, NO_UPSTREAM_CHECK, Sender, base_settings, ids
 from .upstream import Upstream
 
 SHUTDOWN_TIMEOUT = 1.0
@@ -35,7 +37,7 @@ def test_sigterm_slow_upstream_persistent_drains_within_the_bound_and_keeps_the_
     settings = base_settings(upstream.base_url, **{
         "queue.workers": 1, "queue.shutdown_timeout_seconds": SHUTDOWN_TIMEOUT,
     })
-    relay = RelayProcess(tmp_path, settings, queue_dir=qdir, name="run1")
+    relay = RelayProcess(tmp_path, NO_UPSTREAM_CHECK, "--queue-dir", str(qdir), settings=settings, name="run1")
     try:
         sent = _fill(relay, 20)
         t0 = time.monotonic()
@@ -53,7 +55,7 @@ def test_sigterm_slow_upstream_persistent_drains_within_the_bound_and_keeps_the_
     assert len(set(delivered)) + kept >= len(sent)  # nothing unaccounted for
     # The next start sends what was kept.
     upstream.delay(0)
-    relay = RelayProcess(tmp_path, settings, queue_dir=qdir, name="run2")
+    relay = RelayProcess(tmp_path, NO_UPSTREAM_CHECK, "--queue-dir", str(qdir), settings=settings, name="run2")
     try:
         upstream.wait_for_spans(sent, timeout=20)
     finally:
@@ -68,7 +70,7 @@ def test_sigterm_slow_upstream_memory_mode_counts_and_logs_what_is_lost(
     settings = base_settings(upstream.base_url, **{
         "queue.workers": 1, "queue.shutdown_timeout_seconds": SHUTDOWN_TIMEOUT,
     })
-    relay = RelayProcess(tmp_path, settings)
+    relay = RelayProcess(tmp_path, NO_UPSTREAM_CHECK, settings=settings)
     try:
         sent = _fill(relay, 20)
         t0 = time.monotonic()
@@ -91,7 +93,7 @@ def test_sigterm_releases_held_spans_and_drains_everything_and_exits_0(
 ) -> None:
     upstream.delay(0.02)
     settings = base_settings(upstream.base_url, **{"queue.shutdown_timeout_seconds": 10, "hold.seconds": 30})
-    relay = RelayProcess(tmp_path, settings)
+    relay = RelayProcess(tmp_path, NO_UPSTREAM_CHECK, settings=settings)
     sender = Sender(relay.address)
     try:
         sent = _fill(relay, 20)

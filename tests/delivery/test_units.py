@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import threading
 from pathlib import Path
 
 import grpc
@@ -22,6 +21,7 @@ from promptstamp_relay.export.retry import (
 )
 from promptstamp_relay.journal import Journal, JournalError
 from promptstamp_relay.store.sqlite import SqliteStore
+from tests.fakes import FakeExporter
 from tests.waiting import wait_until
 
 S = 10**9
@@ -67,26 +67,6 @@ def test_jitter_stays_within_the_randomization_factor() -> None:
 
 
 # -- the queue ---------------------------------------------------------------------------------
-class Script:
-    """An exporter that answers from a script, then OK."""
-
-    signal = "traces"
-
-    def __init__(self, *answers: ExportResult, block: threading.Event | None = None) -> None:
-        self.answers = list(answers)
-        self.payloads: list[bytes] = []
-        self.block = block
-
-    def export(self, payload: bytes) -> ExportResult:
-        self.payloads.append(payload)
-        if self.block is not None:
-            self.block.wait(5)
-        return self.answers.pop(0) if self.answers else ExportResult("ok")
-
-    def shutdown(self) -> None:
-        pass
-
-
 FAST = Backoff(initial=0.01, maximum=0.01, max_elapsed=0.5, randomization=0)
 
 
@@ -95,8 +75,7 @@ def _wait(pred: object, timeout: float = 5) -> None:
 
 
 def test_bounds_count_in_flight_and_reservations() -> None:
-    gate = threading.Event()
-    exp = Script(block=gate)
+    exp = FakeExporter().block()
     q = MemoryQueue(lambda t: exp, QueueConfig(max_requests=3, max_bytes=100, workers=1), backoff=FAST)
     q.start()
     try:
@@ -114,12 +93,12 @@ def test_bounds_count_in_flight_and_reservations() -> None:
         assert not q.try_reserve(1)
         q.unreserve(60)
     finally:
-        gate.set()
+        exp.release()
         q.shutdown(2)
 
 
 def test_retry_then_give_up_counts_failed_never_lost() -> None:
-    exp = Script(*[ExportResult("retry", "503")] * 1000)
+    exp = FakeExporter(then=ExportResult("retry", "503"))
     q = MemoryQueue(lambda t: exp, workers=1, backoff=FAST)
     q.start()
     q.put(DeliveryItem(b"x", 4))
@@ -129,8 +108,7 @@ def test_retry_then_give_up_counts_failed_never_lost() -> None:
 
 
 def test_memory_shutdown_counts_lost_once_including_in_flight() -> None:
-    gate = threading.Event()
-    exp = Script(block=gate)
+    exp = FakeExporter().block()
     q = MemoryQueue(lambda t: exp, workers=1, backoff=FAST)
     q.start()
     for _ in range(3):
@@ -138,22 +116,21 @@ def test_memory_shutdown_counts_lost_once_including_in_flight() -> None:
     _wait(lambda: exp.payloads)
     lost = q.shutdown(0.1)  # one stuck on the wire past the grace, two never taken
     assert lost == 6 and q.stats.lost_items == 6
-    gate.set()  # the stuck export ends later: not counted twice, not counted exported
+    exp.release()  # the stuck export ends later: not counted twice, not counted exported
     _wait(lambda: not any(t.is_alive() for t in q._threads))
     assert q.stats.lost_items == 6 and q.stats.exported_items == 0
 
 
 def test_persistent_rows_in_order_deleted_only_after_confirmation(tmp_path: Path) -> None:
     j = Journal(tmp_path)
-    gate = threading.Event()
-    exp = Script(ExportResult("permanent", "400"), block=gate)
+    exp = FakeExporter(ExportResult("permanent", "400")).block()
     q = PersistentQueue(lambda t: exp, j, workers=1, backoff=FAST)
     q.start()
     for i in range(4):
         q.put(DeliveryItem(f"req-{i}".encode(), 1))
     _wait(lambda: exp.payloads)
     assert len(pending_rows(j, "traces")) == 4  # nothing confirmed yet
-    gate.set()
+    exp.release()
     _wait(lambda: q.stats.exported_items == 3)
     assert q.shutdown(1) == 0
     assert exp.payloads == [b"req-0", b"req-1", b"req-2", b"req-3"]  # in order
@@ -163,7 +140,7 @@ def test_persistent_rows_in_order_deleted_only_after_confirmation(tmp_path: Path
 
 def test_persistent_shutdown_keeps_rows_and_the_next_queue_sends_them_first(tmp_path: Path) -> None:
     j = Journal(tmp_path)
-    exp = Script(*[ExportResult("retry", "503")] * 1000)
+    exp = FakeExporter(then=ExportResult("retry", "503"))
     q = PersistentQueue(lambda t: exp, j, workers=1,
                         backoff=Backoff(initial=0.01, maximum=0.01, max_elapsed=0))
     q.start()
@@ -173,7 +150,7 @@ def test_persistent_shutdown_keeps_rows_and_the_next_queue_sends_them_first(tmp_
     assert q.shutdown(0.05) == 0 and q.stats.kept_items == 15
     j.close()
     j = Journal(tmp_path)
-    ok = Script()
+    ok = FakeExporter()
     q = PersistentQueue(lambda t: ok, j, workers=1, backoff=FAST)
     q.put(DeliveryItem(b"new", 1))  # before start: must still go after the old rows
     q.start()

@@ -19,6 +19,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from tests.waiting import wait_until
+
 INGEST_PATH = "/api/public/otel/v1/traces"
 
 
@@ -35,7 +37,6 @@ class Upstream:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
         self.received: list[Received] = []
         self._fail: tuple[int, int | None, float | None] | None = None
         self._delay = 0.0
@@ -111,17 +112,16 @@ class Upstream:
         return Counter(s for r in self.snapshot() if r.status == 200 for s in r.span_ids)
 
     def wait_for_spans(self, wanted: set[bytes], timeout: float) -> Counter[bytes]:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                got = Counter(s for r in self.received if r.status == 200 for s in r.span_ids)
-                missing = wanted - set(got)
-                if not missing:
-                    return got
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"{len(missing)} of {len(wanted)} spans did not arrive in {timeout}s")
-                self._changed.wait(min(left, 0.05))
+        """Span id -> how many times it arrived answered 200, once every one of ``wanted`` did."""
+        got: Counter[bytes] = Counter()
+
+        def arrived() -> bool:
+            got.clear()
+            got.update(self.accepted_span_ids())
+            return wanted <= got.keys()
+
+        wait_until(arrived, timeout, lambda: f"{len(wanted - got.keys())} of {len(wanted)} spans to arrive")
+        return got
 
     # -- serving ------------------------------------------------------------------------------
     def _answer(self, path: str, encoding: str | None, body: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -145,7 +145,6 @@ class Upstream:
                         self._fail = (code, times - 1, retry_after) if times > 1 else None
             delay = self._delay
             self.received.append(Received(at, status, ids, req))
-            self._changed.notify_all()
         if delay:
             self._stopping.wait(delay)
         payload = ExportTraceServiceResponse().SerializeToString() if status == 200 else b"injected failure"

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,8 @@ import pytest
 from promptstamp.testing import LangfuseServer
 from promptstamp_relay.demo.app.prompts import PROMPT_NAME, LangfuseApi, seed_prompts
 from promptstamp_relay.server import RelayServer
-from tests.relays import relay_config
+from tests.relays import relay_config, running
+from tests.waiting import wait_until
 
 APP_MODULE = "promptstamp_relay.demo.app"  # what the demo-app image's ENTRYPOINT runs
 
@@ -35,10 +35,9 @@ def langfuse() -> Iterator[LangfuseServer]:
 @pytest.fixture
 def relay(langfuse: LangfuseServer) -> Iterator[RelayServer]:
     # The app exports OTLP/gRPC: no HTTP listener.
-    server = RelayServer(relay_config(langfuse, **{"hold.seconds": 1.0, "receivers.http.listen": ""})).start()
-    try:
+    with running(relay_config(langfuse, **{"hold.seconds": 1.0, "receivers.http.listen": ""}),
+                 timeout=None) as server:
         yield server
-    finally:
         assert server.stop() == 0
 
 
@@ -68,9 +67,8 @@ def test_compose_command_runs_all_scenarios_linked(langfuse: LangfuseServer, rel
     ]
     report = json.loads(report_path.read_text())
     sent = {(s["trace_id"], s["span_id"]) for s in report["spans"]}
-    deadline = time.monotonic() + 15
-    while {(o.trace_id, o.span_id) for o in langfuse.observations()} < sent and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not {(o.trace_id, o.span_id) for o in langfuse.observations()} < sent, 15,
+               "every span the app sent in Langfuse", interval=0.05)
     observations = langfuse.observations()
     assert {(o.trace_id, o.span_id) for o in observations} == sent  # nothing lost, nothing extra
     assert langfuse.rejected() == []

@@ -9,7 +9,7 @@ the loopback Langfuse (which links none of them itself, as Langfuse does not):
 
 (OpenLLMetry's ``traceloop.prompt.*`` come only from its commercial prompt registry, and no
 installed instrumentation writes ``gen_ai.prompt.name`` yet: those two rows are tested on the
-processor in tests/unit/test_conventions.py.) The portable link out is checked against the
+processor in tests/core/test_conventions.py.) The portable link out is checked against the
 loopback Langfuse's mirror of Langfuse's input extraction: what it would do to the input.
 """
 

@@ -8,14 +8,10 @@ Every server binds 127.0.0.1 port 0 and is stopped by its test; every wait is bo
 from __future__ import annotations
 
 import logging
-import os
 import re
-import select
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,6 +30,7 @@ from promptstamp_relay import cli
 from promptstamp_relay.config import load_config
 from promptstamp_relay.export import LangfuseExporter, OtlpGrpcExporter
 from promptstamp_relay.ops.startup import check_langfuse, check_otlp_grpc
+from tests.relays import RelayProcess, clean_env, free_port
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,21 +38,14 @@ RECORDING = ROOT / "tests" / "replay" / "recordings" / "openllmetry.jsonl"
 SECRET = "sk-lf-very-secret"
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "PROMPTSTAMP_", "OTEL_"))}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
 def _langfuse_env(server: LangfuseServer, secret: str | None = None, **extra: str) -> dict[str, str]:
-    return _env(**{"LANGFUSE_BASE_URL": server.base_url, "LANGFUSE_PUBLIC_KEY": server.public_key,
+    return clean_env(**{"LANGFUSE_BASE_URL": server.base_url, "LANGFUSE_PUBLIC_KEY": server.public_key,
                    "LANGFUSE_SECRET_KEY": secret or server.secret_key, **extra})
 
 
 def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "promptstamp_relay.cli", *args], capture_output=True,
-                          text=True, env=env or _env(), timeout=timeout)
+                          text=True, env=env or clean_env(), timeout=timeout)
 
 
 def _one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
@@ -63,39 +53,6 @@ def _one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.startswith("promptstamp-relay:")]
     assert len(lines) == 1, proc.stderr
     return lines[0]
-
-
-class Serve:
-    """``promptstamp-relay serve`` as a process; stderr in a file."""
-
-    def __init__(self, tmp: Path, *args: str, env: dict[str, str], cmd: list[str] | None = None) -> None:
-        self.stderr_path = tmp / f"serve-{time.monotonic_ns()}.stderr"
-        self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
-        base = cmd or [sys.executable, "-m", "promptstamp_relay.cli"]
-        # Free ports for both receivers, never the fixed defaults (4317, 4318).
-        self.proc = subprocess.Popen([*base, "serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-                                      *args],
-                                     stdout=subprocess.PIPE, stderr=self._stderr, env=env)
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
-        self.first_line = self.proc.stdout.readline().decode() if ready else ""
-        m = re.search(r"listening on (\S+)", self.first_line)
-        self.address = m[1] if m else ""
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._stderr.close()
 
 
 @pytest.fixture
@@ -111,12 +68,6 @@ def busy_port() -> Iterator[int]:
         s.bind(("127.0.0.1", 0))
         s.listen()
         yield s.getsockname()[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- exit codes, --help, --version ---------------------------------------------------------------
@@ -207,7 +158,7 @@ def test_langfuse_check_outcomes(langfuse: LangfuseServer, forbidding: str) -> N
         "401": check_langfuse(langfuse.base_url, langfuse.public_key, "sk-lf-wrong", timeout=5),
         "403": check_langfuse(forbidding, "pk-lf-org", "sk-lf-org", timeout=5),
         "dns": check_langfuse("http://no-such-host.invalid:3000", "pk", "sk", timeout=5),
-        "refused": check_langfuse(f"http://127.0.0.1:{_free_port()}", "pk", "sk", timeout=5),
+        "refused": check_langfuse(f"http://127.0.0.1:{free_port()}", "pk", "sk", timeout=5),
         "tls": check_langfuse(langfuse.base_url.replace("http://", "https://"), "pk", "sk", timeout=5),
     }
     assert not any(r.ok for r in results.values())
@@ -240,7 +191,7 @@ def test_otlp_grpc_check_outcomes(langfuse: LangfuseServer) -> None:
         assert not tls.ok and "TLS handshake" in tls.message
     finally:
         upstream.stop()
-    refused = check_otlp_grpc(f"127.0.0.1:{_free_port()}", timeout=5)
+    refused = check_otlp_grpc(f"127.0.0.1:{free_port()}", timeout=5)
     assert not refused.ok and "connection refused" in refused.message
     not_grpc = check_otlp_grpc(langfuse.base_url.removeprefix("http://"), timeout=1)  # an HTTP/1.1 server
     assert not not_grpc.ok and "no gRPC (HTTP/2) answer" in not_grpc.message
@@ -265,7 +216,7 @@ def test_serve_refuses_to_start_when_langfuse_refuses_the_keys(langfuse: Langfus
 
 
 def test_serve_check_upstream_warn_starts_loudly(langfuse: LangfuseServer, tmp_path: Path) -> None:
-    relay = Serve(tmp_path, "--check-upstream=warn", env=_langfuse_env(langfuse, secret="sk-lf-wrong"))
+    relay = RelayProcess(tmp_path, "--check-upstream=warn", env=_langfuse_env(langfuse, secret="sk-lf-wrong"))
     try:
         assert relay.address, relay.stderr()
         assert "WARNING" in relay.stderr() and "!!! upstream check FAILED, starting anyway" in relay.stderr()
@@ -275,7 +226,7 @@ def test_serve_check_upstream_warn_starts_loudly(langfuse: LangfuseServer, tmp_p
 
 
 def test_serve_with_good_keys_checks_and_starts(langfuse: LangfuseServer, tmp_path: Path) -> None:
-    relay = Serve(tmp_path, env=_langfuse_env(langfuse, LANGFUSE_BASE_URL=langfuse.base_url + "/api/public/otel"))
+    relay = RelayProcess(tmp_path, env=_langfuse_env(langfuse, LANGFUSE_BASE_URL=langfuse.base_url + "/api/public/otel"))
     try:
         assert relay.address and "exporter langfuse" in relay.first_line, relay.stderr()
         err = relay.stderr()
@@ -291,7 +242,7 @@ def test_shutdown_after_an_undelivered_item_does_not_claim_nothing_was_lost(
         langfuse: LangfuseServer, tmp_path: Path) -> None:
     """Wrong keys with the check off: the export gets 401 (permanent), the item is not delivered,
     and the last lines must say so."""
-    relay = Serve(tmp_path, "--check-upstream=off", env=_langfuse_env(langfuse, secret="sk-lf-wrong"))
+    relay = RelayProcess(tmp_path, "--check-upstream=off", env=_langfuse_env(langfuse, secret="sk-lf-wrong"))
     tp = TracerProvider(resource=Resource.create({"service.name": "operator-test"}))
     try:
         assert relay.address, relay.stderr()
@@ -333,7 +284,7 @@ def test_shutdown_report_wording(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_connection_refused_is_a_warning_with_the_url_never_the_keys(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "promptstamp_relay")
-    port = _free_port()
+    port = free_port()
     lf = LangfuseExporter(f"http://127.0.0.1:{port}/api/public/otel", "pk-lf-x", SECRET, timeout=5)
     try:
         assert lf.export(b"").outcome == "retry"
@@ -360,7 +311,7 @@ def test_record_mode(tmp_path: Path, mode: str | None, kept: bool) -> None:
     record = tmp_path / "record.jsonl"
     record.write_text('{"resourceSpans": []}\n')
     args = ["--record", str(record)] + (["--record-mode", mode] if mode else [])
-    relay = Serve(tmp_path, *args, env=_env())
+    relay = RelayProcess(tmp_path, *args, env=clean_env())
     try:
         assert relay.address, relay.stderr()
         assert relay.terminate() == 0
@@ -395,15 +346,15 @@ def test_serve_and_replay_import_neither_langfuse_nor_the_sdk(langfuse: Langfuse
     wrapper.write_text(WRAPPER)
     serve_modules, replay_modules = tmp_path / "serve.txt", tmp_path / "replay.txt"
     # serve with the Langfuse exporter, its upstream check and metrics: the widest import set
-    relay = Serve(tmp_path, "--metrics-listen", "127.0.0.1:0", env=_langfuse_env(langfuse),
-                  cmd=[sys.executable, str(wrapper), str(serve_modules)])
+    relay = RelayProcess(tmp_path, env=_langfuse_env(langfuse), metrics=True,
+                         cmd=[sys.executable, str(wrapper), str(serve_modules)])
     try:
         assert relay.address, relay.stderr()
         assert relay.terminate() == 0
     finally:
         relay.stop()
     proc = subprocess.run([sys.executable, str(wrapper), str(replay_modules), "replay", str(RECORDING),
-                           "-o", str(tmp_path / "out.jsonl")], capture_output=True, text=True, env=_env(),
+                           "-o", str(tmp_path / "out.jsonl")], capture_output=True, text=True, env=clean_env(),
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     for path in (serve_modules, replay_modules):

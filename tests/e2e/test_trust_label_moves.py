@@ -33,6 +33,7 @@ from tests.e2e.trust_apps import (
     move_label,
     wait_for_generations,
 )
+from tests.waiting import wait_until
 
 pytest.importorskip("opentelemetry.instrumentation.openai")
 
@@ -118,11 +119,13 @@ def run_with_default_cache(app: App, langfuse: LangfuseServer) -> list[dict[str,
             moved_to.append(create_version(langfuse))
             move_label(langfuse, moved_to[0])  # production v2 -> v3 while a v2 scope is open
 
-    # 6 s requests until the cache runs out and a scope is handed v2 (bounded)
-    deadline = first_fetch + CACHE_TTL_SECONDS + 40
-    while not moved_to:
-        assert time.monotonic() < deadline, [r["version"] for r in requests]
+    def another_request() -> bool:
         requests.append(request(app, 6, 3, during=move_once_handed_v2))
+        return bool(moved_to)
+
+    # 6 s requests until the cache runs out and a scope is handed v2 (bounded)
+    wait_until(another_request, first_fetch + CACHE_TTL_SECONDS + 40 - time.monotonic(),
+               lambda: f"a scope handed v2 (versions so far: {[r['version'] for r in requests]})", interval=0)
     requests.append(request(app, 4, 3))  # production is v3 now; the cache has v2
     versions = [r["version"] for r in requests]
     first_v2 = versions.index(2)

@@ -17,7 +17,8 @@ import pytest
 
 from promptstamp_relay.core.model import FetchRecord
 from promptstamp_relay.store.redis import RedisStore, decode_member, encode_member, tenant_prefix
-from tests.redis.conftest import RedisServer, _free_port
+from tests.redis_server import RedisServer
+from tests.relays import free_port
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.redis
@@ -235,7 +236,7 @@ def test_a_relay_joining_later_loads_the_shared_history(
 def test_redis_unreachable_degrades_never_blocks_and_recovers(
     redis_factory: Callable[[], RedisServer], make_store: Callable[..., RedisStore]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     a = make_store(url)
     now = time.time_ns()
@@ -259,7 +260,7 @@ def test_redis_unreachable_degrades_never_blocks_and_recovers(
 def test_the_outbound_buffer_is_bounded_and_counts_what_it_drops(
     redis_factory: Callable[[], RedisServer], make_store: Callable[..., RedisStore]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     a = make_store(f"redis://127.0.0.1:{port}/0", max_pending=10)
     now = time.time_ns()
     for k in range(25):

@@ -17,7 +17,9 @@ import pytest
 
 import promptstamp_contract as c
 from tests.otlp_builders import S, fetch_record, gen_attrs, logs, sid, span, traces
-from tests.redis.conftest import RedisProcessFactory, RedisServer, RelayProcess
+from tests.redis.conftest import RedisProcessFactory
+from tests.redis_server import RedisServer
+from tests.relays import RelayProcess, free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -187,10 +189,8 @@ def test_redis_stopped_and_restarted_mid_run_loses_no_span(
 def test_a_relay_started_while_redis_is_down_serves_and_catches_up(
     redis_factory: Callable[[], RedisServer], relays: RedisProcessFactory
 ) -> None:
-    from tests.redis.conftest import _free_port
-
     server = redis_factory()
-    port = _free_port()
+    port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     a = relays("a", url)
     a.wait_metric("promptstamp_store_degraded", lambda v: v == 1, 10)

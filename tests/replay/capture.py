@@ -58,7 +58,7 @@ def capture(kind: str, out_path: Path) -> None:
     import promptstamp
     from promptstamp.testing import FakeOpenAI, LangfuseServer
     from promptstamp_relay.config import load_config
-    from promptstamp_relay.server import RelayServer
+    from tests.relays import running
 
     with tempfile.TemporaryDirectory() as tmp, LangfuseServer() as lf, FakeOpenAI() as model:
         lf.create_prompt("order-status-answer", [{"role": "system", "content": SYSTEM},
@@ -72,8 +72,7 @@ def capture(kind: str, out_path: Path) -> None:
             "listen": "127.0.0.1:0", "receivers.http.listen": "", "record": str(record), "exporter.type": "file",
             "exporter.file": str(Path(tmp) / "out.jsonl"),
         })
-        relay = RelayServer(cfg).start()
-        try:
+        with running(cfg) as relay:
             resource = Resource.create({"service.name": "order-status-agent",
                                         "service.instance.id": f"order-status-agent-{kind}"})
             tp = TracerProvider(resource=resource)
@@ -109,8 +108,6 @@ def capture(kind: str, out_path: Path) -> None:
             tp.shutdown()
             lp.shutdown()
             time.sleep(0.2)
-        finally:
-            relay.stop(timeout=5)
         out_path.write_text(record.read_text())
 
 

@@ -2,7 +2,7 @@
 with OTLP requests, and read back over HTTP as an operator or the ``labels`` commands would.
 
 Everything binds 127.0.0.1 port 0; every relay and server a fixture starts is stopped by it.
-The Redis fixtures are the suite's real ``redis-server`` ones.
+The Redis fixtures are the suite's real ``redis-server`` ones (``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -12,27 +12,16 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
-    ExportLogsServiceRequest,
-    ExportLogsServiceResponse,
-)
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 
 import promptstamp_contract as c
 from promptstamp.testing import LangfuseServer
-from promptstamp_relay.config import load_config
-from promptstamp_relay.server import RelayServer
 from tests.otlp_builders import S, fetch_record, gen_attrs, logs, span, traces
-from tests.redis.conftest import redis_binary as redis_binary
-from tests.redis.conftest import redis_server as redis_server
+from tests.relays import OtlpClient, relay_config, running
 
 PROMPT = "order-status-answer"
 
@@ -42,26 +31,19 @@ def pod(name: str) -> dict[str, Any]:
 
 
 class Relay:
-    """One started :class:`RelayServer` and a gRPC client for it."""
+    """One started in-process relay (:func:`tests.relays.running`) and a gRPC client for it."""
 
     def __init__(self, tmp: Path, name: str = "relay", **settings: Any) -> None:
         base: dict[str, Any] = {
-            "listen": "127.0.0.1:0", "receivers.http.listen": "", "metrics_listen": "127.0.0.1:0",
+            "receivers.http.listen": "", "metrics_listen": "127.0.0.1:0",
             "hold.seconds": 0.2, "exporter.type": "file", "exporter.file": str(tmp / f"{name}.jsonl"),
             "queue.shutdown_timeout_seconds": 5,
         }
         base.update(settings)
-        self.cfg = load_config(None, env={}, overrides=base)
-        self.server = RelayServer(self.cfg).start()
-        self.channel = grpc.insecure_channel(self.server.address)
-        self._traces = self.channel.unary_unary(
-            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-            request_serializer=ExportTraceServiceRequest.SerializeToString,
-            response_deserializer=ExportTraceServiceResponse.FromString)
-        self._logs = self.channel.unary_unary(
-            "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
-            request_serializer=ExportLogsServiceRequest.SerializeToString,
-            response_deserializer=ExportLogsServiceResponse.FromString)
+        self.cfg = relay_config(None, **base)
+        self._running = ExitStack()
+        self.server = self._running.enter_context(running(self.cfg))
+        self.client = OtlpClient(self.server.address)
         self._trace = 0
 
     @property
@@ -78,22 +60,22 @@ class Relay:
         self._trace += 1
         md = [("authorization", authorization)] if authorization else None
         if version is not None:
-            self._logs(logs([fetch_record(prompt, label, version, time=at, trace=self._trace)],
-                            resource=pod(instance)), timeout=10, metadata=md)
+            self.client.logs(logs([fetch_record(prompt, label, version, time=at, trace=self._trace)],
+                                  resource=pod(instance)), timeout=10, metadata=md)
         keys = token_keys or (c.GEN_AI_USAGE_INPUT_TOKENS, c.GEN_AI_USAGE_OUTPUT_TOKENS)
         sp = span(trace=self._trace, span_id=self._trace, start=at + S // 10,
                   end=at + S // 10 + duration_ms * 10**6,
                   attrs=gen_attrs(prompt, label, **{keys[0]: tokens[0], keys[1]: tokens[1]}))
         if error:
             sp.status.code = sp.status.STATUS_CODE_ERROR
-        self._traces(traces([sp], resource=pod(instance)), timeout=10, metadata=md)
+        self.client.traces(traces([sp], resource=pod(instance)), timeout=10, metadata=md)
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         return http(self.url + path, headers=headers)
 
     def stop(self) -> None:
-        self.channel.close()
-        self.server.stop()
+        self.client.close()
+        self._running.close()
 
 
 def http(url: str, *, method: str = "GET", body: bytes | None = None,

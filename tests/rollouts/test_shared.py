@@ -10,7 +10,7 @@ from typing import Any
 
 from promptstamp_relay.cli import main
 from tests.otlp_builders import S
-from tests.redis.conftest import RedisServer
+from tests.redis_server import RedisServer
 from tests.waiting import wait_until
 
 from .conftest import PROMPT, Relay

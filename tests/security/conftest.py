@@ -1,4 +1,4 @@
-"""Fixtures for the security tests: relays on loopback, raw gRPC calls, a test PKI."""
+"""Fixtures for the security tests: relay settings, raw gRPC calls, a test PKI."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import base64
 import datetime
 import ipaddress
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,11 +14,8 @@ import pytest
 
 from promptstamp.testing import LangfuseServer
 from promptstamp_relay.config import Config
-from promptstamp_relay.server import RelayServer
 from tests import relays
-
-TRACES = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-LOGS = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+from tests.otlp_builders import TRACES_EXPORT
 
 #: Bearer tokens of the two test tenants (>= 16 characters, as the config demands).
 TOKEN_A = "tenant-a-token-0123456789abcdef"
@@ -39,7 +35,7 @@ def call(
     address: str,
     payload: bytes,
     *,
-    method: str = TRACES,
+    method: str = TRACES_EXPORT,
     metadata: Sequence[tuple[str, str]] = (),
     compression: grpc.Compression | None = None,
     credentials: grpc.ChannelCredentials | None = None,
@@ -60,15 +56,10 @@ def call(
 
 
 def relay_config(langfuse: LangfuseServer | None = None, **overrides: object) -> Config:
-    """:func:`tests.relays.relay_config` with a shorter hold, retry budget and drain."""
+    """:func:`tests.relays.relay_config` with a shorter hold, retry budget and drain (stop these
+    relays with ``running(cfg, timeout=3)``)."""
     return relays.relay_config(langfuse, **{"hold.seconds": 0.3, "retry.max_elapsed_seconds": 2,
                                             "queue.shutdown_timeout_seconds": 3, **overrides})
-
-
-@contextmanager
-def running(cfg: Config) -> Iterator[RelayServer]:
-    with relays.running(cfg, timeout=3) as relay:
-        yield relay
 
 
 @pytest.fixture

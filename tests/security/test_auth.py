@@ -21,9 +21,10 @@ from promptstamp_relay.admission import auth as auth_mod
 from promptstamp_relay.admission.auth import Authenticator, Identity, Unauthenticated, passthrough_tenant
 from promptstamp_relay.config import AuthConfig, ConfigError, TenantConfig, load_config
 from tests.otlp_builders import span, traces
+from tests.relays import running
 from tests.waiting import wait_until
 
-from .conftest import TOKEN_A, TOKEN_B, basic, bearer, call, relay_config, running
+from .conftest import TOKEN_A, TOKEN_B, basic, bearer, call, relay_config
 
 PK_A, SK_A = "pk-lf-aaaa", "sk-lf-aaaa-secret"
 PK_B, SK_B = "pk-lf-bbbb", "sk-lf-bbbb-secret"
@@ -186,7 +187,7 @@ def auth_overrides(langfuse_b: LangfuseServer | None = None) -> dict[str, Any]:
 def test_live_refusals_and_acceptance(langfuse: LangfuseServer, caplog: pytest.LogCaptureFixture) -> None:
     payload = traces([span("authed")]).SerializeToString()
     caplog.set_level(logging.DEBUG)
-    with running(relay_config(langfuse, **auth_overrides())) as relay:
+    with running(relay_config(langfuse, **auth_overrides()), timeout=3) as relay:
         assert call(relay.address, payload)[0] == grpc.StatusCode.UNAUTHENTICATED
         wrong = "Bearer sixteen-chars-but-wrong-xyz"
         code, details = call(relay.address, payload, metadata=[("authorization", wrong)])
@@ -212,7 +213,7 @@ def test_refused_authentication_is_logged_at_info_with_peer_and_hint_rate_limite
         return [r.getMessage() for r in caplog.records
                 if r.name == "promptstamp_relay.admission" and "refused unauthenticated" in r.getMessage()]
 
-    with running(relay_config(langfuse, **auth_overrides())) as relay:
+    with running(relay_config(langfuse, **auth_overrides()), timeout=3) as relay:
         wrong = "Bearer sixteen-chars-but-wrong-xyz"
         for _ in range(3):
             assert call(relay.address, payload, metadata=[("authorization", wrong)])[0] == \
@@ -234,7 +235,7 @@ def test_refused_authentication_is_logged_at_info_with_peer_and_hint_rate_limite
 
 
 def test_the_otel_sdk_sends_its_token_as_metadata(langfuse: LangfuseServer) -> None:
-    with running(relay_config(langfuse, **auth_overrides())) as relay:
+    with running(relay_config(langfuse, **auth_overrides()), timeout=3) as relay:
         tp = TracerProvider()
         tp.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(
             endpoint=relay.address, insecure=True, timeout=5, headers={"authorization": f"Bearer {TOKEN_A}"})))
@@ -246,7 +247,7 @@ def test_the_otel_sdk_sends_its_token_as_metadata(langfuse: LangfuseServer) -> N
 
 def test_each_tenant_is_forwarded_with_its_own_langfuse_keys(langfuse: LangfuseServer) -> None:
     with LangfuseServer(public_key="pk-lf-tenant-b", secret_key="sk-lf-tenant-b") as langfuse_b:
-        with running(relay_config(langfuse, **auth_overrides(langfuse_b))) as relay:
+        with running(relay_config(langfuse, **auth_overrides(langfuse_b)), timeout=3) as relay:
             assert call(relay.address, traces([span("from-a", span_id=1)]).SerializeToString(),
                         metadata=bearer(TOKEN_A))[0] == grpc.StatusCode.OK
             assert call(relay.address, traces([span("from-b", span_id=2)]).SerializeToString(),
@@ -264,7 +265,7 @@ def test_passthrough_forwards_the_callers_own_keys_and_keeps_them_out_of_recordi
 ) -> None:
     recording = tmp_path / "rec.jsonl"
     cfg = relay_config(langfuse, **{"auth.passthrough_langfuse_credentials": True, "record": str(recording)})
-    with running(cfg) as relay:
+    with running(cfg, timeout=3) as relay:
         ok = call(relay.address, traces([span("own-keys", span_id=1)]).SerializeToString(),
                   metadata=basic(langfuse.public_key, langfuse.secret_key))
         assert ok == (grpc.StatusCode.OK, "")

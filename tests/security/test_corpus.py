@@ -16,9 +16,11 @@ import pytest
 import promptstamp_contract as c
 from promptstamp.testing import LangfuseServer
 from promptstamp_relay.server import RelayServer
-from tests.otlp_builders import fetch_record, gen_attrs, logs, sid, span, traces
+from tests.otlp_builders import LOGS_EXPORT, TRACES_EXPORT, fetch_record, gen_attrs, logs, sid, span, traces
+from tests.relays import running
+from tests.waiting import wait_until
 
-from .conftest import LOGS, TRACES, call, relay_config
+from .conftest import call, relay_config
 from .make_corpus import CASES, CORPUS_DIR, CORPUS_LIMITS, Case, manifest
 
 CHECKED_IN = [c for c in CASES if c.checked_in]
@@ -41,11 +43,8 @@ def langfuse_module() -> Iterator[LangfuseServer]:
 
 @pytest.fixture(scope="module")
 def relay(langfuse_module: LangfuseServer) -> Iterator[RelayServer]:
-    server = RelayServer(relay_config(langfuse_module, **CORPUS_LIMITS)).start()
-    try:
+    with running(relay_config(langfuse_module, **CORPUS_LIMITS), timeout=3) as server:
         yield server
-    finally:
-        server.stop(timeout=3)
 
 
 _normal = iter(range(1, 10**6))
@@ -59,7 +58,7 @@ def still_serves(relay: RelayServer) -> None:
 
 def send(relay: RelayServer, case: Case, data: bytes, bound: float) -> None:
     t0 = time.monotonic()
-    code, details = call(relay.address, data, method=LOGS if case.signal == "logs" else TRACES, timeout=bound)
+    code, details = call(relay.address, data, method=LOGS_EXPORT if case.signal == "logs" else TRACES_EXPORT, timeout=bound)
     elapsed = time.monotonic() - t0
     assert code.name == case.expect, f"{case.name}: {code.name} {details!r}"
     assert len(details) < 200
@@ -82,16 +81,11 @@ def test_after_the_corpus_the_relay_still_stamps_and_forwards(
 ) -> None:
     now = time.time_ns()
     fetch = logs([fetch_record(version=7, time=now - 10**9, trace=9999)])
-    assert call(relay.address, fetch.SerializeToString(), method=LOGS) == (grpc.StatusCode.OK, "")
+    assert call(relay.address, fetch.SerializeToString(), method=LOGS_EXPORT) == (grpc.StatusCode.OK, "")
     gen = traces([span("chat after the corpus", trace=9999, span_id=999_999, start=now, attrs=gen_attrs())])
     assert call(relay.address, gen.SerializeToString()) == (grpc.StatusCode.OK, "")
-    deadline = time.monotonic() + 10
-    while True:
-        got = [o for o in langfuse_module.observations() if o.span_id == sid(999_999).hex()]
-        if got:
-            break
-        assert time.monotonic() < deadline, "the stamped span never arrived"
-        time.sleep(0.05)
+    got = wait_until(lambda: [o for o in langfuse_module.observations() if o.span_id == sid(999_999).hex()],
+                     10, "the stamped span", interval=0.05)
     assert (got[0].prompt_name, got[0].prompt_version) == ("order-status-answer", 7)
     assert got[0].metadata["prompt_resolution"] == "trace"
     assert c.LF_PROMPT_VERSION in got[0].attributes

@@ -25,6 +25,7 @@ from promptstamp_relay.admission.decode import Violation, decode_logs, decode_tr
 from promptstamp_relay.config import LimitsConfig
 from promptstamp_relay.server import RelayServer
 from tests.otlp_builders import fetch_record, gen_attrs, logs, span, traces
+from tests.relays import running
 
 from .conftest import relay_config
 from .payloads import field, kv, nested_array, nested_kvlist, span_bytes, string_value, trace_request
@@ -79,13 +80,10 @@ def test_decoders_answer_or_raise_a_violation(data: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def relay() -> Iterator[RelayServer]:
-    server = RelayServer(relay_config(None, **{"limits.max_spans_per_request": 50, "limits.max_attributes_per_span": 20,
-                                         "limits.max_attribute_value_bytes": 256,
-                                         "limits.max_value_depth": 6, "hold.seconds": 0.05})).start()
-    try:
+    with running(relay_config(None, **{"limits.max_spans_per_request": 50, "limits.max_attributes_per_span": 20,
+                                       "limits.max_attribute_value_bytes": 256,
+                                       "limits.max_value_depth": 6, "hold.seconds": 0.05}), timeout=3) as server:
         yield server
-    finally:
-        server.stop(timeout=3)
 
 
 INFO = CallInfo({}, "ipv4:127.0.0.1:1")
@@ -113,13 +111,10 @@ def atheris_main() -> None:  # pragma: no cover - only with atheris installed
 
     import atheris  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
-    server = RelayServer(relay_config()).start()
+    with running(relay_config(), timeout=3) as server:
 
-    def one(data: bytes) -> None:
-        receive_both(server, data)
+        def one(data: bytes) -> None:
+            receive_both(server, data)
 
-    atheris.Setup(sys.argv, one)
-    try:
+        atheris.Setup(sys.argv, one)
         atheris.Fuzz()
-    finally:
-        server.stop(timeout=3)

@@ -13,8 +13,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from promptstamp.testing import LangfuseServer
 from tests.otlp_builders import span, traces
+from tests.relays import running
 
-from .conftest import Pki, relay_config, running
+from .conftest import Pki, relay_config
 
 PAYLOAD = traces([span("tls-http")]).SerializeToString()
 PB = {"Content-Type": "application/x-protobuf"}
@@ -33,7 +34,7 @@ def url(address: str | None, path: str = "/v1/traces") -> str:
 
 
 def test_https_with_the_test_ca(pki: Pki, langfuse: LangfuseServer) -> None:
-    with running(relay_config(langfuse, **tls_overrides(pki))) as relay:
+    with running(relay_config(langfuse, **tls_overrides(pki)), timeout=3) as relay:
         with httpx.Client(verify=ssl.create_default_context(cafile=str(pki.ca)), trust_env=False, timeout=5) as c:
             assert c.post(url(relay.http_address), content=PAYLOAD, headers=PB).status_code == 200
         # Plain HTTP to a TLS listener gets no OTLP answer.
@@ -53,7 +54,7 @@ def test_the_otel_sdk_http_exporter_over_tls(pki: Pki, langfuse: LangfuseServer,
     # requests lets these variables override the exporter's own certificate_file (psf/requests#3829)
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
-    with running(relay_config(langfuse, **tls_overrides(pki))) as relay:
+    with running(relay_config(langfuse, **tls_overrides(pki)), timeout=3) as relay:
         tp = TracerProvider()
         tp.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(
             endpoint=url(relay.http_address), certificate_file=str(pki.ca), timeout=5)))
@@ -64,7 +65,7 @@ def test_the_otel_sdk_http_exporter_over_tls(pki: Pki, langfuse: LangfuseServer,
 
 
 def test_mtls_needs_a_client_certificate_from_the_ca(pki: Pki, langfuse: LangfuseServer) -> None:
-    with running(relay_config(langfuse, **tls_overrides(pki, mutual=True))) as relay:
+    with running(relay_config(langfuse, **tls_overrides(pki, mutual=True)), timeout=3) as relay:
         def client(cert: tuple[str, str] | None) -> httpx.Client:
             ctx = ssl.create_default_context(cafile=str(pki.ca))
             if cert is not None:

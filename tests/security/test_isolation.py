@@ -17,9 +17,22 @@ from promptstamp.testing import LangfuseServer
 from promptstamp_relay.core.pipeline import Processor
 from promptstamp_relay.core.stamp import StampSettings
 from promptstamp_relay.store import MemoryStore
-from tests.otlp_builders import T0, S, all_spans, attrs_of, fetch_record, gen_attrs, logs, span, traces
+from tests.otlp_builders import (
+    LOGS_EXPORT,
+    T0,
+    S,
+    all_spans,
+    attrs_of,
+    fetch_record,
+    gen_attrs,
+    logs,
+    span,
+    traces,
+)
+from tests.relays import running
+from tests.waiting import wait_until
 
-from .conftest import LOGS, TOKEN_A, TOKEN_B, bearer, call, relay_config, running
+from .conftest import TOKEN_A, TOKEN_B, bearer, call, relay_config
 
 A, B = "tenant-a", "tenant-b"
 
@@ -139,13 +152,13 @@ def test_live_isolation_between_two_tenants_at_every_tier(langfuse: LangfuseServ
                   "langfuse_secret_key": langfuse_b.secret_key, "langfuse_base_url": langfuse_b.base_url},
         }
         cfg = relay_config(langfuse, **{"auth.enabled": True, "auth.tenants": tenants, "hold.seconds": 0.3})
-        with running(cfg) as relay:
+        with running(cfg, timeout=3) as relay:
             now = time.time_ns()
             agent = {c.SERVICE_NAME: "agent", c.SERVICE_INSTANCE_ID: "agent-1"}
             # Tenant A's fetch log: one in trace 7, one outside any trace.
             fetches = logs([fetch_record(version=3, time=now - 5 * S, trace=7),
                             fetch_record(version=3, time=now - 5 * S, trace=None)], resource=agent)
-            assert call(relay.address, fetches.SerializeToString(), method=LOGS,
+            assert call(relay.address, fetches.SerializeToString(), method=LOGS_EXPORT,
                         metadata=bearer(TOKEN_A))[0] == grpc.StatusCode.OK
             other = {c.SERVICE_NAME: "other", c.SERVICE_INSTANCE_ID: "other-1"}
             for token, offset in ((TOKEN_B, 0), (TOKEN_A, 100)):
@@ -173,7 +186,7 @@ def test_live_api_tier_asks_each_tenants_own_langfuse_project(langfuse: Langfuse
         }
         cfg = relay_config(langfuse, **{"auth.enabled": True, "auth.tenants": tenants, "hold.seconds": 1.0,
                                         "resolution.api.enabled": True})
-        with running(cfg) as relay:
+        with running(cfg, timeout=3) as relay:
             # The api tier answers from a local view: the first span of each tenant registers
             # interest (and goes out unresolved), the next ones get the answer.
             for round_, name in ((0, "warm-up"), (10, "gen")):
@@ -181,10 +194,8 @@ def test_live_api_tier_asks_each_tenants_own_langfuse_project(langfuse: Langfuse
                     req = traces([span(name, trace=round_ + span_id, span_id=round_ + span_id,
                                        start=time.time_ns(), attrs=gen_attrs())])
                     assert call(relay.address, req.SerializeToString(), metadata=bearer(token))[0] == grpc.StatusCode.OK
-                deadline = time.monotonic() + 10
-                while not (langfuse.prompt_requests and langfuse_b.prompt_requests):
-                    assert time.monotonic() < deadline
-                    time.sleep(0.02)
+                wait_until(lambda: langfuse.prompt_requests and langfuse_b.prompt_requests, 10,
+                           "both tenants' Langfuse to be asked for the prompt")
             got_a, got_b = wait_for(langfuse, 2), wait_for(langfuse_b, 2)
         assert (got_a["gen"]["prompt_resolution"], got_a["gen"]["version"]) == ("api", 1)
         assert (got_b["gen"]["prompt_resolution"], got_b["gen"]["version"]) == ("api", 2)

@@ -19,8 +19,10 @@ from promptstamp_relay.admission.decode import (
     wrap_levels,
 )
 from promptstamp_relay.config import LimitsConfig
+from tests.otlp_builders import LOGS_EXPORT, TRACES_EXPORT
+from tests.relays import running
 
-from .conftest import LOGS, call, relay_config, running
+from .conftest import call, relay_config
 from .payloads import (
     field,
     kv,
@@ -330,11 +332,10 @@ def test_every_refusal_live_then_a_normal_request_is_served(langfuse: LangfuseSe
         (logs_request(*[log_record()] * 11), "logs", grpc.StatusCode.RESOURCE_EXHAUSTED),
         (logs_request(log_record(nested_kvlist(40))), "logs", grpc.StatusCode.INVALID_ARGUMENT),
     ]
-    with running(relay_config(langfuse, **overrides)) as relay:
+    with running(relay_config(langfuse, **overrides), timeout=3) as relay:
         for i, (data, signal, expected) in enumerate(cases):
             t0 = time.monotonic()
-            code, details = call(relay.address, data, method=LOGS if signal == "logs" else "/opentelemetry"
-                                 ".proto.collector.trace.v1.TraceService/Export")
+            code, details = call(relay.address, data, method=LOGS_EXPORT if signal == "logs" else TRACES_EXPORT)
             assert code == expected, details
             assert SECRET.decode() not in details and "x" * 100 not in details
             assert time.monotonic() - t0 < 5
@@ -348,7 +349,7 @@ def test_every_refusal_live_then_a_normal_request_is_served(langfuse: LangfuseSe
 def test_gzip_bomb_is_refused_after_decompression(langfuse: LangfuseServer) -> None:
     bomb = trace_request(span_bytes(attr(string_value(b"\x00" * (3 << 20)))))  # 3 MB, ~3 KB gzipped
     with running(relay_config(langfuse, **{"limits.max_request_bytes": 1 << 20,
-                                           "limits.max_inflight_request_bytes": 1 << 20})) as relay:
+                                           "limits.max_inflight_request_bytes": 1 << 20}), timeout=3) as relay:
         code, _ = call(relay.address, bomb, compression=grpc.Compression.Gzip)
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert call(relay.address, trace_request(span_bytes(b"")), compression=grpc.Compression.Gzip)[0] \
@@ -356,7 +357,7 @@ def test_gzip_bomb_is_refused_after_decompression(langfuse: LangfuseServer) -> N
 
 
 def test_a_full_decode_budget_refuses_with_a_retryable_status(langfuse: LangfuseServer) -> None:
-    with running(relay_config(langfuse)) as relay:
+    with running(relay_config(langfuse), timeout=3) as relay:
         budget = relay.admission.decode_budget
         budget.wait_seconds = 0.2
         assert budget.acquire(budget.max_bytes)  # as if a huge request were being decoded

@@ -11,8 +11,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from promptstamp.testing import LangfuseServer
 from promptstamp_relay.config import ConfigError, load_config
 from tests.otlp_builders import span, traces
+from tests.relays import running
 
-from .conftest import Pki, call, relay_config, running
+from .conftest import Pki, call, relay_config
 
 PAYLOAD = traces([span("tls")]).SerializeToString()
 
@@ -25,7 +26,7 @@ def tls_overrides(pki: Pki, *, mutual: bool = False) -> dict[str, object]:
 
 
 def test_tls_handshake_with_the_test_ca(pki: Pki, langfuse: LangfuseServer) -> None:
-    with running(relay_config(langfuse, **tls_overrides(pki))) as relay:
+    with running(relay_config(langfuse, **tls_overrides(pki)), timeout=3) as relay:
         assert call(relay.address, PAYLOAD, credentials=pki.channel_credentials()) == (grpc.StatusCode.OK, "")
         # A plaintext client cannot talk to a TLS listener.
         code, _ = call(relay.address, PAYLOAD, timeout=3)
@@ -38,7 +39,7 @@ def test_tls_handshake_with_the_test_ca(pki: Pki, langfuse: LangfuseServer) -> N
 
 
 def test_the_otel_sdk_exporter_over_tls(pki: Pki, langfuse: LangfuseServer) -> None:
-    with running(relay_config(langfuse, **tls_overrides(pki))) as relay:
+    with running(relay_config(langfuse, **tls_overrides(pki)), timeout=3) as relay:
         host_port = relay.address.replace("127.0.0.1", "localhost")
         tp = TracerProvider()
         tp.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(
@@ -52,7 +53,7 @@ def test_the_otel_sdk_exporter_over_tls(pki: Pki, langfuse: LangfuseServer) -> N
 def test_mtls_refuses_a_client_without_a_certificate_or_with_a_foreign_one(
     pki: Pki, langfuse: LangfuseServer
 ) -> None:
-    with running(relay_config(langfuse, **tls_overrides(pki, mutual=True))) as relay:
+    with running(relay_config(langfuse, **tls_overrides(pki, mutual=True)), timeout=3) as relay:
         code, _ = call(relay.address, PAYLOAD, credentials=pki.channel_credentials(), timeout=3)
         assert code == grpc.StatusCode.UNAVAILABLE  # handshake fails: no client certificate
         code, _ = call(relay.address, PAYLOAD, credentials=pki.channel_credentials(rogue=True), timeout=3)

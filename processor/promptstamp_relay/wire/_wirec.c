@@ -1,7 +1,7 @@
 /* The byte-level span index, marker search, splice and per-span checks of wire/__init__.py, in C.
  *
  * Same semantics as the pure-Python functions in wire/__init__.py (which stay the fallback when this
- * extension is not built); tests/unit/test_wire.py checks both against protobuf's own decoder.
+ * extension is not built); tests/wire/test_wire.py checks both against protobuf's own decoder.
  * Every read is bounds-checked: input is whatever a network sent, though the relay only calls
  * these after protobuf's decoder accepted the same bytes.
  */

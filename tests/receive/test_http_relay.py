@@ -31,9 +31,8 @@ from promptstamp.testing import LangfuseServer
 from promptstamp_relay.server import RelayServer
 from promptstamp_relay.wire.otlpjson import encode_line, to_protobuf
 from tests.otlp_builders import fetch_record, gen_attrs, logs, span, traces
+from tests.relays import relay_config, running
 from tests.waiting import wait_until
-
-from .conftest import relay_config
 
 GEN = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini",
        c.PROMPT_KEY: "order-status-answer", c.PROMPT_LABEL: "production"}
@@ -187,8 +186,7 @@ def test_langfuse_path_with_basic_credentials_in_passthrough_mode(langfuse: Lang
     cfg = relay_config(langfuse, **{"auth.passthrough_langfuse_credentials": True,
                                     "exporter.langfuse.public_key": "pk-lf-relay-own",
                                     "exporter.langfuse.secret_key": "sk-lf-relay-own"})
-    relay = RelayServer(cfg).start()
-    try:
+    with running(cfg) as relay:
         app_auth = basic(langfuse.public_key, langfuse.secret_key)
         app = HttpApp(http_base(relay), traces_path="/api/public/otel/v1/traces",
                       headers={"Authorization": app_auth})
@@ -208,8 +206,6 @@ def test_langfuse_path_with_basic_credentials_in_passthrough_mode(langfuse: Lang
                             content=traces([span("x")]).SerializeToString(),
                             headers={**PB, "Authorization": "Bearer not-basic-at-all"})
         assert r.status_code == 401
-    finally:
-        relay.stop(timeout=5)
 
 
 def metrics_data() -> Any:
@@ -245,26 +241,20 @@ def test_metrics_are_accepted_counted_and_dropped_without_a_metrics_exporter(
 def test_no_metrics_exporter_is_said_once_at_start(langfuse: LangfuseServer,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO", logger="promptstamp_relay")
-    relay = RelayServer(relay_config(langfuse)).start()
-    try:
+    with running(relay_config(langfuse)) as relay:
         said = [r.getMessage() for r in caplog.records if "metrics exporter" in r.getMessage()]
         assert len(said) == 1 and "dropped" in said[0]
         export_metrics_both_ways(relay)
         assert len([r for r in caplog.records if "metrics" in r.getMessage() and "dropped" in r.getMessage()]) == 1
-    finally:
-        relay.stop(timeout=5)
 
 
 def test_metrics_are_forwarded_unchanged_to_a_file_exporter(langfuse: LangfuseServer, tmp_path: Path) -> None:
     out = tmp_path / "metrics.jsonl"
-    relay = RelayServer(relay_config(langfuse, **{"metrics_exporter.type": "file",
-                                                  "metrics_exporter.file": str(out)})).start()
-    try:
+    with running(relay_config(langfuse, **{"metrics_exporter.type": "file",
+                                           "metrics_exporter.file": str(out)})) as relay:
         assert export_metrics_both_ways(relay) == [MetricExportResult.SUCCESS, MetricExportResult.SUCCESS]
         lines = wait_until(lambda: out.exists() and len(out.read_text().splitlines()) == 2 and out.read_text(),
                            what="two metrics requests in the file").splitlines()
-    finally:
-        relay.stop(timeout=5)
     assert relay.stats.metric_points_dropped == 0
     for line in lines:
         req = ExportMetricsServiceRequest.FromString(to_protobuf("metrics", line.encode()))
@@ -277,9 +267,8 @@ def test_metrics_are_forwarded_unchanged_to_a_file_exporter(langfuse: LangfuseSe
 def test_status_codes_of_the_live_relay(langfuse: LangfuseServer) -> None:
     cfg = relay_config(langfuse, **{"limits.max_request_bytes": 64 * 1024,
                                     "limits.max_inflight_request_bytes": 64 * 1024})
-    relay = RelayServer(cfg).start()
-    good = traces([span("ok")]).SerializeToString()
-    try:
+    with running(cfg) as relay:
+        good = traces([span("ok")]).SerializeToString()
         with httpx.Client(base_url=http_base(relay), trust_env=False, timeout=10) as client:
             assert client.post("/v1/traces", content=good, headers=PB).status_code == 200
             assert client.post("/v1/traces", content=b"\xff\xff\xff", headers=PB).status_code == 400
@@ -293,8 +282,6 @@ def test_status_codes_of_the_live_relay(langfuse: LangfuseServer) -> None:
             assert client.get("/v1/traces").status_code == 405
             assert client.post("/v2/traces", content=good, headers=PB).status_code == 404
         assert relay.stats.spans_received == 1
-    finally:
-        relay.stop(timeout=5)
 
 
 def test_unauthenticated_and_backpressure_statuses(langfuse: LangfuseServer) -> None:
@@ -302,8 +289,7 @@ def test_unauthenticated_and_backpressure_statuses(langfuse: LangfuseServer) -> 
     cfg = relay_config(langfuse, **{"auth.enabled": True,
                                     "auth.tenants": {"team": {"tokens": [token]}},
                                     "queue.max_bytes": 300})
-    relay = RelayServer(cfg).start()
-    try:
+    with running(cfg) as relay:
         with httpx.Client(base_url=http_base(relay), trust_env=False, timeout=10) as client:
             body = traces([span("s")]).SerializeToString()
             r = client.post("/v1/traces", content=body, headers=PB)
@@ -315,13 +301,8 @@ def test_unauthenticated_and_backpressure_statuses(langfuse: LangfuseServer) -> 
             r = client.post("/v1/traces", content=big, headers=auth)
             assert r.status_code == 429
             assert int(r.headers["retry-after"]) >= 1
-    finally:
-        relay.stop(timeout=5)
 
 
 def test_http_listener_can_be_turned_off(langfuse: LangfuseServer) -> None:
-    relay = RelayServer(relay_config(langfuse, **{"receivers.http.listen": ""})).start()
-    try:
+    with running(relay_config(langfuse, **{"receivers.http.listen": ""})) as relay:
         assert relay.http_address is None
-    finally:
-        relay.stop(timeout=5)

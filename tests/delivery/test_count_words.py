@@ -11,6 +11,7 @@ from promptstamp_relay.deliver import DeliveryItem, build_queue
 from promptstamp_relay.deliver._config import QueueConfig
 from promptstamp_relay.export import ExportResult
 from promptstamp_relay.export.settings import RetryConfig
+from tests.fakes import FakeExporter
 
 
 def test_count() -> None:
@@ -19,16 +20,9 @@ def test_count() -> None:
     assert count(2, "entry", "entries") == "2 entries"
 
 
-class _Never:
-    def export(self, payload: bytes) -> ExportResult:
-        return ExportResult("retry", "down")
-
-    def shutdown(self) -> None:
-        return None
-
-
 def test_shutdown_with_one_item_in_one_request_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    queue = build_queue(lambda tenant: _Never(), QueueConfig(workers=1), RetryConfig(
+    never = FakeExporter(then=ExportResult("retry", "down"))
+    queue = build_queue(lambda tenant: never, QueueConfig(workers=1), RetryConfig(
         initial_interval_seconds=5, max_interval_seconds=5), name="traces")
     queue.start()
     queue.put(DeliveryItem(b"x", 1, "default"))

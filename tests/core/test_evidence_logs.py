@@ -15,11 +15,18 @@ import pytest
 
 from promptstamp.testing import LangfuseServer
 from promptstamp_relay.server import RelayServer
-from tests.otlp_builders import fetch_record, fetch_span, gen_attrs, kvs, logs, span, traces
+from tests.otlp_builders import (
+    LOGS_EXPORT,
+    TRACES_EXPORT,
+    fetch_record,
+    fetch_span,
+    gen_attrs,
+    kvs,
+    logs,
+    span,
+    traces,
+)
 from tests.waiting import wait_until
-
-TRACES = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-LOGS = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 
 
 def send(relay: RelayServer, method: str, payload: bytes) -> None:
@@ -39,9 +46,9 @@ def test_an_unusable_fetch_record_is_logged_with_its_sender_once_per_interval(
     string_version.attributes.extend(kvs({"app.prompt.version": "3"}))  # a string, as a JS app might
     with caplog.at_level(logging.WARNING, logger="promptstamp_relay"):
         for _ in range(5):
-            send(relay, LOGS, logs([string_version], resource={"service.name": "node-agent"}).SerializeToString())
-        send(relay, TRACES, traces([fetch_span(version=0, trace=8)],
-                                   resource={"service.name": "go-agent"}).SerializeToString())
+            send(relay, LOGS_EXPORT, logs([string_version], resource={"service.name": "node-agent"}).SerializeToString())
+        send(relay, TRACES_EXPORT, traces([fetch_span(version=0, trace=8)],
+                                          resource={"service.name": "go-agent"}).SerializeToString())
     lines = [m for m in warnings_of(caplog) if "fetch record from" in m]
     assert len(lines) == 1  # five more rejected records in the same interval: counted, not logged
     assert "service.name='node-agent'" in lines[0] and "version_not_int" in lines[0]
@@ -60,12 +67,12 @@ def test_a_late_record_that_disagrees_with_a_sent_link_is_logged(
     with running(relay_config(langfuse, **{"hold.seconds": 0.2})) as relay, \
             caplog.at_level(logging.WARNING, logger="promptstamp_relay"):
         now = time.time_ns()
-        send(relay, TRACES, traces([fetch_span(version=1, trace=1, time=now, name="handle_request")])
+        send(relay, TRACES_EXPORT, traces([fetch_span(version=1, trace=1, time=now, name="handle_request")])
              .SerializeToString())
-        send(relay, TRACES, traces([span(trace=2, span_id=2, start=now + 1000, attrs=gen_attrs())]).SerializeToString())
+        send(relay, TRACES_EXPORT, traces([span(trace=2, span_id=2, start=now + 1000, attrs=gen_attrs())]).SerializeToString())
         wait_until(lambda: len(langfuse.generations()) == 1, 10, "the guessed generation")
         assert langfuse.generations()[0].metadata["prompt_resolution"] == "instance"
-        send(relay, TRACES, traces([fetch_span(version=2, trace=2, time=now, name="handle_request")])
+        send(relay, TRACES_EXPORT, traces([fetch_span(version=2, trace=2, time=now, name="handle_request")])
              .SerializeToString())
         assert relay.parts is not None
         wait_until(lambda: relay.parts is not None and relay.parts.processor.stats.late_records["disagreed"] == 1,
@@ -82,7 +89,7 @@ def test_a_conflicting_link_is_kept_and_logged(relay: RelayServer, langfuse: Lan
     linked = span(trace=3, span_id=5, start=now, attrs=gen_attrs(**{
         "langfuse.observation.prompt.name": "order-status-answer", "langfuse.observation.prompt.version": 9}))
     with caplog.at_level(logging.WARNING, logger="promptstamp_relay"):
-        send(relay, TRACES, traces([fetch_span(version=3, trace=3, time=now), linked]).SerializeToString())
+        send(relay, TRACES_EXPORT, traces([fetch_span(version=3, trace=3, time=now), linked]).SerializeToString())
         wait_until(lambda: len(langfuse.generations()) == 1, 10, "the linked generation")
     [line] = [m for m in warnings_of(caplog) if "arrived linked" in m]
     assert "version 9" in line and "names version 3" in line and "kept as it arrived" in line

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent import futures
@@ -16,12 +12,22 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 import promptstamp_contract as c
 from promptstamp_relay.config import load_config
-from promptstamp_relay.server import RelayServer
 from promptstamp_relay.wire.otlpjson import decode_line
-from tests.otlp_builders import all_spans, attrs_of, fetch_record, gen_attrs, logs, span, traces
-
-TRACES = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-LOGS = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+from tests.otlp_builders import (
+    LOGS_EXPORT,
+    LOGS_SERVICE,
+    TRACE_SERVICE,
+    TRACES_EXPORT,
+    all_spans,
+    attrs_of,
+    fetch_record,
+    gen_attrs,
+    logs,
+    span,
+    traces,
+)
+from tests.relays import RelayProcess, running
+from tests.waiting import wait_until
 
 
 class Collector:
@@ -40,19 +46,16 @@ class Collector:
             return call
 
         self.server.add_generic_rpc_handlers((
-            grpc.method_handlers_generic_handler("opentelemetry.proto.collector.trace.v1.TraceService",
+            grpc.method_handlers_generic_handler(TRACE_SERVICE,
                                                  {"Export": grpc.unary_unary_rpc_method_handler(handler("traces"))}),
-            grpc.method_handlers_generic_handler("opentelemetry.proto.collector.logs.v1.LogsService",
+            grpc.method_handlers_generic_handler(LOGS_SERVICE,
                                                  {"Export": grpc.unary_unary_rpc_method_handler(handler("logs"))}),
         ))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
 
     def wait(self, n: int, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.received) < n and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert len(self.received) >= n, self.received
+        wait_until(lambda: len(self.received) >= n, timeout, lambda: f"{n} requests, got {self.received}")
 
     def stop(self) -> None:
         self.server.stop(0).wait()
@@ -71,17 +74,15 @@ def test_otlp_grpc_exporters_for_traces_and_other_logs() -> None:
             "exporter.otlp_grpc.endpoint": f"127.0.0.1:{upstream.port}",
             "logs_exporter.type": "otlp_grpc", "logs_exporter.otlp_grpc.endpoint": f"127.0.0.1:{upstream.port}",
         })
-        relay = RelayServer(cfg).start()
-        try:
+        with running(cfg) as relay:
             from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
             other = LogRecord(time_unix_nano=1)
             other.body.string_value = "app log"
-            send(relay.address, LOGS, logs([fetch_record(version=4, time=time.time_ns()), other]).SerializeToString())
-            send(relay.address, TRACES, traces([span(start=time.time_ns(), attrs=gen_attrs())]).SerializeToString())
+            send(relay.address, LOGS_EXPORT,
+                 logs([fetch_record(version=4, time=time.time_ns()), other]).SerializeToString())
+            send(relay.address, TRACES_EXPORT, traces([span(start=time.time_ns(), attrs=gen_attrs())]).SerializeToString())
             upstream.wait(2)
-        finally:
-            relay.stop(timeout=5)
         by_kind = dict(upstream.received)
         out = ExportTraceServiceRequest.FromString(by_kind["traces"])
         assert attrs_of(all_spans([out])[0])[c.LF_PROMPT_VERSION] == 4
@@ -101,12 +102,10 @@ def test_file_exporter_and_record_then_replay_gives_the_same_output(tmp_path: Pa
         "exporter.file": str(out_file),
         "record": str(rec_file), "hold.seconds": 0.2,
     })
-    relay = RelayServer(cfg).start()
-    try:
-        send(relay.address, LOGS, logs([fetch_record(version=6, time=time.time_ns())]).SerializeToString())
-        send(relay.address, TRACES, traces([span(span_id=1, start=time.time_ns(), attrs=gen_attrs()), span("plain", span_id=2, start=time.time_ns())]).SerializeToString())
-    finally:
-        relay.stop(timeout=5)
+    with running(cfg) as relay:
+        send(relay.address, LOGS_EXPORT, logs([fetch_record(version=6, time=time.time_ns())]).SerializeToString())
+        send(relay.address, TRACES_EXPORT, traces([span(span_id=1, start=time.time_ns(), attrs=gen_attrs()),
+                                                   span("plain", span_id=2, start=time.time_ns())]).SerializeToString())
     recorded = rec_file.read_text().splitlines()
     assert ['"resourceLogs"' in ln for ln in recorded] == [True, False]
     live = [decode_line(ln) for ln in out_file.read_text().splitlines()]
@@ -119,30 +118,13 @@ def test_file_exporter_and_record_then_replay_gives_the_same_output(tmp_path: Pa
 
 
 def test_serve_process_prints_stamped_spans_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for k in ("LANGFUSE_BASE_URL", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "PROMPTSTAMP_LISTEN"):
-        env.pop(k, None)
-    config_file = tmp_path / "relay.yaml"
-    config_file.write_text("receivers:\n  http:\n    listen: 127.0.0.1:0\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "promptstamp_relay.cli", "serve", "--config", str(config_file),
-         "--listen", "127.0.0.1:0", "--hold-seconds", "0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
+    with RelayProcess(tmp_path, "--hold-seconds", "0.1", metrics=False) as relay:
+        first = relay.first_line
         assert "listening on 127.0.0.1:" in first and "exporter debug" in first
         address = first.split("listening on ")[1].split(" ")[0]
-        send(address, LOGS, logs([fetch_record(version=9, time=time.time_ns())]).SerializeToString())
-        send(address, TRACES, traces([span(start=time.time_ns(), attrs=gen_attrs())]).SerializeToString())
-        line = proc.stdout.readline()
-        assert "prompt=order-status-answer version=9 label=production resolution=trace" in line
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-        assert proc.stderr is not None
-        assert "no upstream configured" in proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        send(address, LOGS_EXPORT, logs([fetch_record(version=9, time=time.time_ns())]).SerializeToString())
+        send(address, TRACES_EXPORT, traces([span(start=time.time_ns(), attrs=gen_attrs())]).SerializeToString())
+        line = relay.read_line(15)
+        assert line is not None and "prompt=order-status-answer version=9 label=production resolution=trace" in line
+        assert relay.terminate(timeout=15) == 0
+        assert "no upstream configured" in relay.stderr()

@@ -20,8 +20,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 import promptstamp_contract as c
 from promptstamp.testing import LangfuseServer
 from promptstamp_relay.server import RelayServer
-
-from .conftest import relay_config
+from tests.otlp_builders import TRACES_EXPORT
+from tests.relays import relay_config, running
+from tests.waiting import wait_until
 
 
 class App:
@@ -96,11 +97,11 @@ def test_stamped_generation_reaches_langfuse_as_langfuse_expects(
 def test_fetch_log_arriving_after_the_span_still_links_by_trace(
     app: App, relay: RelayServer, langfuse: LangfuseServer
 ) -> None:
-    # The generation is exported (span ends) before the fetch log is emitted.
+    # The generation is exported (span ends) and held by the relay before the fetch log is emitted.
     with app.tracer.start_as_current_span("agent"):
         with app.tracer.start_as_current_span("chat", attributes=GEN):
             pass
-        time.sleep(0.05)
+        wait_until(lambda: relay.processor.stats.spans_held == 1, 5, "the generation held by the relay")
         app.fetch_log(version=5)
     obs = langfuse.wait_for_observations(2, timeout=10)
     gen = next(o for o in obs if o.type == "GENERATION")
@@ -139,7 +140,7 @@ def test_instance_tier_across_traces_and_conservation(
 
 def _raw_call(address: str, payload: bytes) -> grpc.RpcError:
     with grpc.insecure_channel(address) as ch:
-        call = ch.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+        call = ch.unary_unary(TRACES_EXPORT)
         with pytest.raises(grpc.RpcError) as info:
             call(payload, timeout=5)
     return info.value  # type: ignore[return-value]
@@ -156,15 +157,12 @@ def test_malformed_request_is_invalid_argument_and_the_relay_keeps_serving(
 
 
 def test_oversized_request_is_resource_exhausted(langfuse: LangfuseServer) -> None:
-    relay = RelayServer(relay_config(langfuse, **{"limits.max_request_bytes": 1000})).start()
-    try:
+    with running(relay_config(langfuse, **{"limits.max_request_bytes": 1000})) as relay:
         big = ExportTraceServiceRequest()
         span = big.resource_spans.add().scope_spans.add().spans.add()
         span.name = "x" * 5000
         err = _raw_call(relay.address, big.SerializeToString())
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
-    finally:
-        relay.stop(timeout=5)
 
 
 def test_gzip_compressed_senders_are_accepted(relay: RelayServer, langfuse: LangfuseServer) -> None:
@@ -188,6 +186,6 @@ def test_passthrough_requests_are_forwarded_byte_for_byte(relay: RelayServer, la
     s.name = "plain"
     payload = req.SerializeToString()
     with grpc.insecure_channel(relay.address) as ch:
-        ch.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")(payload, timeout=5)
+        ch.unary_unary(TRACES_EXPORT)(payload, timeout=5)
     langfuse.wait_for_observations(1, timeout=10)
     assert langfuse.ingest_requests[0].body == payload
