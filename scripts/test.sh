@@ -3,11 +3,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# redis-server is a real dependency of the Redis store tests (Debian package).
-if ! command -v redis-server >/dev/null 2>&1; then
+# Real dependencies of the tests (Debian packages): redis-server of the Redis store tests,
+# chromium of the relay pages' browser tests, prometheus (with promtool) of the alert and
+# dashboard tests (tests/ops).
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1 \
+    || ! command -v promtool >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server chromium prometheus >/dev/null
   fi
 fi
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..admission.auth import Authenticator, Unauthenticated
 from ..ops.listener import HttpRequest, HttpResponse, MetricsListener
+from ..ops.pages import PromptPages
 from ._config import RolloutsConfig
 from ._model import Timeline, merge, prune, render_prompt
 from ._observer import RolloutObserver, TimelineKey
@@ -94,9 +95,11 @@ class Rollouts:
             self._thread.start()
 
     def register(self, listener: MetricsListener, registry: CollectorRegistry | None = None) -> None:
-        """The timeline route (and the webhook route, with secrets) on ``listener``; the metrics
-        collector on ``registry``."""
+        """The timeline route, its pages (``ops/pages.py``) and (with secrets) the webhook route on
+        ``listener``; the metrics collector on ``registry``."""
         listener.route("GET", TIMELINE_PREFIX, self._timeline_route)
+        # The same timeline as pages (/prompts, /prompts/{name}): the same reads, auth and tenants.
+        PromptPages(self, self._tenant, render_prompt, clock=self._clock).register(listener)
         if self.cfg.webhook_secrets:
             listener.route("POST", WEBHOOK_PATH, self._webhook_route)
         if registry is not None:
