@@ -64,9 +64,9 @@ def alerts() -> list[str]:
 def test_the_rules_pass_promtool_check() -> None:
     got = promtool("check", "rules", str(RULES))
     assert got.returncode == 0, got.stdout + got.stderr
-    assert "SUCCESS: 14 rules found" in got.stdout
+    assert "SUCCESS: 15 rules found" in got.stdout
     assert alerts() == ["PromptVersionErrorRateRegression", "PromptVersionLatencyRegression",
-                        "PromptLabelInstanceLagging", "PromptUnresolvedShareHigh",
+                        "PromptLabelInstanceLagging", "PromptInstanceLagging", "PromptUnresolvedShareHigh",
                         "PromptstampRelayRefusingRequests"]
 
 
@@ -172,7 +172,7 @@ def test_the_dashboard_is_well_formed() -> None:
             "Requests refused"} <= set(titles)
     assert next(p for p in dash["panels"] if p["title"] == "Which versions answer under the label")["type"] == \
         "state-timeline"
-    assert len(dashboard_queries()) == 29
+    assert len(dashboard_queries()) == 30
 
 
 # -- a real Prometheus over a relay ---------------------------------------------------------------
@@ -323,14 +323,14 @@ def test_a_real_prometheus_answers_every_dashboard_query(relay_under_load: tuple
                                           not r["lastEvaluation"].startswith("0001") for r in rules) else None
 
         rules = wait_until(evaluated, 30, "every rule to be evaluated once")
-        assert len(rules) == 14
+        assert len(rules) == 15
         assert [r for r in rules if r["health"] != "ok"] == []
         def recorded() -> bool:  # once a rule evaluation saw two scrapes
             got = prom.api("query", query="promptstamp_version:generations:increase15m")["result"]
             return {r["metric"]["version"] for r in got if r["metric"]["label"] == "production"} >= {"13", "14"}
 
         wait_until(recorded, 30, "the recording rules to record v13 and v14 under production")
-        print(f"prometheus: {len(dashboard_queries())} dashboard queries answered, 14 rules evaluated, "
+        print(f"prometheus: {len(dashboard_queries())} dashboard queries answered, 15 rules evaluated, "
               f"{load.sent} generations sent, {time.monotonic() - started:.1f} s")
     finally:
         prom.stop()

@@ -263,6 +263,18 @@ class _Collector(Collector):
                       ("timeline_flush_errors", "Failed writes of the timeline to SQLite / Redis (kept "
                        "in memory, retried)", st.flush_errors)]
             timelines = len(self._o.timelines)
+            serving = GaugeMetricFamily(
+                "promptstamp_rollout_instance_version", "The version each instance last handed out under "
+                "each label (a state timeline per instance; at most rollouts.max_series series)",
+                labels=["tenant", "prompt", "label", "instance"])
+            room = self._o.cfg.max_series
+            for (tenant, prompt, label), tl in sorted(self._o.timelines.items()):
+                for instance, (version, _) in sorted(tl.latest.items()):
+                    if room <= 0:
+                        break
+                    serving.add_metric([tenant, prompt, label, instance], version)
+                    room -= 1
+        yield serving
         yield from families
         for name, text, value in counts:
             yield CounterMetricFamily(f"promptstamp_rollout_{name}", text, value=value)
