@@ -10,7 +10,10 @@
 2. **Processing cost against another checkout** (``--processing --against DIR``): the
    processor alone (``consume_logs`` / ``consume_traces`` / the late ``consume_logs``, decoding
    outside the measured region) on the same pre-encoded batches, in this checkout and in DIR
-   (each with its own ``.venv``), rounds interleaved; CPU µs (``thread_time``) per 512-span batch,
+   (``--against`` repeatable; each checkout with its own ``.venv`` if it has one, else this
+   interpreter with the checkout's ``processor/`` and ``sdk/`` first on ``sys.path``, so its own
+   code and its own built ``_wirec`` load, checked per child; ``--skip-here`` leaves this
+   checkout out), rounds interleaved and rotated; CPU µs (``thread_time``) per 512-span batch,
    median, with a plain upb parse of the same request as a reference for the machine's state,
    and, when valgrind is installed, instructions per whole batch (the three phases; callgrind:
    deterministic, unlike a shared machine's timings). ``--observer noop|rollouts``: with a do-nothing observer (the cost
@@ -205,12 +208,19 @@ def _top(prof: cProfile.Profile, n: int, k: int = 14) -> list[dict[str, Any]]:
 _CHILD = r"""
 import functools, json, statistics, sys, time
 tree, observer, phase, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-sys.path.insert(0, tree)
+# The checkout's own code first (its sources, not an editable install of another checkout):
+sys.path[0:0] = [tree + "/processor", tree + "/sdk", tree]
 from bench.workload import build, patch
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from promptstamp_relay.config import Config
-from promptstamp_relay.admission.decode import decode_logs, decode_traces
+try:
+    from promptstamp_relay.admission.decode import decode_logs, decode_traces
+except ImportError:  # before the re-layout (3ebb29f): limits.py
+    from promptstamp_relay.limits import decode_logs, decode_traces
 from promptstamp_relay.server import build_processor
+import promptstamp_relay, promptstamp_relay.wire as _wire
+_native = [m.__file__ for k, m in list(sys.modules.items()) if k.endswith("._wirec")]
+print("LOADED", promptstamp_relay.__file__, _wire.native(), *_native, file=sys.stderr)
 cfg = Config()
 observers = []
 if observer == "noop":
@@ -219,7 +229,10 @@ if observer == "noop":
         def on_generations(self, records, now_ns): pass
     observers = [Noop()]
 elif observer == "rollouts":
-    from promptstamp_relay.admission.auth import Authenticator
+    try:
+        from promptstamp_relay.admission.auth import Authenticator
+    except ImportError:  # before the re-layout
+        from promptstamp_relay.receive.auth import Authenticator
     from promptstamp_relay.rollouts.component import Rollouts
     observers = [Rollouts(cfg.rollouts, prompt_names=cfg.prompt_names, journal=None, redis_url="",
                           authenticator=Authenticator(cfg.auth, default_has_keys=True), clock=time.time_ns).observer]
@@ -229,6 +242,12 @@ toggle = lambda f: functools.reduce(lambda _, g: g(), [f], None)  # callgrind co
 pc = time.thread_time
 t = {"logs": [], "traces": [], "late": [], "reference parse": []}
 now0 = 1_764_000_000_000_000_000
+prof = None
+if phase == "cprofile":  # the three phases of every measured batch under cProfile
+    import cProfile
+    prof = cProfile.Profile()
+    toggle = lambda f: (prof.enable(), f(), prof.disable())
+    phase = "batch"
 for i in range(20 + n):
     b = wl.batches[i % len(wl.batches)]
     stamp = (0x7F000000 | i).to_bytes(4, "big")
@@ -252,66 +271,110 @@ for i in range(20 + n):
             t[name].append((pc() - t0) * 1e6)
 out = {k: statistics.median(v) for k, v in t.items() if v}
 out["batch"] = (sum(t["logs"]) + sum(t["traces"]) + sum(t["late"])) / n
+if prof is not None:
+    import pstats, io, os
+    st = pstats.Stats(prof, stream=io.StringIO())
+    rows = sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:40]
+    out = {"cprofile": [{"function": f"{os.path.relpath(f, tree) if f.startswith(tree) else os.path.basename(f)}:{line}:{fn}",
+                         "calls": nc / n, "tottime_us": tt / n * 1e6, "cumtime_us": ct / n * 1e6}
+                        for (f, line, fn), (_cc, nc, tt, ct, _c) in rows],
+           "total_us": sum(v[2] for v in st.stats.values()) / n * 1e6}
 print(json.dumps(out))
 """
 
 
-def _child(tree: Path, observer: str, phase: str, n: int, callgrind: bool) -> dict[str, float]:
-    py = str(tree / ".venv" / "bin" / "python")
+def _child(tree: Path, observer: str, phase: str, n: int, callgrind: bool) -> dict[str, Any]:
+    # The checkout's own .venv when it has one; otherwise this interpreter (same dependencies),
+    # the child putting the checkout's processor/ and sdk/ first on sys.path either way.
+    venv_py = tree / ".venv" / "bin" / "python"
+    py = str(venv_py) if venv_py.exists() else sys.executable
     cmd = [py, "-c", _CHILD, str(tree), observer, phase, str(n)]
     if callgrind:
         cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no", "--toggle-collect=functools_reduce",
                "--callgrind-out-file=/dev/null", *cmd]
-    run = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, timeout=900, check=True)
-    out: dict[str, float] = json.loads(run.stdout.strip().splitlines()[-1])
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, timeout=1800, check=False)
+    if run.returncode != 0:
+        raise RuntimeError(f"child in {tree} failed ({run.returncode}): {run.stderr[-3000:]}")
+    loaded = [line.split()[1:] for line in run.stderr.splitlines() if line.startswith("LOADED ")]
+    if not loaded or not loaded[-1][0].startswith(str(tree) + "/") or loaded[-1][1] != "True" or \
+            not all(f.startswith(str(tree) + "/") for f in loaded[-1][2:]) or len(loaded[-1]) < 3:
+        raise RuntimeError(f"child in {tree} did not load that checkout's code and extension: {loaded}")
+    out: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
     if callgrind:
         collected = [line for line in run.stderr.splitlines() if "Collected" in line]
         out = {"instructions": int(collected[-1].split()[-1].replace(",", "")) / n}
     return out
 
 
-def processing(against: Path, observers: list[str], rounds: int, n: int) -> dict[str, Any]:
-    """This checkout (with each observer setting) against ``against`` (no observer), interleaved."""
-    here = Path(__file__).resolve().parent.parent
-    runs: dict[str, list[dict[str, float]]] = {}
-    setups = [("before", against, "none"), *((f"now, observer {o}", here, o) for o in observers)]
-    for _ in range(rounds):
-        for name, tree, obs in setups:
-            if name != "before" and obs == "rollouts" and not (tree / "processor/promptstamp_relay/rollouts").exists():
-                continue
-            runs.setdefault(name, []).append(_child(tree, obs, "-", n, callgrind=False))
+def processing(trees: list[tuple[str, Path]], observers: list[str], rounds: int, n: int,
+               callgrind_runs: int = 1, cprofile: bool = False) -> dict[str, Any]:
+    """Each checkout in ``trees`` (label, dir) with each observer setting, rounds interleaved (the
+    order rotated every round). The first setup is the reference of the ratios."""
+    setups = [(f"{label}, observer {o}" if len(observers) > 1 else label, tree, o)
+              for o in observers for label, tree in trees
+              if o != "rollouts" or (tree / "processor/promptstamp_relay/rollouts").exists()]
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in setups}
+    order: dict[str, list[str]] = {}
+    for r in range(rounds):
+        k = r % len(setups)
+        for name, tree, obs in setups[k:] + setups[:k]:
+            t0 = time.strftime("%H:%M:%S")
+            runs[name].append(_child(tree, obs, "-", n, callgrind=False))
+            order.setdefault(str(r), []).append(f"{t0} {name}")
+            print(f"round {r + 1}/{rounds} {name}: batch {runs[name][-1]['batch']:,.0f} µs", file=sys.stderr,
+                  flush=True)
     timings = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
-    instructions: dict[str, dict[str, float]] = {}
+    instructions: dict[str, dict[str, Any]] = {}
     if shutil.which("valgrind"):  # whole batches: one process per setup, not three
+        for c in range(callgrind_runs):
+            for name, tree, obs in setups:
+                got = _child(tree, obs, "batch", min(n, 60), callgrind=True)["instructions"]
+                instructions.setdefault(name, {"runs": []})["runs"].append(got)
+                print(f"callgrind {c + 1}/{callgrind_runs} {name}: {got / 1e6:.2f} M", file=sys.stderr, flush=True)
+        for m in instructions.values():
+            m["batch"] = statistics.median(m["runs"])
+    profiles: dict[str, Any] = {}
+    if cprofile:
         for name, tree, obs in setups:
-            instructions[name] = {"batch": _child(tree, obs, "batch", min(n, 60), callgrind=True)["instructions"]}
-    return {"against": str(against), "rounds": rounds, "batches": n, "timings_us": timings,
-            "all_runs": runs, "instructions": instructions}
+            profiles[name] = _child(tree, obs, "cprofile", min(n, 100), callgrind=False)
+    return {"trees": {label: str(tree) for label, tree in trees}, "rounds": rounds, "batches": n,
+            "timings_us": timings, "all_runs": runs, "order": order, "instructions": instructions,
+            "cprofile": profiles}
 
 
 def render_processing(raw: dict[str, Any]) -> str:
     pr = raw["processing"]
-    lines = [f"# Processing cost against {pr['against']} — {raw['started']}", "",
+    trees = ", ".join(f"{k} ({v})" for k, v in pr["trees"].items())
+    lines = [f"# Processing cost, interleaved: {trees} — {raw['started']} to {raw.get('finished', '?')}", "",
              f"Load average before / after: {' '.join(raw['loadavg_before'])} / {' '.join(raw['loadavg_after'])}.",
              "Per 512-span batch of the bench workload: the fetch-log request before it (`logs`, ~61 "
              "records), the trace request (`traces`), the late fetch-log request (`late`, ~3 records "
              "releasing held spans). Decoding is outside the measured region.", ""]
-    before = pr["timings_us"]["before"]
+    names = list(pr["timings_us"])
+    ref = pr["timings_us"][names[0]]
     lines += [f"CPU µs, median of {pr['rounds']} interleaved rounds of {pr['batches']} batches "
               "(reference: a plain upb parse of the same trace request, for the machine's state):", "",
-              "| checkout | logs | traces | late | whole batch | batch / before | reference parse |",
-              "|---|---|---|---|---|---|---|"]
+              "| checkout | logs | traces | late | whole batch | batch / first | min–max of the rounds' batch | reference parse |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, m in pr["timings_us"].items():
+        b = [r["batch"] for r in pr["all_runs"][name]]
         lines.append(f"| {name} | {m['logs']:,.0f} | {m['traces']:,.0f} | {m['late']:,.0f} | {m['batch']:,.0f} | "
-                     f"{m['batch'] / before['batch']:.2f}× | {m['reference parse']:,.0f} |")
+                     f"{m['batch'] / ref['batch']:.2f}× | {min(b):,.0f}–{max(b):,.0f} | {m['reference parse']:,.0f} |")
     lines += ["", "The phases are medians; the whole batch is the mean of the three phases' sum."]
     if pr["instructions"]:
-        b = pr["instructions"]["before"]
+        b0 = pr["instructions"][names[0]]["batch"]
         lines += ["", "Instructions per whole batch (callgrind, deterministic; the three phases, over 60 "
                   "batches):", "",
-                  "| checkout | instructions per batch | / before |", "|---|---|---|"]
+                  "| checkout | instructions per batch | / first | runs |", "|---|---|---|---|"]
         for name, m in pr["instructions"].items():
-            lines.append(f"| {name} | {m['batch'] / 1e6:.2f} M | {m['batch'] / b['batch']:.2f}× |")
+            lines.append(f"| {name} | {m['batch'] / 1e6:.2f} M | {m['batch'] / b0:.3f}× | "
+                         f"{', '.join(f'{x / 1e6:.3f} M' for x in m['runs'])} |")
+    for name, p in pr.get("cprofile", {}).items():
+        lines += ["", f"cProfile, {name} (per batch, the three phases; {p['total_us']:,.0f} µs of tottime "
+                  "in all, inflated by cProfile):", "", "| function | calls | tottime µs | cumtime µs |",
+                  "|---|---|---|---|"]
+        lines += [f"| `{f['function']}` | {f['calls']:.1f} | {f['tottime_us']:,.1f} | {f['cumtime_us']:,.1f} |"
+                  for f in p["cprofile"][:25]]
     return "\n".join(lines) + "\n"
 
 
@@ -472,6 +535,15 @@ def render(raw: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _label(tree: Path) -> str:
+    """The checkout's short commit (``+`` when its tracked files differ from it)."""
+    sha = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True, check=False).stdout.strip() or tree.name
+    dirty = subprocess.run(["git", "-C", str(tree), "diff", "--quiet", "HEAD", "--", "processor", "sdk"],
+                           check=False).returncode
+    return sha + ("+" if dirty else "")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--breakdown", action="store_true")
@@ -480,7 +552,14 @@ def main() -> int:
     ap.add_argument("--clients", default="4,16")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--processing", action="store_true")
-    ap.add_argument("--against", type=Path, help="the other checkout (with its own .venv) for --processing")
+    ap.add_argument("--against", type=Path, action="append",
+                    help="another checkout for --processing (repeatable; its own .venv if it has one, "
+                         "else this interpreter with the checkout's sources first on sys.path)")
+    ap.add_argument("--skip-here", action="store_true",
+                    help="for --processing: only the --against checkouts (e.g. this tree has edits in progress)")
+    ap.add_argument("--callgrind-runs", type=int, default=1)
+    ap.add_argument("--cprofile", action="store_true", help="for --processing: cProfile each setup too")
+    ap.add_argument("--out-name", default="processing.md", help="for --processing: the markdown file's name")
     ap.add_argument("--observer", default="none,noop", help="for --processing: none, noop, rollouts (comma-separated)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batches", type=int, default=250)
@@ -490,13 +569,19 @@ def main() -> int:
             ap.error("--processing needs --against DIR")
         raw = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                "loadavg_before": Path("/proc/loadavg").read_text().split()[:3]}
-        raw["processing"] = processing(args.against.resolve(), args.observer.split(","), args.rounds, args.batches)
+        here = Path(__file__).resolve().parent.parent
+        trees = [(_label(d.resolve()), d.resolve()) for d in args.against]
+        if not args.skip_here:
+            trees.append((_label(here), here))
+        raw["processing"] = processing(trees, args.observer.split(","), args.rounds, args.batches,
+                                       callgrind_runs=args.callgrind_runs, cprofile=args.cprofile)
         raw["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
+        raw["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"raw-processing-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(
             json.dumps(raw, indent=1), encoding="utf-8")
         md = render_processing(raw)
-        (RESULTS / "processing.md").write_text(md, encoding="utf-8")
+        (RESULTS / args.out_name).write_text(md, encoding="utf-8")
         print(md)
         return 0
     if not args.breakdown and not args.pyspy:
