@@ -151,17 +151,8 @@ class FetchLog:
         """Record a prompt handed out: the fetch span's event, the log record, the active span."""
         self._finish(fetching)
         now_ns = time.time_ns()  # when the fetch resolved: one time for the record and the event
-        attributes: dict[str, AttributeValue] = {
-            contract.PROMPT_KEY: key,
-            contract.PROMPT_LABEL: label,
-            contract.FETCH_SOURCE: resolution.source,
-        }
+        self._record(fetching.span, fetching.parent, _record_attributes(key, label, resolution), now_ns)
         version = resolution.template.version
-        if version is not None:
-            attributes[contract.PROMPT_VERSION] = int(version)
-        if resolution.error_type:
-            attributes[contract.FETCH_ERROR_TYPE] = resolution.error_type
-        self._record(fetching.span, fetching.parent, attributes, now_ns)
 
         span = trace.get_current_span(fetching.parent)
         if not span.is_recording():
@@ -186,17 +177,7 @@ class FetchLog:
         now_ns = time.time_ns()
         parent = otel_context.get_current()
         span = self.tracer().start_span(contract.FETCH_SPAN_NAME, context=parent, start_time=now_ns)
-        attributes: dict[str, AttributeValue] = {
-            contract.PROMPT_KEY: key,
-            contract.PROMPT_LABEL: label,
-            contract.FETCH_SOURCE: resolution.source,
-        }
-        version = resolution.template.version
-        if version is not None:
-            attributes[contract.PROMPT_VERSION] = int(version)
-        if resolution.error_type:
-            attributes[contract.FETCH_ERROR_TYPE] = resolution.error_type
-        self._record(span, parent, attributes, now_ns)
+        self._record(span, parent, _record_attributes(key, label, resolution), now_ns)
         return span.get_span_context().trace_id
 
     def _record(self, span: trace.Span, parent: Context, attributes: dict[str, AttributeValue],
@@ -232,3 +213,17 @@ class FetchLog:
         if span.is_recording():
             span.set_attribute(contract.FETCH_SOURCE, contract.SOURCE_UNAVAILABLE)
             span.set_attribute(contract.FETCH_ERROR_TYPE, error_type)
+
+
+def _record_attributes(key: str, label: str, resolution: Resolution) -> dict[str, AttributeValue]:
+    """The fetch record's attributes (contract §2): the version an int, absent for a fallback."""
+    attributes: dict[str, AttributeValue] = {
+        contract.PROMPT_KEY: key,
+        contract.PROMPT_LABEL: label,
+        contract.FETCH_SOURCE: resolution.source,
+    }
+    if resolution.template.version is not None:
+        attributes[contract.PROMPT_VERSION] = int(resolution.template.version)
+    if resolution.error_type:
+        attributes[contract.FETCH_ERROR_TYPE] = resolution.error_type
+    return attributes

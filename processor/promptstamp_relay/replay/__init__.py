@@ -35,6 +35,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 import promptstamp_contract as c
+from promptstamp_contract import reasons
 
 from ..config import Config
 from ..core.model import FetchRecord, GenerationRecord
@@ -562,21 +563,8 @@ def run_files(
 
 # -- what the CLI prints ------------------------------------------------------------------------
 
-#: Why a generation is unlinked, in words (replay summaries and promptstamp.testing).
-REASONS: Mapping[str, str] = {
-    "no_fetch_record": "no fetch record for this key and label in the trace or tenant",
-    "fallback_only": "a fetch record with source fallback (a code-embedded prompt has no version)",
-    "hold_expired": "the hold window ended before its fetch record arrived",
-    "trace_record_missing": "its trace's fetch record had not arrived and it could not be held for it "
-                            "(hold window full or off); other traces' records are not used for it",
-    "convention_version_not_int": "a prompt link in another convention whose version is no positive integer "
-                                  "(a hash, v1): recorded, not linked",
-    "convention_name_not_mapped": "an OpenInference prompt (prompt.id or template) that "
-                                  "conventions.openinference_prompts does not map to a prompt name",
-    "not_a_generation": "not a generation by Langfuse's rules",
-    "outside_prompt_scope": "the model call ran outside `with promptstamp.prompt(...)` (or in a thread "
-                            "the context did not reach): re-enter the prompt around it with `with p:`",
-}
+#: Why a generation is unlinked, in words (one table for the relay and promptstamp.testing).
+REASONS: Mapping[str, str] = reasons.REASONS
 
 
 def _unresolved_line(g: GenerationRecord) -> str:

@@ -5,26 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from promptstamp.testing._replay import NOT_A_GENERATION, OUTSIDE_PROMPT_SCOPE, Generation, generations_of
+from promptstamp.testing._replay import Generation, generations_of
+from promptstamp_contract import reasons
+from promptstamp_contract.reasons import NOT_A_GENERATION
 
 __all__ = ["REASONS", "assert_all_linked"]
 
-#: Why a generation is not linked, by ``Generation.reason``.
-REASONS: dict[str, str] = {
-    "no_fetch_record": "no fetch record for this key and label in the trace or tenant",
-    "fallback_only": "a fetch record with source fallback (a code-embedded prompt has no version)",
-    "hold_expired": "the hold window ended before its fetch record arrived",
-    "trace_record_missing": "its trace's fetch record had not arrived and it could not be held for it "
-                            "(hold window full or off); other traces' records are not used for it",
-    "convention_version_not_int": "a prompt link in another convention whose version is no positive integer "
-                                  "(a hash, v1): recorded, not linked",
-    "convention_name_not_mapped": "an OpenInference prompt (prompt.id or template) that "
-                                  "conventions.openinference_prompts does not map to a prompt name",
-    NOT_A_GENERATION: "not a generation by Langfuse's rules",
-    OUTSIDE_PROMPT_SCOPE: "a generation with no prompt key in a trace that has a fetch record: the "
-                          "model call ran outside `with promptstamp.prompt(...)`, or in a thread the "
-                          "context did not reach; re-enter the prompt around it (`with p:`)",
-}
+#: Why a generation is not linked, by ``Generation.reason`` (the relay's own words).
+REASONS: dict[str, str] = reasons.REASONS
 
 Allowed = str | Callable[[Generation], bool]
 

@@ -20,12 +20,12 @@ from typing import Any
 
 from promptstamp.testing._langfuse import LangfuseServer, Observation
 from promptstamp.testing._replay import (
-    NOT_A_GENERATION,
     Generation,
     generation_from_observation,
     load_relay_config,
     outside_generation,
 )
+from promptstamp_contract.reasons import NOT_A_GENERATION
 
 PROMPT_KEY = "app.prompt.key"
 

@@ -14,17 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# ``Generation.reason`` words for spans Langfuse types otherwise, and for generations made
+# outside the prompt's scope: one table for the relay and this package.
+from promptstamp_contract.reasons import NOT_A_GENERATION, OUTSIDE_PROMPT_SCOPE
+
 if TYPE_CHECKING:
     from promptstamp.testing._langfuse import Observation
 
 __all__ = ["Generation", "ReplayResult", "load_relay_config", "replay"]
-
-#: ``Generation.reason`` for a span that carries a prompt key and a model attribute but that
-#: Langfuse types as something other than a generation (the relay leaves it alone).
-NOT_A_GENERATION = "not_a_generation"
-#: ``Generation.reason`` for a span that Langfuse types as a generation but that carries no prompt
-#: key, in a trace that has a fetch record: the model call ran outside the prompt's scope.
-OUTSIDE_PROMPT_SCOPE = "outside_prompt_scope"
 
 _PROMPT_KEY = "app.prompt.key"
 _PROMPT_LABEL = "app.prompt.label"
