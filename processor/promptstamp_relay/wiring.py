@@ -22,6 +22,7 @@ from promptstamp_contract.langfuse_typing import GenerationRules
 from .admission import Admission, AdmissionStats
 from .admission.auth import Authenticator
 from .admission.budget import ByteBudget
+from .admission.fair import FairGate
 from .config import Config, LogsExporterConfig, MetricsExporterConfig
 from .core.hold import HoldWindow
 from .core.pipeline import PipelineObserver, Processor
@@ -53,6 +54,7 @@ __all__ = [
     "Components",
     "Receiver",
     "build",
+    "build_gate",
     "build_logs_exporter",
     "build_metrics_exporter",
     "build_processor",
@@ -148,15 +150,33 @@ def _signal_exporter(section: LogsExporterConfig | MetricsExporterConfig,
 
 
 def _queue(cfg: Config, exporter_for: Callable[[str], Exporter], *, name: str, workers: int,
-           journal: Journal | None) -> DeliveryQueue:
+           journal: Journal | None, tenants: TenantRouter | None = None) -> DeliveryQueue:
+    """One signal's queue. ``tenants``: the traces', whose requests can go to several upstreams
+    (tenants' own Langfuse projects): one share of the queue and one backoff per destination."""
+    if tenants is not None and tenants.several_destinations:
+        return build_queue(exporter_for, cfg.queue, cfg.retry, name=name, journal=journal, workers=workers,
+                           destination_of=tenants.destination_of, destinations=tenants.destinations())
     return build_queue(exporter_for, cfg.queue, cfg.retry, name=name, journal=journal, workers=workers)
+
+
+def build_gate(cfg: Config) -> FairGate:
+    """Turns at the processing (``admission.*``), shared by the tenants by weight; each
+    tenant's part of the waiting room bounded only when there can be several tenants."""
+    a = cfg.admission
+    return FairGate(a.concurrency, max_waiting=a.max_waiting, wait_seconds=a.wait_seconds,
+                    weights={name: t.weight for name, t in cfg.auth.tenants.items()},
+                    per_tenant=cfg.auth.enabled or cfg.auth.passthrough_langfuse_credentials)
 
 
 def build_receivers(cfg: Config, admission: Admission) -> list[Receiver]:
     """Every transport the relay listens on; each calls the same admission."""
+    grpc = cfg.receivers.grpc
+    # More handler threads than turns: requests wait for their turn in admission (tenant by
+    # tenant), not in grpcio's FIFO.
+    threads = grpc.threads or cfg.admission.concurrency + cfg.admission.max_waiting + 4
     receivers: list[Receiver] = [
         OtlpGrpcReceiver(cfg.listen, admission, max_message_bytes=cfg.limits.max_request_bytes,
-                         credentials=server_credentials(cfg.tls)),
+                         credentials=server_credentials(cfg.tls), threads=threads, config=grpc),
     ]
     http_listen = effective_listen(cfg.receivers.http, cfg.listen)
     if http_listen:
@@ -258,7 +278,8 @@ def _build(cfg: Config, journal: Journal | None, *, clock: Callable[[], int], pr
                                 observers=observers)
     if logs_exporter is None:
         logs_exporter = build_logs_exporter(cfg)
-    trace_queue = _queue(cfg, tenants.exporter_for, name="traces", workers=cfg.queue.workers, journal=journal)
+    trace_queue = _queue(cfg, tenants.exporter_for, name="traces", workers=cfg.queue.workers, journal=journal,
+                         tenants=tenants)
     logs_queue = None
     if logs_exporter is not None:
         logs_out = logs_exporter
@@ -276,12 +297,15 @@ def _build(cfg: Config, journal: Journal | None, *, clock: Callable[[], int], pr
         intake, Authenticator(cfg.auth, default_has_keys=tenants.default_has_keys), cfg.limits,
         remember_keys=tenants.remember, retry_after=cfg.queue.retry_after_seconds,
         decode_budget=ByteBudget(cfg.limits.max_inflight_request_bytes),
+        gate=build_gate(cfg),
     )
+    receivers = build_receivers(cfg, admission)
     telemetry = Sources(
         admission=stats, processor=processor.stats, hold=processor.hold, store=processor.store,
         queues=intake.queues(), queue_limit_bytes=cfg.queue.max_bytes,
         build=build_info(protobuf_backend, native), journal=journal,
         api=api.stats if api is not None else None,
+        receivers=[r.stats for r in receivers if isinstance(r, OtlpHttpReceiver)],
     )
     registry = make_registry(telemetry)
     listener = MetricsListener(cfg.metrics_listen, registry) if cfg.metrics_listen else None
@@ -291,6 +315,6 @@ def _build(cfg: Config, journal: Journal | None, *, clock: Callable[[], int], pr
         cfg=cfg, journal=journal, processor=processor, api=api, tenants=tenants,
         trace_exporter=trace_exporter, logs_exporter=logs_exporter, trace_queue=trace_queue,
         logs_queue=logs_queue, recorder=recorder, intake=intake, admission=admission,
-        receivers=build_receivers(cfg, admission), telemetry=telemetry, listener=listener,
+        receivers=receivers, telemetry=telemetry, listener=listener,
         metrics_exporter=metrics_exporter, metrics_queue=metrics_queue, rollouts=rollouts,
     )

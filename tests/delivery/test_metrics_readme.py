@@ -10,6 +10,7 @@ read through a listener on the stopped relay's own stats objects.
 from __future__ import annotations
 
 import re
+import socket
 import threading
 import time
 import urllib.request
@@ -152,6 +153,7 @@ def test_every_metric_the_readme_lists_moves(langfuse: LangfuseServer, upstream:
         "hold.seconds": 0.4, "hold.max_spans": 2,
         "resolution.api.enabled": True, "resolution.api.refresh_seconds": 0.1,
         "logs_exporter.type": "otlp_grpc", "logs_exporter.otlp_grpc.endpoint": logs_out.collector.address,
+        "receivers.http.header_timeout_seconds": 0.3,
     }
     with running(config(langfuse.base_url, **persistent), timeout=0.3) as relay:
         port = relay.metrics_port
@@ -188,6 +190,21 @@ def test_every_metric_the_readme_lists_moves(langfuse: LangfuseServer, upstream:
             assert send(relay.address, TRACES_EXPORT, traces([span()]).SerializeToString()) == grpc.StatusCode.UNAVAILABLE
         finally:
             budget.release(budget.max_bytes)
+        # Every turn at the processing taken: a request that gets none in time is refused.
+        gate = relay.admission.gate
+        gate.wait_seconds = 0.1
+        for _ in range(gate.slots):
+            gate.acquire("test", 1)
+        try:
+            assert send(relay.address, TRACES_EXPORT, traces([span()]).SerializeToString()) == grpc.StatusCode.UNAVAILABLE
+        finally:
+            for _ in range(gate.slots):
+                gate.release("test")
+        # An OTLP/HTTP connection that never finishes its headers is closed at the deadline.
+        host, _, http_port = (relay.http_address or "").rpartition(":")
+        with socket.create_connection((host, int(http_port)), timeout=5) as slow:
+            slow.sendall(b"POST /v1/traces HTTP/1.1\r\n")
+            assert slow.recv(100) == b""
         wait_until(lambda: seen.scrape(port).get("promptstamp_held_spans", 1) == 0, 10, "the hold window to empty")
         # Evidence after the fact: trace 11's own record arrives after its generation was sent
         # without it; a generation already linked to version 9 whose trace's record names 3.
@@ -221,12 +238,20 @@ def test_every_metric_the_readme_lists_moves(langfuse: LangfuseServer, upstream:
     # Memory mode: an unauthenticated caller, a dropped app log, and a span lost at shutdown.
     upstream.fail(503)
     auth = (("authorization", f"Bearer {TOKEN}"),)
+    auth_b = (("authorization", f"Bearer {TOKEN}-b"),)
+    tenants = {"a": {"tokens": [TOKEN]},  # the relay's own keys; b: a project of its own, down too
+               "b": {"tokens": [f"{TOKEN}-b"], "langfuse_base_url": upstream.base_url,
+                     "langfuse_public_key": "pk-lf-b", "langfuse_secret_key": "sk-lf-b"}}
     with running(config(upstream.base_url, **{
-            "metrics_listen": "127.0.0.1:0", "auth.enabled": True, "auth.tenants": {"a": {"tokens": [TOKEN]}}}),
-            timeout=0.2) as memory:
+            "metrics_listen": "127.0.0.1:0", "auth.enabled": True, "auth.tenants": tenants,
+            "queue.max_requests": 4}), timeout=0.2) as memory:
         assert send(memory.address, TRACES_EXPORT, traces([span()]).SerializeToString()) == grpc.StatusCode.UNAUTHENTICATED
         assert send(memory.address, LOGS_EXPORT, logs([app_log("dropped")]).SerializeToString(), auth) == grpc.StatusCode.OK
         assert send(memory.address, TRACES_EXPORT, traces([span(start=now)]).SerializeToString(), auth) == grpc.StatusCode.OK
+        # b's destination holds its share (half of what is free): its third request is refused.
+        assert [send(memory.address, TRACES_EXPORT, traces([span(trace=50 + i, span_id=50 + i, start=now)])
+                     .SerializeToString(), auth_b) for i in range(3)] == [grpc.StatusCode.OK] * 2 + [
+            grpc.StatusCode.UNAVAILABLE]
         seen.scrape(memory.metrics_port or 0)
     seen.scrape_stopped(memory)  # lost_items
 

@@ -1,8 +1,10 @@
 """Admission: whether the relay takes an OTLP request, whatever transport it came by.
 
 A receiver (``receive/grpc.py``, ``receive/http.py``) hands the request bytes and a
-:class:`CallInfo` to :class:`Admission`; it authenticates, checks the size, holds decode
-budget, decodes and checks ``limits.*``, reserves queue room and accepts — or raises
+:class:`CallInfo` to :class:`Admission`; it authenticates, waits for the tenant's turn
+(``fair.py``: tenants share the processing by weight, an idle tenant goes next), checks the
+size, holds decode budget, decodes and checks ``limits.*``, reserves room in the queue and in
+the tenant's destination's share of it (``deliver/queue.py``), and accepts — or raises
 :class:`Refusal`, a reason and a retry hint that each receiver maps to its own status codes.
 What is taken goes to the :class:`~promptstamp_relay.intake.Intake`.
 
@@ -28,7 +30,8 @@ from ..counters import Counters, metric
 from .auth import Authenticator, Unauthenticated
 from .budget import ByteBudget
 from .decode import Violation, decode_logs, decode_traces
-from .settings import LimitsConfig
+from .fair import FairGate, NoTurn
+from .settings import AdmissionConfig, LimitsConfig
 
 __all__ = [
     "Admission",
@@ -40,6 +43,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from ..deliver import DeliveryQueue
     from ..intake import Intake
 
 log = logging.getLogger("promptstamp_relay.admission")
@@ -105,6 +109,9 @@ class AdmissionStats(Counters):
     invalid: int = metric("Requests refused as malformed", name="requests_invalid")
     passthrough_requests: int = metric("Trace requests forwarded as they came (nothing to stamp)",
                                        name="requests_passthrough")
+    refused_turn: int = metric(
+        "Of requests_refused_backpressure: no turn at the processing (the tenant's share of the waiting "
+        "room taken, the room full, or admission.wait_seconds passed)", name="requests_refused_turn")
 
 
 def count_spans(req: ExportTraceServiceRequest) -> int:
@@ -161,6 +168,7 @@ class Admission:
         remember_keys: Callable[[str, tuple[str, str]], None] | None = None,
         retry_after: float = 1.0,
         decode_budget: ByteBudget | None = None,
+        gate: FairGate | None = None,
     ) -> None:
         self.intake = intake
         self.stats = intake.stats  # one stats object for both
@@ -169,6 +177,9 @@ class Admission:
         self._remember = remember_keys
         self._retry_after = retry_after
         self.decode_budget = decode_budget or ByteBudget(limits.max_inflight_request_bytes)
+        defaults = AdmissionConfig()
+        self.gate = gate or FairGate(defaults.concurrency, max_waiting=defaults.max_waiting,
+                                     wait_seconds=defaults.wait_seconds, per_tenant=False)
         self._auth_log = _AuthLog()
         self._inflight = 0
         self._draining = False
@@ -219,25 +230,25 @@ class Admission:
 
     def _traces(self, data: bytes, call: CallInfo) -> None:
         tenant = self._tenant(call)
-        with self._admitting(data):
+        with self._turn(tenant, len(data)), self._admitting(data):
             req = self._decode(decode_traces, data)
             spans = count_spans(req)
-            with self.intake.reservation(self.intake.trace_queue, len(data)), self.intake.durable():
+            with self._room(self.intake.trace_queue, len(data), tenant), self.intake.durable():
                 self.intake.traces(req, data, spans, tenant)
 
     def _logs(self, data: bytes, call: CallInfo) -> None:
         tenant = self._tenant(call)
-        with self._admitting(data):
+        with self._turn(tenant, len(data)), self._admitting(data):
             req = self._decode(decode_logs, data)
             n = count_logs(req)
             # Fetch-log records become store entries (bounded by store.*) and release held
             # spans (already counted); only the other records are queued, for the logs exporter.
-            with self.intake.reservation(self.intake.logs_queue, len(data)), self.intake.durable():
+            with self._room(self.intake.logs_queue, len(data), tenant), self.intake.durable():
                 self.intake.logs(req, data, n, tenant)
 
     def _metrics(self, data: bytes, call: CallInfo) -> None:
         tenant = self._tenant(call)
-        with self._admitting(data):
+        with self._turn(tenant, len(data)), self._admitting(data):
             req = ExportMetricsServiceRequest()
             try:
                 req.ParseFromString(data)
@@ -249,7 +260,7 @@ class Admission:
                 self.stats.add(refused=1)
                 raise Refusal("too_large", f"{n} metric data points, over limits.max_spans_per_request "
                                            f"({self._limits.max_spans_per_request})")
-            with self.intake.reservation(self.intake.metrics_queue, len(data)), self.intake.durable():
+            with self._room(self.intake.metrics_queue, len(data), tenant), self.intake.durable():
                 self.intake.metrics(data, n, tenant)
 
     # -- steps ----------------------------------------------------------------------------------
@@ -264,6 +275,48 @@ class Admission:
         if identity.langfuse_keys is not None and self._remember is not None:
             self._remember(identity.tenant, identity.langfuse_keys)
         return identity.tenant
+
+    @contextlib.contextmanager
+    def _turn(self, tenant: str, cost: int) -> Iterator[None]:
+        """``tenant``'s turn at the processing (``fair.py``), or a retryable refusal."""
+        try:
+            self.gate.acquire(tenant, cost)
+        except NoTurn as e:
+            self.stats.add(refused=1, refused_backpressure=1, refused_turn=1)
+            raise Refusal("backpressure", e.message, retry_after=self._retry_after) from None
+        try:
+            yield
+        finally:
+            self.gate.release(tenant)
+
+    @contextlib.contextmanager
+    def _room(self, queue: DeliveryQueue | None, size: int, tenant: str) -> Iterator[None]:
+        """``size`` more bytes of room in ``queue`` and in ``tenant``'s destination's share of
+        it while the body runs, or Refusal.
+
+        One byte bound for everything the relay keeps: every queue (queued and in flight) and
+        the held spans. The whole queue full: ``backpressure`` (every sender); the destination's
+        share full (its upstream slow, failing or throttling): ``unavailable``, for its own
+        senders only, with the destination's remaining pause as the hint when it is longer.
+        """
+        if queue is None:
+            yield
+            return
+        intake = self.intake
+        shared = intake.processor.hold.held_bytes + sum(q.bytes for q in intake.queues() if q is not queue)
+        full = queue.reserve(size, shared, tenant)
+        if full is not None:
+            if full.destination:
+                raise Refusal("unavailable",
+                              f"relay {queue.name} queue: the share of upstream destination "
+                              f"{full.destination!r} is full (slow, failing or throttling), retry later",
+                              retry_after=max(self._retry_after, full.retry_after))
+            raise Refusal("backpressure", f"relay {queue.name} queue is full, retry later",
+                          retry_after=self._retry_after)
+        try:
+            yield
+        finally:
+            queue.unreserve(size, tenant)
 
     @contextlib.contextmanager
     def _admitting(self, data: bytes) -> Iterator[None]:

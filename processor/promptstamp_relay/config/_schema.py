@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 from .. import hostport
-from ..admission.settings import AuthConfig, LimitsConfig
+from ..admission.settings import AdmissionConfig, AuthConfig, LimitsConfig
 from ..deliver._config import QueueConfig
 from ..export.settings import (
     ExporterConfig,
@@ -16,7 +16,7 @@ from ..export.settings import (
     MetricsExporterConfig,
     RetryConfig,
 )
-from ..receive.settings import HttpReceiverConfig, TlsConfig
+from ..receive.settings import GrpcReceiverConfig, HttpReceiverConfig, TlsConfig
 from ..rollouts._config import RolloutsConfig
 from ..store._config import StoreConfig
 
@@ -31,9 +31,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class ReceiversConfig:
-    """Listeners besides the OTLP/gRPC one (``listen``)."""
+    """Listeners besides the OTLP/gRPC one (``listen``), and the gRPC listener's own bounds."""
 
     http: HttpReceiverConfig = field(default_factory=HttpReceiverConfig)
+    grpc: GrpcReceiverConfig = field(default_factory=GrpcReceiverConfig)
 
 
 @dataclass
@@ -137,6 +138,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     rollouts: RolloutsConfig = field(default_factory=RolloutsConfig)
 
     def validate(self) -> list[str]:
@@ -165,6 +167,11 @@ class Config:
             errs.append(SEMCONV_WITH_LANGFUSE)
         errs.extend(self.metrics_exporter.validate("metrics_exporter"))
         errs.extend(self.receivers.http.validate("receivers.http"))
+        errs.extend(self.receivers.grpc.validate("receivers.grpc"))
+        errs.extend(self.admission.validate("admission"))
+        if self.receivers.grpc.threads and self.receivers.grpc.threads <= self.admission.concurrency:
+            errs.append("'receivers.grpc.threads' must be more than admission.concurrency (or 0: automatic), "
+                        "so that requests wait for their turn in the relay, tenant by tenant")
         if (self.receivers.http.listen and self.receivers.http.listen == self.listen
                 and not self.listen.endswith(":0")):  # two port-0 listeners get two free ports
             errs.append("'receivers.http.listen' must differ from 'listen' (the OTLP/gRPC listener)")
@@ -219,6 +226,8 @@ def _auth_errors(cfg: Config) -> list[str]:
             errs.append(f"{where}' needs tokens or langfuse_public_key + langfuse_secret_key")
         if t.langfuse_base_url and not t.langfuse_base_url.startswith(("http://", "https://")):
             errs.append(f"{where}.langfuse_base_url' must be an http(s) URL")
+        if not (math.isfinite(t.weight) and 0 < t.weight <= 1000):
+            errs.append(f"{where}.weight' must be > 0 and <= 1000")
         for i, token in enumerate(t.tokens):
             if len(token) < MIN_TOKEN_LENGTH or token != token.strip() or not token.isprintable():
                 errs.append(f"{where}.tokens[{i}]' must be at least {MIN_TOKEN_LENGTH} printable "

@@ -15,11 +15,18 @@ __all__ = ["SYNCHRONOUS_MODES", "QueueConfig"]
 @dataclass
 class QueueConfig:
     """The delivery queue (docs/delivery.md). ``max_bytes`` bounds queued + in-flight + held
-    bytes, both signals together; in persistent mode the queued bytes are on disk."""
+    bytes, both signals together; in persistent mode the queued bytes are on disk.
+
+    Per destination (a tenant's own Langfuse project, the relay's own exporter): at most
+    ``workers`` exports at once, and, when the relay can have several destinations, at most
+    ``destination_share`` times what is still free of the bounds (1.0: one destination in
+    trouble fills at most half of the queue; k of them 1/(k+1) each)."""
 
     max_requests: int = 1000
     max_bytes: int = 256 * 1024 * 1024
-    workers: int = 2
+    workers: int = 2  # exports at once per destination (traces; logs and metrics: 1)
+    max_workers: int = 16  # worker threads per signal at most, all destinations together
+    destination_share: float = 1.0
     directory: str = ""  # persistent queue when set
     synchronous: str = "full"  # persistent queue: full (fsync every commit) | normal
     shutdown_timeout_seconds: float = 10.0
@@ -30,6 +37,10 @@ class QueueConfig:
         for k in ("max_requests", "max_bytes", "workers"):
             if getattr(self, k) <= 0:
                 errs.append(f"'{path}.{k}' must be > 0")
+        if not 0 < self.max_workers <= 256 or self.max_workers < self.workers:
+            errs.append(f"'{path}.max_workers' must be >= {path}.workers and <= 256")
+        if not (math.isfinite(self.destination_share) and 0 < self.destination_share <= 100):
+            errs.append(f"'{path}.destination_share' must be > 0 and <= 100")
         if self.synchronous not in SYNCHRONOUS_MODES:
             errs.append(f"'{path}.synchronous' must be full or normal, got {self.synchronous!r}")
         if not (math.isfinite(self.shutdown_timeout_seconds) and self.shutdown_timeout_seconds >= 0):

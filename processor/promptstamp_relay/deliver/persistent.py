@@ -11,13 +11,14 @@ least once: a request confirmed upstream but not yet deleted when the relay died
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..counters import count
 from ..export.retry import Backoff
 from ..journal import Journal, JournalError
 from ._config import QueueConfig
-from .queue import DeliveryItem, ExporterFor, WorkerQueue
+from .queue import DeliveryItem, DestinationOf, ExporterFor, WorkerQueue
 
 __all__ = ["Journal", "JournalError", "PendingRow", "PersistentQueue", "pending_rows"]
 
@@ -59,8 +60,11 @@ class PersistentQueue(WorkerQueue):
     in memory it keeps only their ids and sizes."""
 
     def __init__(self, exporter_for: ExporterFor, journal: Journal, config: QueueConfig | None = None, *,
-                 backoff: Backoff | None = None, name: str = "traces", workers: int | None = None) -> None:
-        super().__init__(exporter_for, config, backoff=backoff, name=name, workers=workers)
+                 backoff: Backoff | None = None, name: str = "traces", workers: int | None = None,
+                 destination_of: DestinationOf | None = None, share: float | None = None,
+                 destinations: Sequence[str] = ()) -> None:
+        super().__init__(exporter_for, config, backoff=backoff, name=name, workers=workers,
+                         destination_of=destination_of, share=share, destinations=destinations)
         self._journal = journal
         journal.ensure_schema(_SCHEMA)
 
@@ -68,14 +72,13 @@ class PersistentQueue(WorkerQueue):
         # Read outside the queue's lock (lock order: the journal first). A row put meanwhile is
         # queued by its commit callback before the journal answers this query.
         pending = pending_rows(self._journal, self.name)
+        queued = self._queued_ids()  # put before start: already here, and newer
+        rows = [r for r in pending if r.id not in queued]
+        # Each row back to its destination, ahead of what was put since: the per-destination
+        # shares and pauses hold across restarts.
+        self._restore(DeliveryItem(b"", r.items, r.tenant, id=r.id, size=r.size) for r in rows)
+        n = sum(r.items for r in rows)
         with self._cond:
-            queued = {i.id for i in self._items}  # put before start: already here, and newer
-            rows = [r for r in pending if r.id not in queued]
-            self._items.extendleft(
-                DeliveryItem(b"", r.items, r.tenant, id=r.id, size=r.size) for r in reversed(rows)
-            )
-            self._bytes += sum(r.size for r in rows)
-            n = sum(r.items for r in rows)
             self.stats.recovered_requests += len(rows)
             self.stats.recovered_items += n
         if rows:

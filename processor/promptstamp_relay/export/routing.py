@@ -12,6 +12,13 @@
 
 Per-tenant exporters share one HTTP exporter per base URL (its connections) and differ only
 in the ``Authorization`` header they send.
+
+Destinations (``destination_of``): the delivery queue keeps one FIFO, one share of its bounds
+and one backoff per upstream destination, so that a project that is down, throttled or slow
+holds only its own tenants' requests. A configured tenant with its own keys is its own
+destination (named by the tenant); a passthrough tenant too (its public key and digest, or
+``passthrough#<digest>`` when the "public key" does not look like one); everything the relay's
+own exporter sends is ``relay``.
 """
 
 from __future__ import annotations
@@ -28,7 +35,12 @@ from . import Exporter, ExportResult, LangfuseExporter
 from .langfuse import basic_auth
 from .settings import ExporterConfig
 
-__all__ = ["MAX_PASSTHROUGH_TENANTS", "TenantRouter"]
+__all__ = ["MAX_PASSTHROUGH_TENANTS", "RELAY_DESTINATION", "TenantRouter"]
+
+#: The destination of what the relay's own exporter sends (``deliver.RELAY_DESTINATION``).
+RELAY_DESTINATION = "relay"
+#: Destination names kept for the relay's own and for the metrics' overflow.
+_RESERVED_DESTINATIONS = frozenset({RELAY_DESTINATION, "other"})
 
 
 class UpstreamSettings(Protocol):
@@ -97,6 +109,7 @@ class TenantRouter:
                 if t.langfuse_public_key and t.langfuse_secret_key:
                     url = t.langfuse_base_url or lf.base_url
                     self._configured[name] = (url, t.langfuse_public_key, t.langfuse_secret_key)
+        self._pass_through = cfg.auth.passthrough_langfuse_credentials and self._langfuse
         self._passthrough: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._bases: dict[str, LangfuseExporter] = {}
         self._exporters: dict[str, Exporter] = {}
@@ -105,6 +118,31 @@ class TenantRouter:
     @property
     def default_has_keys(self) -> bool:
         return not self._langfuse or self._default_keys is not None
+
+    # -- destinations (the delivery queue's) --------------------------------------------------------
+    @property
+    def several_destinations(self) -> bool:
+        """Whether tenants' spans can go to more than one upstream (then each destination gets
+        its own share of the delivery queue)."""
+        return self._langfuse and (bool(self._configured) or self._pass_through)
+
+    def destinations(self) -> list[str]:
+        """The destinations known from the configuration (their metrics start at 0)."""
+        return [RELAY_DESTINATION, *(self.destination_of(t) for t in self._configured)]
+
+    def destination_of(self, tenant: str) -> str:
+        """The upstream destination of ``tenant``'s requests; no lock (the configured tenants do
+        not change, and a passthrough tenant's destination is its name)."""
+        if not self._langfuse or tenant == DEFAULT_TENANT:
+            return RELAY_DESTINATION
+        if tenant in self._configured:
+            return f"tenant:{tenant}" if tenant in _RESERVED_DESTINATIONS else tenant
+        if _is_configured_name(tenant):
+            return RELAY_DESTINATION  # a configured tenant without keys: the relay's own
+        public_key, _, digest = tenant.rpartition(PASSTHROUGH_SEPARATOR)
+        if public_key.startswith("pk-") and public_key.isprintable() and len(public_key) <= 80:
+            return tenant
+        return f"passthrough{PASSTHROUGH_SEPARATOR}{digest}"
 
     def remember(self, tenant: str, keys: tuple[str, str]) -> None:
         """A passthrough tenant's key pair, from its latest request."""

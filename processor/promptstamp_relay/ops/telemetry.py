@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from ..admission import AdmissionStats
 from ..core.pipeline import ProcessorStats
 from ..counters import exported
-from ..deliver.queue import LATENCY_BUCKETS
+from ..deliver.queue import DELIVERY_BUCKETS, LATENCY_BUCKETS
 from ..store.label_pointers import ApiStats
 
 __all__ = ["BuildInfo", "RelayCollector", "Sources", "build_info", "make_registry"]
@@ -85,6 +85,7 @@ class Sources:
     build: BuildInfo
     journal: JournalSource | None = None
     api: ApiStats | None = None
+    receivers: Sequence[Any] = ()  # the listeners' own stats objects (Counters), when they keep any
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -111,16 +112,32 @@ def _families(stats: Any, snapshot: dict[str, Any] | None = None) -> Iterator[_F
 
 
 def _per_queue(queues: Sequence[QueueSource]) -> Iterator[_Family]:
-    """Each declared DeliveryStats metric once, a sample per queue (label ``signal``)."""
-    families: dict[str, CounterMetricFamily] = {}
+    """Each declared DeliveryStats metric once, a sample per queue (label ``signal``), and per
+    value of its own label (``destination``) when it has one."""
+    families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
     for q in queues:
         for spec, value in exported(q.stats):
             family = families.get(spec.name)
             if family is None:
-                family = families[spec.name] = CounterMetricFamily(
-                    f"promptstamp_{spec.name}", spec.help, labels=["signal"])
-            family.add_metric([q.name], value)
+                kind = GaugeMetricFamily if spec.gauge else CounterMetricFamily
+                family = families[spec.name] = kind(
+                    f"promptstamp_{spec.name}", spec.help,
+                    labels=["signal"] if spec.label is None else ["signal", spec.label])
+            if spec.label is None:
+                family.add_metric([q.name], value)
+                continue
+            for label, n in sorted(value.items()):
+                family.add_metric([q.name, label], n)
     yield from families.values()
+
+
+def _histogram(family: HistogramMetricFamily, labels: list[str], bounds: Sequence[float],
+               counts: Sequence[int], total: float) -> None:
+    cum, series = 0, []
+    for bound, n in zip((*map(str, bounds), "+Inf"), list(counts)[:len(bounds) + 1], strict=True):
+        cum += n
+        series.append((bound, cum))
+    family.add_metric(labels, series, sum_value=total)
 
 
 class RelayCollector(Collector):
@@ -149,6 +166,8 @@ class RelayCollector(Collector):
                            s.journal.commits)
         if s.api is not None:
             yield from _families(s.api)
+        for stats in s.receivers:
+            yield from _families(stats)
         b = s.build
         info = GaugeMetricFamily("promptstamp_build_info", "The relay's build: always 1",
                                  labels=["version", "python", "protobuf_backend", "native"])
@@ -162,24 +181,26 @@ class RelayCollector(Collector):
                                   labels=["signal"])
         qbytes = GaugeMetricFamily("promptstamp_queue_bytes", "Bytes queued or in flight (on disk in "
                                    "persistent mode)", labels=["signal"])
-        buckets = len(LATENCY_BUCKETS) + 1
         latency = HistogramMetricFamily("promptstamp_export_seconds", "Upstream export latency per attempt",
                                         labels=["signal"])
+        delivery = HistogramMetricFamily(
+            "promptstamp_destination_delivery_seconds", "Queued to confirmed by the upstream (retries "
+            "included), per upstream destination", labels=["signal", "destination"])
         for q in s.queues:
             d = q.stats
             depth.add_metric([q.name], q.depth)
             qbytes.add_metric([q.name], q.bytes)
-            counts = list(d.latency_counts)[:buckets]
-            cum, series = 0, []
-            for bound, n in zip((*map(str, LATENCY_BUCKETS), "+Inf"), counts, strict=True):
-                cum += n
-                series.append((bound, cum))
-            latency.add_metric([q.name], series, sum_value=d.latency_sum)
+            _histogram(latency, [q.name], LATENCY_BUCKETS, d.latency_counts, d.latency_sum)
+            snap = d.snapshot()  # dicts copied safely against a worker adding a destination
+            sums = snap["delivery_sum"]
+            for label, counts in sorted(snap["delivery_counts"].items()):
+                _histogram(delivery, [q.name, label], DELIVERY_BUCKETS, counts, sums.get(label, 0.0))
         yield depth
         yield qbytes
         yield _gauge("queue_limit_bytes", "queue.max_bytes: the bound on queued + in-flight + held bytes",
                      s.queue_limit_bytes)
         yield latency
+        yield delivery
 
     @staticmethod
     def _store(store: Sized) -> Iterator[_Family]:

@@ -8,6 +8,13 @@ with RetryInfo in the status details (Go clients) and in the ``google.rpc.retryi
 trailer (Python clients). grpcio's own ``maximum_concurrent_rpcs`` is never used: its bare
 RESOURCE_EXHAUSTED makes clients drop data.
 
+Bounds (``receivers.grpc``, :func:`server_options`): streams per connection, connections at
+once, a handshake deadline, idle connections closed, keepalive pings both ways (the server's to
+find dead peers, and enforcement of the clients'). An idle connection costs grpcio's event
+engine a socket and its buffers, no thread. Handler threads outnumber admission's turns
+(``admission.concurrency``) so that requests wait for their turn in admission, where tenants
+take turns, rather than in grpcio's own FIFO.
+
 Threads: ``threads`` handler threads call admission concurrently.
 """
 
@@ -24,6 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..admission import Admitter, CallInfo, Refusal, RefusalReason
 from ..errors import ReceiverListenError
+from .settings import GrpcReceiverConfig
 
 __all__ = [
     "LOGS_SERVICE",
@@ -32,6 +40,7 @@ __all__ = [
     "TRACE_SERVICE",
     "OtlpGrpcReceiver",
     "retry_info_trailers",
+    "server_options",
 ]
 
 log = logging.getLogger("promptstamp_relay.receive")
@@ -65,6 +74,28 @@ def retry_info_trailers(code: grpc.StatusCode, message: str, retry_after: float)
     ]
 
 
+def server_options(config: GrpcReceiverConfig, max_message_bytes: int) -> list[tuple[str, int]]:
+    """The grpcio server options for ``receivers.grpc`` (each one a bound a client cannot
+    stretch)."""
+
+    def ms(seconds: float) -> int:
+        return max(1, int(seconds * 1000))
+
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_concurrent_streams", config.max_concurrent_streams),
+        ("grpc.max_allowed_incoming_connections", config.max_connections),
+        ("grpc.server_handshake_timeout_ms", ms(config.handshake_timeout_seconds)),
+        ("grpc.max_connection_idle_ms", ms(config.max_connection_idle_seconds)),
+        ("grpc.keepalive_time_ms", ms(config.keepalive_time_seconds)),
+        ("grpc.keepalive_timeout_ms", ms(config.keepalive_timeout_seconds)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(config.min_ping_interval_seconds)),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+
+
 class OtlpGrpcReceiver:
     """Owns the grpc.Server; admission owns the meaning. Binds in :meth:`start`;
     :meth:`stop` is safe in any state."""
@@ -77,15 +108,15 @@ class OtlpGrpcReceiver:
         max_message_bytes: int = 64 * 1024 * 1024,
         threads: int = 4,
         credentials: grpc.ServerCredentials | None = None,
+        config: GrpcReceiverConfig | None = None,
     ) -> None:
         self._listen = listen
         self._credentials = credentials
+        self.options = server_options(config or GrpcReceiverConfig(), max_message_bytes)
+        self.threads = threads
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="otlp-recv"),
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.so_reuseport", 0),
-            ],
+            options=self.options,
         )
         self._server.add_generic_rpc_handlers(tuple(
             grpc.method_handlers_generic_handler(
