@@ -29,7 +29,13 @@ receiver's deadlines — the OTel Python OTLP/HTTP exporter against a raw loopba
 export on a new connection and then one on the kept-alive one: connect → complete headers,
 first byte → complete headers, complete headers → complete body.
 
-Run: ``python -m bench.noisy_neighbour [--before DIR] [--scenarios down,throttled,hanging,flood]
+And (``--role hotpath --before DIR``) the single-tenant hot path of both checkouts: the load
+of ``bench/run.py`` (``bench/loadgen.py``, 4 clients, 512-span requests, pass-through and
+stamping with their fetch-log requests) over gRPC or OTLP/HTTP (``--transport``) to a relay
+with defaults exporting to ``bench/sink.py``, the checkouts alternating, paired per repetition:
+spans delivered per relay CPU-second.
+
+Run: ``python -m bench.noisy_neighbour [--before DIR] [--scenarios down,throttled,hanging,flood,crowd]
 [--seconds 15]``. Writes ``bench/results/noisy_neighbour.md`` (``--out``) and
 ``bench/results/raw-noisy-<timestamp>.json``.
 """
@@ -255,6 +261,62 @@ def measure_headers(rounds: int = 20) -> dict[str, Any]:
             for k, v in got.items()} | {"body_bytes": [min(sizes), max(sizes)]}
 
 
+# -- role: the single-tenant hot path, two checkouts -------------------------------------------------
+def hotpath(trees: list[tuple[str, Path]], reps: int, transport: str) -> dict[str, Any]:
+    """Spans per relay CPU-second at saturation, per workload and checkout, paired per repetition."""
+    import re
+
+    from bench.loadgen import cpu_seconds as proc_cpu
+    from bench.procs import Loadgen, SinkClient
+    from bench.run import PUBLIC_KEY, SECRET_KEY
+
+    got: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="hotpath-") as tmpd:
+        tmp = Path(tmpd)
+        sink = start("sink", [PY, "-m", "bench.sink"], log_dir=tmp, ready="sink listening on")
+        loadgen = Loadgen(tmp)
+        try:
+            sink_client = SinkClient(sink.port)
+            for kind in ("nokey", "mixed"):
+                loadgen.call({"cmd": "build", "key": f"{kind}-512", "kind": kind, "batch": 512})
+            for rep in range(reps):
+                for kind in ("nokey", "mixed"):
+                    for name, tree in (trees if rep % 2 == 0 else trees[::-1]):
+                        config = tmp / f"relay-{name}-{rep}-{kind}.yaml"
+                        config.write_text(
+                            "listen: 127.0.0.1:0\nreceivers: {http: {listen: 127.0.0.1:0}}\n"
+                            "metrics_listen: 127.0.0.1:0\nhold: {seconds: 2}\nexporter:\n  type: langfuse\n"
+                            f"  langfuse:\n    base_url: http://127.0.0.1:{sink.port}\n"
+                            f"    public_key: {PUBLIC_KEY}\n    secret_key: {SECRET_KEY}\n")
+                        env = {k: v for k, v in env_without_proxies().items() if k != "PYTHONPATH"}
+                        env["PYTHONPATH"] = f"{tree / 'processor'}:{tree / 'sdk'}"
+                        sink_client.reset()
+                        relay = start(f"relay-{name}", [PY, "-m", "promptstamp_relay.cli", "serve", "--config",
+                                                        str(config)], log_dir=tmp, env=env,
+                                      ready="promptstamp-relay listening on")
+                        try:
+                            http = re.search(r"(\S+) \(OTLP/HTTP\)", relay.ready_line)
+                            target = relay.address if transport == "grpc" or http is None else http.group(1)
+                            cpu0 = proc_cpu(relay.pid)
+                            run = loadgen.call({"cmd": "run", "target": target, "workload": f"{kind}-512",
+                                                "clients": 4, "warmup": 0.5, "duration": 4.0, "pids": [relay.pid],
+                                                "transport": transport}, timeout=200)
+                            st = sink_client.wait_spans(run["spans_accepted_total"], timeout=15)
+                            per_cpu = st["spans"] / max(1e-9, proc_cpu(relay.pid) - cpu0)
+                        finally:
+                            stop(relay)
+                        got.setdefault(kind, {}).setdefault(name, []).append(per_cpu)
+                        print(f"hotpath {transport} {kind} {name} rep {rep + 1}: {per_cpu:,.0f} spans/CPU-s",
+                              file=sys.stderr, flush=True)
+        finally:
+            loadgen.close()
+            stop(sink)
+    first, second = trees[0][0], trees[1][0]
+    return {kind: {"medians": {n: statistics.median(v) for n, v in by.items()},
+                   "ratios": [b / a for a, b in zip(by[first], by[second], strict=True)]}
+            for kind, by in got.items()}
+
+
 # -- role: tenant A's flood -----------------------------------------------------------------------
 def flood(address: str, clients: int, seconds: float, spans: int, stamped: bool = False) -> dict[str, Any]:
     """``clients`` closed loops sending ``spans``-span requests as fast as the relay answers,
@@ -329,7 +391,7 @@ class Steady:
                 call(payload, timeout=10, metadata=(("authorization", f"Bearer {TOKEN_B}"),))
                 result = Sent(t0, True, time.monotonic() - t0, ids)
             except grpc.RpcError as e:
-                result = Sent(t0, False, time.monotonic() - t0, ids, e.code().name)
+                result = Sent(t0, False, time.monotonic() - t0, ids, f"{e.code().name}: {e.details()}")
             with lock:
                 self.sent.append(result)
 
@@ -529,8 +591,9 @@ def render(runs: list[dict[str, Any]], args: argparse.Namespace, headers: dict[s
         f"Load: A = {args.a_clients} gRPC clients in closed loops, {args.a_spans}-span requests as fast as the relay "
         f"answers (refused or not, no pause), for {args.seconds:g} s; B = one {args.b_spans}-span request every "
         f"{1000 / args.b_rate:g} ms ({args.b_rate:g}/s), no retry (a refusal counts against B's acceptance). "
-        "Relay: defaults (2 delivery workers, retries from 5 s, 1000 requests / 256 MiB of queue, 4 receive "
-        "threads) plus two tenants with their own Langfuse projects and a 2 s hold window. After the window "
+        "Relay: each checkout's defaults (2 delivery workers, retries from 5 s, 1000 requests / 256 MiB of "
+        "queue; before: 4 gRPC handler threads; after: 4 turns at the processing, 24 handler threads, a share of the "
+        "queue per destination) plus two tenants with their own Langfuse projects and a 2 s hold window. After the window "
         "A's upstream recovers and the relay drains "
         f"(at most {args.drain:g} s); then every span is looked up by id at its tenant's upstream.",
         "",
@@ -569,7 +632,9 @@ def render(runs: list[dict[str, Any]], args: argparse.Namespace, headers: dict[s
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--role", choices=("main", "upstream", "flood", "headers"), default="main")
+    ap.add_argument("--role", choices=("main", "upstream", "flood", "headers", "hotpath"), default="main")
+    ap.add_argument("--transport", choices=("grpc", "http"), default="grpc", help="hotpath: the receiver")
+    ap.add_argument("--reps", type=int, default=5, help="hotpath: paired repetitions")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--address", default="")
     ap.add_argument("--json-out", default="")
@@ -591,6 +656,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.role == "upstream":
         serve_upstream(args.port)
+        return 0
+    if args.role == "hotpath":
+        if not args.before:
+            ap.error("--role hotpath needs --before DIR")
+        out = hotpath([("before", Path(args.before)), ("after", Path(args.tree))], args.reps, args.transport)
+        for kind, r in out.items():
+            ratios = sorted(r["ratios"])
+            print(f"{args.transport} {kind}: before {r['medians']['before']:,.0f}, after {r['medians']['after']:,.0f} "
+                  f"spans/CPU-s; after/before per repetition {', '.join(f'{x:.3f}' for x in r['ratios'])}, "
+                  f"median {statistics.median(ratios):.3f}")
         return 0
     if args.role == "headers":
         print(json.dumps(measure_headers(), indent=1))

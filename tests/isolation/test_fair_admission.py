@@ -72,6 +72,28 @@ def test_an_idle_tenant_goes_next_ahead_of_a_flood() -> None:
     assert w.order.index("b0") <= 1 and w.order[2:] == ["a1", "a2", "a3", "a4", "a5"]
 
 
+def test_one_tenant_never_holds_the_last_slot() -> None:
+    """With tenants, a tenant whose turns are slow (all of them waiting for something) holds at
+    most all slots but one: another tenant's request starts at once."""
+    gate = FairGate(3, max_waiting=64, wait_seconds=10)
+    gate.acquire("a", 100)
+    gate.acquire("a", 100)
+    w = Waiters(gate)
+    w.add("a2", "a")  # a third slot is free, but not for a
+    assert gate.running == 2 and gate.waiting == 1
+    gate.acquire("b", 100)  # at once
+    assert gate.running == 3
+    gate.release("b")
+    gate.release("a")  # now a2 may run
+    w.join()
+    assert w.order == ["a2"]
+    gate.release("a")
+    alone = FairGate(3, max_waiting=64, wait_seconds=10, per_tenant=False)
+    for _ in range(3):
+        alone.acquire("default", 1)  # without tenants every slot is the one tenant's
+    assert alone.running == 3
+
+
 def test_tenants_share_turns_by_weight_counted_in_bytes() -> None:
     gate = FairGate(1, max_waiting=64, wait_seconds=10, weights={"heavy": 2.0})
     gate.acquire("x", 1)

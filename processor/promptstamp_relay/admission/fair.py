@@ -2,8 +2,10 @@
 
 Every request, once its tenant is known and before anything costly (decompressing, decoding,
 stamping, committing), takes a turn: at most ``slots`` requests run at once, whatever the
-transport. When they are all taken, a request waits in its tenant's line, and the next free
-slot goes to the waiting request with the smallest start tag of start-time fair queueing
+transport, and with tenants at most ``slots - 1`` of one tenant (the last slot is there for
+whoever comes next: a tenant whose turns are slow cannot hold every slot). When they are all
+taken, a request waits in its tenant's line, and the next free slot goes to the waiting request
+with the smallest start tag of start-time fair queueing
 (Goyal et al., SFQ): a request's start tag is the larger of the virtual time (the start tag of
 the request last let in) and its tenant's previous finish tag; its finish tag adds its cost
 (bytes) divided by its tenant's weight. So tenants share the processing in proportion to their
@@ -70,6 +72,10 @@ class FairGate:
         self._weights = dict(weights or {})
         self._default_weight = default_weight
         self._free = slots
+        # With tenants, one tenant holds at most all slots but one: the last is kept for whoever
+        # comes next, so a tenant whose turns are slow (waiting for the processing lock, a
+        # commit) cannot keep every other tenant's request from starting.
+        self._cap = slots - 1 if per_tenant and slots > 1 else slots
         self._vtime = 0.0
         self._finish: dict[str, float] = {}  # tenant -> finish tag of its last request
         self._waiting: dict[str, int] = {}
@@ -127,7 +133,7 @@ class FairGate:
         """A slot for ``tenant``'s request of ``cost`` bytes (give it back with :meth:`release`),
         or :class:`NoTurn`."""
         with self._lock:
-            if self._free > 0 and not self._n_waiting:  # nobody waits: go at once
+            if self._free > 0 and not self._n_waiting and self._may_run(tenant):  # nobody waits: go at once
                 self._vtime = max(self._vtime, self._tag(tenant, cost))
                 self._free -= 1
                 self._running[tenant] = self._running.get(tenant, 0) + 1
@@ -165,12 +171,20 @@ class FairGate:
         else:
             del self._waiting[tenant]
 
+    def _may_run(self, tenant: str) -> bool:
+        return self._running.get(tenant, 0) < self._cap
+
     def _grant(self) -> None:
-        """Give every free slot to the waiters with the smallest start tags, waking just those
-        (lock held)."""
+        """Give every free slot to the waiters with the smallest start tags whose tenant may
+        take one more, waking just those (lock held)."""
+        passed: list[tuple[float, int, _Waiter]] = []
         while self._free > 0 and self._heap:
-            start, _, w = heapq.heappop(self._heap)
+            entry = heapq.heappop(self._heap)
+            start, _, w = entry
             if w.gone:
+                continue
+            if not self._may_run(w.tenant):
+                passed.append(entry)  # keeps its tag: first in line once its tenant may run
                 continue
             w.granted = True
             self._unwait(w.tenant)
@@ -178,6 +192,8 @@ class FairGate:
             self._free -= 1
             self._running[w.tenant] = self._running.get(w.tenant, 0) + 1
             w.wake.notify()
+        for entry in passed:
+            heapq.heappush(self._heap, entry)
 
     def release(self, tenant: str) -> None:
         with self._lock:

@@ -64,7 +64,7 @@ class AdmissionConfig:
     request is refused with UNAVAILABLE + RetryInfo (HTTP 429 + Retry-After) and retried by its
     sender."""
 
-    concurrency: int = 4  # requests processed at once (the gRPC receiver had 4 threads)
+    concurrency: int = 4  # requests processed at once (with tenants: one tenant all but one)
     max_waiting: int = 16  # requests waiting for a turn, all tenants (with tenants)
     wait_seconds: float = 2.0  # the longest a request waits for its turn
 

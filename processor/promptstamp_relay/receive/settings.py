@@ -73,8 +73,9 @@ class HttpReceiverConfig:
 class GrpcReceiverConfig:
     """The OTLP/gRPC listener's own bounds (grpcio server options, ``receive/grpc.py``)."""
 
-    # Handler threads; 0 = admission.concurrency + admission.max_waiting + 4, so that requests
-    # wait for their turn in admission (fair between tenants), not in grpcio's own FIFO.
+    # Handler threads; 0 = admission.concurrency + admission.max_waiting + 4 with tenants (auth
+    # or passthrough), so that requests wait for their turn in admission (fair between
+    # tenants), not in grpcio's own FIFO; without tenants admission.concurrency + 1.
     threads: int = 0
     # Streams (calls) at once per HTTP/2 connection (grpc.max_concurrent_streams).
     max_concurrent_streams: int = 100
