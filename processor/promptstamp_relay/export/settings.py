@@ -72,8 +72,9 @@ class ExporterConfig:
 
 
 @dataclass
-class LogsExporterConfig:
-    """Where non-fetch-log records go: ``none`` (counted and dropped), ``otlp_grpc`` or ``file``."""
+class _PassOnExporterConfig:
+    """Where a signal the relay passes on unchanged goes: ``none`` (counted and dropped),
+    ``otlp_grpc`` or ``file``."""
 
     type: str = "none"
     otlp_grpc: OtlpGrpcConfig = field(default_factory=OtlpGrpcConfig)
@@ -84,15 +85,13 @@ class LogsExporterConfig:
 
 
 @dataclass
-class MetricsExporterConfig:
-    """Where OTLP metrics go, unchanged: ``none`` (counted and dropped), ``otlp_grpc`` or ``file``."""
+class LogsExporterConfig(_PassOnExporterConfig):
+    """Where non-fetch-log records go."""
 
-    type: str = "none"
-    otlp_grpc: OtlpGrpcConfig = field(default_factory=OtlpGrpcConfig)
-    file: str = ""
 
-    def validate(self, path: str) -> list[str]:
-        return _choice(path, self.type, ("none", "otlp_grpc", "file"), self.otlp_grpc, self.file)
+@dataclass
+class MetricsExporterConfig(_PassOnExporterConfig):
+    """Where OTLP metrics go, unchanged."""
 
 
 @dataclass
