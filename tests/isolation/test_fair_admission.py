@@ -209,12 +209,15 @@ FLOOD = r"""
 import sys, threading, time, grpc
 address, token, path, clients, seconds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
 payload = open(path, "rb").read()
-stop = time.monotonic() + seconds
+# Runs until the test closes stdin (B is done), at most `seconds`.
+deadline = time.monotonic() + seconds
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
 codes = []
 def loop():
     with grpc.insecure_channel(address) as channel:
         export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
-        while time.monotonic() < stop:
+        while not done.is_set() and time.monotonic() < deadline:
             try:
                 export(payload, timeout=20, metadata=(("authorization", "Bearer " + token),))
                 codes.append("OK")
@@ -242,8 +245,8 @@ def test_a_flood_delays_another_tenants_export_by_a_bounded_amount(
     payload = tmp_path / "a.bin"
     payload.write_bytes(stamped_request(1 << 32, 1000))
     with running(cfg, timeout=10) as relay:
-        flood = subprocess.Popen([sys.executable, "-c", FLOOD, relay.address, TOKEN_A, str(payload), "32", "8"],
-                                 stdout=subprocess.PIPE, text=True)
+        flood = subprocess.Popen([sys.executable, "-c", FLOOD, relay.address, TOKEN_A, str(payload), "32", "120"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         b = SdkSender(relay.address, TOKEN_B)
         try:
             assert flood.stdout is not None and flood.stdout.readline().strip() == "started"
@@ -252,7 +255,7 @@ def test_a_flood_delays_another_tenants_export_by_a_bounded_amount(
                 assert b.send(3)
             assert flood.poll() is None, "the flood ended before B was done"
             wait_until(lambda: b.sent <= delivered(langfuse_b), 10, "B's spans")
-            a_codes = flood.communicate(timeout=30)[0].split()
+            a_codes = flood.communicate(input="", timeout=60)[0].split()
         finally:
             if flood.poll() is None:
                 flood.kill()
