@@ -14,21 +14,16 @@ The subject id is only hashed here: it is never put into baggage, spans or logs.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Mapping
 
-from ._validate import validate_label
+from promptstamp_contract.rollout_plan import subject_point
 
-_SCALE = float(2**64)
+from ._validate import validate_label
 
 
 def _unit_interval(subject_id: str, salt: str) -> float:
-    salt_bytes = salt.encode("utf-8")
-    # Length-prefix the salt so ("ab", "c") and ("a", "bc") never hash alike.
-    material = str(len(salt_bytes)).encode("ascii") + b":" + salt_bytes + subject_id.encode("utf-8")
-    digest = hashlib.blake2b(material, digest_size=8).digest()
-    return int.from_bytes(digest, "big") / _SCALE
+    return subject_point(subject_id, salt)  # one hash for the A/B split and rollouts
 
 
 def _left_to_right_sum(values: Iterable[float]) -> float:
