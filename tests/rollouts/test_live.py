@@ -1,16 +1,19 @@
 """A live relay: per-version metrics from a real ``/metrics`` scrape, the series bound, the
-timeline endpoint's tenant isolation, and Langfuse webhook signatures."""
+timeline endpoint's tenant isolation, its sketches (``sketches=1``) and two snapshots of them
+subtracting to what came in between, and Langfuse webhook signatures."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import promptstamp_contract as c
-from promptstamp_relay.rollouts._model import rfc3339
+from promptstamp_relay.rollouts._model import duration_bucket, rfc3339, token_bucket, window
 from promptstamp_relay.rollouts._webhook import sign
 from tests.otlp_builders import S
 from tests.waiting import wait_until
@@ -109,6 +112,57 @@ def test_the_endpoint_needs_credentials_and_a_tenant_sees_only_its_own(relays: R
     assert status == 401 and body == {"error": "missing or invalid credentials"}
     status, _ = relay.get(path, {"Authorization": "Bearer not-a-token-of-anyone"})
     assert status == 401
+
+
+def test_sketches_need_the_same_credentials_and_stay_within_the_tenant(relays: RelayFactory) -> None:
+    relay = relays(**{"auth.enabled": True,
+                      "auth.tenants": {"acme": {"tokens": [TOKEN_A]}, "globex": {"tokens": [TOKEN_B]}}})
+    relay.generation("pod-a", 7, authorization=f"Bearer {TOKEN_A}")
+    path = f"/api/v1/prompts/{PROMPT}/timeline?label=production&sketches=1"
+    status, body = relay.get(path, {"Authorization": f"Bearer {TOKEN_A}"})
+    assert status == 200 and body["labels"]["production"]["versions"][0]["sketches"]["duration_ms"]
+    status, body = relay.get(path, {"Authorization": f"Bearer {TOKEN_B}"})
+    assert status == 404 and "no timeline" in body["error"]
+    status, body = relay.get(path)
+    assert status == 401 and body == {"error": "missing or invalid credentials"}
+
+
+def test_sketches_are_served_with_sketches_1_and_two_snapshots_subtract_to_what_came_between(
+        relays: RelayFactory) -> None:
+    relay = relays()
+    relay.generation("pod-a", 13, duration_ms=300, tokens=(100, 20))
+    path = f"/api/v1/prompts/{PROMPT}/timeline?label=production"
+    _, plain = relay.get(path)
+    _, zero = relay.get(path + "&sketches=0")
+    status, first = relay.get(path + "&sketches=1")
+    assert status == 200
+    assert "sketches" not in plain["labels"]["production"]["versions"][0] and zero == plain
+    (v13,) = first["labels"]["production"]["versions"]
+    assert v13.pop("sketches") == {"duration_ms": {str(duration_bucket(300 * 10**6)): 1},
+                                   "output_tokens": {str(token_bucket(20)): 1},
+                                   "input_tokens": {str(token_bucket(100)): 1}}
+    assert first == plain  # the rest as without sketches
+
+    _, first = relay.get(path + "&sketches=1")
+    relay.generation("pod-a", 13, duration_ms=300, tokens=(100, 20))
+    relay.generation("pod-a", 13, duration_ms=2000, error=True, tokens=(7, 0))
+    relay.generation("pod-b", 14, duration_ms=900, tokens=(4000, 250))
+    _, second = relay.get(path + "&sketches=1")
+
+    def entry(body: dict[str, Any], version: int) -> dict[str, Any] | None:
+        return next((v for v in body["labels"]["production"]["versions"] if v["version"] == version), None)
+
+    w13 = window(entry(first, 13), entry(second, 13))
+    assert (w13["generations"], w13["errors"], w13["input_tokens"], w13["output_tokens"]) == (2, 1, 107, 20)
+    assert w13["sketches"] == {
+        "duration_ms": {duration_bucket(300 * 10**6): 1, duration_bucket(2000 * 10**6): 1},
+        "output_tokens": {token_bucket(20): 1, -1: 1}, "input_tokens": {token_bucket(100): 1, token_bucket(7): 1}}
+    w14 = window(entry(first, 14), entry(second, 14))  # no entry at the first snapshot
+    assert (w14["generations"], w14["errors"]) == (1, 0)
+    assert w14["sketches"] == {"duration_ms": {duration_bucket(900 * 10**6): 1},
+                               "output_tokens": {token_bucket(250): 1}, "input_tokens": {token_bucket(4000): 1}}
+    with pytest.raises(ValueError, match="take a new baseline"):  # the snapshots the wrong way round
+        window(entry(second, 13), entry(first, 13))
 
 
 def test_names_with_slashes_and_a_label_filter(relays: RelayFactory) -> None:

@@ -4,7 +4,7 @@ Pure: no I/O, no clock (times are the records' own). One :class:`Timeline` per t
 and label holds intervals and sums, never raw records:
 
 - per version: first and last hand-out, fetches, and the generation aggregates (count, errors,
-  tokens, a duration sketch);
+  tokens, sketches of the duration and of the input and output tokens per generation);
 - per instance and version: first and last hand-out and fetches (which version an instance
   served last, and when it switched, follow from these);
 - the label moves Langfuse's webhooks reported.
@@ -14,25 +14,33 @@ and the shared copy in Redis) add up with :func:`merge`, in any order.
 
 The duration sketch is a fixed set of log-spaced buckets (ratio 2^(1/8), about 4.4 % wide):
 bucket counts add up across relays, and a quantile read from them is within one bucket of the
-true one.
+true one. The token sketches use the same ratio over integer counts: bucket ``i >= 0`` holds the
+counts in [r^i, r^(i+1)), so every count up to 15 has a bucket of its own (exact), and bucket -1
+holds 0 (a negative count, which no instrumentation should send, counts as 0). A generation
+that did not report a count is in no token bucket.
+
+:func:`window` subtracts two served snapshots of a version: what a rollout controller judges.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 __all__ = [
+    "SKETCHES",
     "GenerationBatch",
     "InstanceStats",
     "Timeline",
     "VersionStats",
     "dump_timeline",
     "duration_bucket",
+    "duration_bucket_value_ms",
     "load_timeline",
     "merge",
     "parse_rfc3339",
@@ -42,6 +50,9 @@ __all__ = [
     "render_label",
     "render_prompt",
     "rfc3339",
+    "token_bucket",
+    "token_bucket_value",
+    "window",
 ]
 
 _RATIO = 2 ** (1 / 8)
@@ -60,8 +71,62 @@ def duration_bucket(duration_ns: int) -> int:
     return _MIN_BUCKET + bisect.bisect_right(_EDGES_NS, duration_ns)
 
 
-def _bucket_ms(i: int) -> float:
-    return float(_RATIO ** (i + 0.5))  # the bucket's geometric middle
+def duration_bucket_value_ms(i: int) -> float:
+    """What duration bucket ``i`` stands for, in ms: its geometric middle."""
+    return float(_RATIO ** (i + 0.5))
+
+
+_MAX_TOKEN_BUCKET = 256  # 2^32 tokens and more
+
+
+def _ceil_power(i: int) -> int:
+    """The smallest integer n >= r^i, exactly (n^8 >= 2^i in integers: no float edge lands off)."""
+    n = max(1, math.ceil(2 ** (i / 8)))
+    while n ** 8 < 2 ** i:
+        n += 1
+    while n > 1 and (n - 1) ** 8 >= 2 ** i:
+        n -= 1
+    return n
+
+
+#: ``_TOKEN_EDGES[i]``: the smallest count in token bucket ``i`` (1 for bucket 0), so that
+#: ``bisect_right(_TOKEN_EDGES, n) - 1`` is ``floor(log_r(n))`` for n >= 1 and -1 for n <= 0.
+_TOKEN_EDGES = tuple(_ceil_power(i) for i in range(_MAX_TOKEN_BUCKET + 1))
+#: The buckets of the counts below 2^16 (bucket 127 at most: signed bytes, 64 KiB), looked up
+#: instead of searched: the observer buckets two counts per generation on the processing path.
+_TOKEN_TABLE_SIZE = 1 << 16
+
+
+def _token_table() -> array[int]:
+    table = array("b", [-1])  # the count 0
+    for i, lo in enumerate(_TOKEN_EDGES):
+        if lo >= _TOKEN_TABLE_SIZE:
+            break
+        hi = min(_TOKEN_EDGES[i + 1], _TOKEN_TABLE_SIZE)
+        table.extend(array("b", [i]) * (hi - lo))
+    return table
+
+
+_TOKEN_TABLE = _token_table()
+
+
+def token_bucket(n: int) -> int:
+    """The token sketch bucket of a count: -1 for 0 (and below), else ``floor(log_r(n))``,
+    clamped to the sketch's range."""
+    if 0 <= n < _TOKEN_TABLE_SIZE:
+        return _TOKEN_TABLE[n]
+    return bisect.bisect_right(_TOKEN_EDGES, n) - 1
+
+
+def token_bucket_value(i: int) -> float:
+    """What token bucket ``i`` stands for: 0 for bucket -1; the bucket's only count when it holds
+    one (every count up to 15); else its geometric middle."""
+    if i < 0:
+        return 0.0
+    lo = _TOKEN_EDGES[min(i, _MAX_TOKEN_BUCKET)]
+    if i < _MAX_TOKEN_BUCKET and _TOKEN_EDGES[i + 1] == lo + 1:
+        return float(lo)
+    return float(_RATIO ** (i + 0.5))
 
 
 def quantile_ms(buckets: Mapping[int, int], q: float) -> float | None:
@@ -74,8 +139,8 @@ def quantile_ms(buckets: Mapping[int, int], q: float) -> float | None:
     for i in sorted(buckets):
         seen += buckets[i]
         if seen >= rank:
-            return _bucket_ms(i)
-    return _bucket_ms(max(buckets))
+            return duration_bucket_value_ms(i)
+    return duration_bucket_value_ms(max(buckets))
 
 
 def _lo(a: int, b: int) -> int:
@@ -95,6 +160,9 @@ class GenerationBatch:
     first_start_ns: int
     last_start_ns: int
     durations_ns: list[int]  # one per generation, never negative
+    #: One per generation that reported the count (0 included), in no particular order.
+    input_counts: list[int] = field(default_factory=list)
+    output_counts: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -111,6 +179,8 @@ class VersionStats:
     input_tokens: int = 0
     output_tokens: int = 0
     durations: dict[int, int] = field(default_factory=dict)  # sketch bucket -> generations
+    output_token_buckets: dict[int, int] = field(default_factory=dict)  # token bucket -> generations
+    input_token_buckets: dict[int, int] = field(default_factory=dict)
 
     def add_fetches(self, first_ns: int, last_ns: int, count: int) -> None:
         self.first_ns = _lo(self.first_ns, first_ns)
@@ -128,6 +198,12 @@ class VersionStats:
         for d in batch.durations_ns:
             b = _MIN_BUCKET + at(edges, d)  # duration_bucket(d), inlined: one call per generation
             durations[b] = durations.get(b, 0) + 1
+        edges, table, size = _TOKEN_EDGES, _TOKEN_TABLE, _TOKEN_TABLE_SIZE
+        for counts, sketch in ((batch.output_counts, self.output_token_buckets),
+                               (batch.input_counts, self.input_token_buckets)):
+            for n in counts:
+                b = table[n] if 0 <= n < size else at(edges, n) - 1  # token_bucket(n), inlined
+                sketch[b] = sketch.get(b, 0) + 1
 
     @property
     def seen_first_ns(self) -> int:
@@ -148,8 +224,11 @@ class VersionStats:
         self.errors += o.errors
         self.input_tokens += o.input_tokens
         self.output_tokens += o.output_tokens
-        for b, n in o.durations.items():
-            self.durations[b] = self.durations.get(b, 0) + n
+        for mine, theirs in ((self.durations, o.durations),
+                             (self.output_token_buckets, o.output_token_buckets),
+                             (self.input_token_buckets, o.input_token_buckets)):
+            for b, n in theirs.items():
+                mine[b] = mine.get(b, 0) + n
 
 
 @dataclass(slots=True)
@@ -266,8 +345,13 @@ def prune(tl: Timeline, horizon_ns: int) -> int:
 
 # -- persistence form (SQLite rows, the CLI's direct reads) ---------------------------------------
 def dump_timeline(tl: Timeline) -> dict[str, Any]:
-    """A JSON-able form of ``tl`` (compact lists), read back by :func:`load_timeline`."""
-    return {
+    """A JSON-able form of ``tl`` (compact lists), read back by :func:`load_timeline`.
+
+    The token sketches are under a key of their own (``"t"``: version -> ``{"i": sketch, "o":
+    sketch}``, only the versions that have some), not in the ``"v"`` rows: a form written before
+    they existed loads (no token sketches), and a relay of that release still loads this form.
+    """
+    out: dict[str, Any] = {
         "v": {str(v): [s.first_ns, s.last_ns, s.fetches, s.gen_first_ns, s.gen_last_ns, s.generations,
                        s.errors, s.input_tokens, s.output_tokens,
                        {str(b): n for b, n in s.durations.items()}]
@@ -276,6 +360,12 @@ def dump_timeline(tl: Timeline) -> dict[str, Any]:
         "svc": dict(tl.services),
         "m": [[t, v] for t, v in tl.moves.items()],
     }
+    tokens = {str(v): {"i": {str(b): n for b, n in s.input_token_buckets.items()},
+                       "o": {str(b): n for b, n in s.output_token_buckets.items()}}
+              for v, s in tl.versions.items() if s.input_token_buckets or s.output_token_buckets}
+    if tokens:
+        out["t"] = tokens
+    return out
 
 
 def load_timeline(data: Mapping[str, Any]) -> Timeline:
@@ -285,6 +375,11 @@ def load_timeline(data: Mapping[str, Any]) -> Timeline:
         f, last, n, gf, gl, g, e, i, o, d = row
         tl.versions[int(v)] = VersionStats(int(f), int(last), int(n), int(gf), int(gl), int(g), int(e),
                                            int(i), int(o), {int(b): int(c) for b, c in d.items()})
+    for v, sketches in data.get("t", {}).items():
+        s = tl.versions.get(int(v))
+        if s is not None:  # a version's sketches without its row: nothing to add them to
+            s.input_token_buckets = {int(b): int(c) for b, c in sketches.get("i", {}).items()}
+            s.output_token_buckets = {int(b): int(c) for b, c in sketches.get("o", {}).items()}
     for inst, v, f, last, n, since in data.get("s", []):
         tl.served[(str(inst), int(v))] = InstanceStats(int(f), int(last), int(n), int(since))
     tl.services = {str(k): str(v) for k, v in data.get("svc", {}).items()}
@@ -336,8 +431,17 @@ def _target(tl: Timeline, last: Mapping[str, tuple[int, InstanceStats]]) -> tupl
     return version, since
 
 
-def render_label(tl: Timeline, *, with_moves: bool = False) -> dict[str, Any]:
-    """One label's part of the timeline body (docs/rollouts.md): lists in time order."""
+#: The sketches a version's entry carries with ``sketches=1``, by name.
+SKETCHES = ("duration_ms", "output_tokens", "input_tokens")
+
+
+def _sketch(buckets: Mapping[int, int]) -> dict[str, int]:
+    return {str(b): buckets[b] for b in sorted(buckets)}
+
+
+def render_label(tl: Timeline, *, with_moves: bool = False, sketches: bool = False) -> dict[str, Any]:
+    """One label's part of the timeline body (docs/rollouts.md): lists in time order.
+    ``sketches``: each version also carries its raw sketches (bucket -> generations)."""
     rows = sorted(tl.versions.items(), key=lambda kv: (kv[1].seen_first_ns, kv[0]))
     current = None
     if tl.versions:
@@ -345,7 +449,7 @@ def render_label(tl: Timeline, *, with_moves: bool = False) -> dict[str, Any]:
     versions = []
     for v, s in rows:
         p50, p95 = quantile_ms(s.durations, 0.5), quantile_ms(s.durations, 0.95)
-        versions.append({
+        entry: dict[str, Any] = {
             "version": v,
             "first_served": rfc3339(s.seen_first_ns) if s.seen_first_ns else None,
             "last_served": rfc3339(s.seen_last_ns) if s.seen_last_ns else None,
@@ -353,7 +457,12 @@ def render_label(tl: Timeline, *, with_moves: bool = False) -> dict[str, Any]:
             "duration_p50_ms": None if p50 is None else round(p50, 1),
             "duration_p95_ms": None if p95 is None else round(p95, 1),
             "input_tokens": s.input_tokens, "output_tokens": s.output_tokens,
-        })
+        }
+        if sketches:
+            entry["sketches"] = {"duration_ms": _sketch(s.durations),
+                                 "output_tokens": _sketch(s.output_token_buckets),
+                                 "input_tokens": _sketch(s.input_token_buckets)}
+        versions.append(entry)
     last = _last_per_instance(tl)
     by_time = sorted(last.items(), key=lambda kv: (kv[1][1].last_ns, kv[0]))
     instances = [{"instance": inst, "service": tl.services.get(inst, ""), "version": v,
@@ -378,11 +487,63 @@ def render_label(tl: Timeline, *, with_moves: bool = False) -> dict[str, Any]:
     return out
 
 
-def render_prompt(prompt: str, labels: Mapping[str, Timeline], *, with_moves: bool = False) -> dict[str, Any]:
-    """The whole body of ``GET /api/v1/prompts/{prompt}/timeline``."""
+def render_prompt(prompt: str, labels: Mapping[str, Timeline], *, with_moves: bool = False,
+                  sketches: bool = False) -> dict[str, Any]:
+    """The whole body of ``GET /api/v1/prompts/{prompt}/timeline`` (``sketches``: with ``sketches=1``)."""
     return {"prompt": prompt,
-            "labels": {label: render_label(tl, with_moves=with_moves)
+            "labels": {label: render_label(tl, with_moves=with_moves, sketches=sketches)
                        for label, tl in sorted(labels.items()) if not tl.empty()}}
+
+
+_WINDOW_COUNTS = ("fetches", "generations", "errors", "input_tokens", "output_tokens")
+
+
+def window(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What one version gained between two snapshots of its served entry (an item of a label's
+    ``versions``, read with ``sketches=1``), ``after`` taken later than ``before``. ``before``
+    None or empty: the version had no entry yet at the first snapshot (all of ``after`` is new);
+    both None or empty: nothing was gained.
+
+    Returns ``{"version", "fetches", "generations", "errors", "input_tokens", "output_tokens",
+    "sketches": {"duration_ms" | "output_tokens" | "input_tokens": {bucket (int): generations}}}``
+    (buckets that gained nothing left out). Read a bucket's value with
+    :func:`duration_bucket_value_ms` / :func:`token_bucket_value`.
+
+    ``ValueError`` when the entries do not fit (two versions, no sketches) or when a count or a
+    bucket went down, or the version's entry went away: the aggregates are cumulative, so the
+    relay restarted without persistence or forgot the version (retention, bounds) in between,
+    and the caller must take a new baseline.
+    """
+    before, after = before or {}, after or {}
+    version = after.get("version", before.get("version"))
+    if before and after and before.get("version") != after.get("version"):
+        raise ValueError(f"two different versions: v{before.get('version')} and v{after.get('version')}")
+    if (after and "sketches" not in after) or (before and "sketches" not in before):
+        raise ValueError("a version entry without sketches: read the timeline with sketches=1")
+
+    why = "(the relay restarted without persistence or forgot the version): take a new baseline"
+
+    def went_down(what: str, was: int, now: int) -> ValueError:
+        return ValueError(f"v{version}: {what} went down from {was} to {now} {why}")
+
+    if before and not after:
+        raise ValueError(f"v{version}: its entry went away {why}")
+    out: dict[str, Any] = {"version": version}
+    for name in _WINDOW_COUNTS:
+        was, now = int(before.get(name, 0)), int(after.get(name, 0))
+        if now < was:
+            raise went_down(name, was, now)
+        out[name] = now - was
+    gained: dict[str, dict[int, int]] = {}
+    for kind in SKETCHES:
+        old = {int(b): int(n) for b, n in (before.get("sketches") or {}).get(kind, {}).items()}
+        new = {int(b): int(n) for b, n in (after.get("sketches") or {}).get(kind, {}).items()}
+        for b, n in old.items():
+            if new.get(b, 0) < n:
+                raise went_down(f"{kind} bucket {b}", n, new.get(b, 0))
+        gained[kind] = {b: n - old.get(b, 0) for b, n in sorted(new.items()) if n > old.get(b, 0)}
+    out["sketches"] = gained
+    return out
 
 
 def previous_version(label: Mapping[str, Any]) -> int | None:

@@ -233,11 +233,13 @@ _START, _END, _ERROR, _INPUT, _OUTPUT = (
 def _batch(gs: list[GenerationRecord]) -> GenerationBatch:
     starts: list[int] = list(map(_START, gs))
     ends = map(_END, gs)
+    ins: list[int] = [n for n in map(_INPUT, gs) if n is not None]
+    outs: list[int] = [n for n in map(_OUTPUT, gs) if n is not None]
     return GenerationBatch(count=len(gs), errors=sum(map(_ERROR, gs)),
-                           input_tokens=sum(filter(None, map(_INPUT, gs))),
-                           output_tokens=sum(filter(None, map(_OUTPUT, gs))),
+                           input_tokens=sum(ins), output_tokens=sum(outs),
                            first_start_ns=min(starts), last_start_ns=max(starts),
-                           durations_ns=[e - s if e > s else 0 for s, e in zip(starts, ends, strict=True)])
+                           durations_ns=[e - s if e > s else 0 for s, e in zip(starts, ends, strict=True)],
+                           input_counts=ins, output_counts=outs)
 
 
 def _merged(a: Timeline, b: Timeline) -> Timeline:

@@ -10,8 +10,9 @@ Layout (the tenant's hash-tagged prefix, as the fetch-log store's, ``promptstamp
 
 - ``ro:p:<prompt>``: a set of the prompt's labels;
 - ``ro:t:<prompt>:<label>``: a hash, fields ``v|<version>|<f,l,n,gf,gl,g,e,i,o>``,
-  ``v|<version>|d|<bucket>``, ``s|<instance>|<version>|<f,l,n,s>``, ``svc|<instance>``,
-  ``m|<time>``.
+  ``v|<version>|<d,it,ot>|<bucket>`` (the duration, input and output token sketches),
+  ``s|<instance>|<version>|<f,l,n,s>``, ``svc|<instance>``, ``m|<time>``. A relay of a release
+  before the token sketches skips their fields (and prunes them with their version).
 
 Both expire ``rollouts.retention_days`` after their last write; :meth:`RedisTimelines.prune`
 drops the entries inside a hash that retention has passed.
@@ -67,6 +68,10 @@ def _unq(part: str) -> str:
     return unquote(part)
 
 
+#: The sketches' field names (``v|<version>|<name>|<bucket>``) -> VersionStats attribute.
+_SKETCH_FIELDS = {"d": "durations", "it": "input_token_buckets", "ot": "output_token_buckets"}
+
+
 def _ops(tl: Timeline) -> list[str]:
     """The script's (op, field, value) triples for one delta."""
     out: list[str] = []
@@ -91,8 +96,10 @@ def _ops(tl: Timeline) -> list[str]:
         put("i", p + "e", s.errors)
         put("i", p + "i", s.input_tokens)
         put("i", p + "o", s.output_tokens)
-        for b, n in s.durations.items():
-            put("i", f"{p}d|{b}", n)
+        for kind, attr in _SKETCH_FIELDS.items():
+            sketch: dict[int, int] = getattr(s, attr)
+            for b, n in sketch.items():
+                put("i", f"{p}{kind}|{b}", n)
     for (inst, v), i in tl.served.items():
         p = f"s|{_q(inst)}|{v}|"
         put("n", p + "f", i.first_ns)
@@ -120,8 +127,9 @@ def parse_hash(fields: Mapping[str, str]) -> Timeline:
         try:
             if parts[0] == "v" and len(parts) == 3 and parts[2] in _VERSION_FIELDS:
                 setattr(tl.version(int(parts[1])), _VERSION_FIELDS[parts[2]], int(value))
-            elif parts[0] == "v" and len(parts) == 4 and parts[2] == "d":
-                tl.version(int(parts[1])).durations[int(parts[3])] = int(value)
+            elif parts[0] == "v" and len(parts) == 4 and parts[2] in _SKETCH_FIELDS:
+                sketch: dict[int, int] = getattr(tl.version(int(parts[1])), _SKETCH_FIELDS[parts[2]])
+                sketch[int(parts[3])] = int(value)
             elif parts[0] == "s" and len(parts) == 4 and parts[3] in _INSTANCE_FIELDS:
                 setattr(tl.instance(_unq(parts[1]), int(parts[2])), _INSTANCE_FIELDS[parts[3]], int(value))
             elif parts[0] == "svc" and len(parts) == 2:

@@ -10,7 +10,8 @@ the queue's database (it survives a restart); with ``store.backend: redis`` in R
 relays' deltas add up and every relay reads the sum.
 
 Threads: the processor thread calls the observer; the flusher thread (every
-``rollouts.flush_seconds``) writes; listener threads read (``GET /api/v1/prompts/{name}/timeline``)
+``rollouts.flush_seconds``) writes; listener threads read (``GET /api/v1/prompts/{name}/timeline``,
+``?label=`` one label, ``?sketches=1`` each version's raw sketches)
 and take webhooks (``POST /api/v1/webhooks/langfuse``). Reads from Redis and flushes to it take
 one lock, so a read never sees a delta both in Redis and still pending.
 """
@@ -175,13 +176,14 @@ class Rollouts:
             prune(tl, horizon)
         return shared, True
 
-    def render(self, tenant: str, prompt: str,
-               label: str | None = None) -> tuple[dict[str, Any] | None, bool]:
-        """The timeline body (None: nothing known), and whether it is complete."""
+    def render(self, tenant: str, prompt: str, label: str | None = None, *,
+               sketches: bool = False) -> tuple[dict[str, Any] | None, bool]:
+        """The timeline body (None: nothing known), and whether it is complete. ``sketches``: each
+        version with its raw sketches (``?sketches=1``)."""
         labels, complete = self.timelines(tenant, prompt)
         if label is not None:
             labels = {k: v for k, v in labels.items() if k == label}
-        body = render_prompt(prompt, labels, with_moves=self.with_moves)
+        body = render_prompt(prompt, labels, with_moves=self.with_moves, sketches=sketches)
         return (body if body["labels"] else None), complete
 
     # -- HTTP ---------------------------------------------------------------------------------------
@@ -207,7 +209,8 @@ class Rollouts:
             return tenant
         labels = req.query.get("label")
         label = labels[-1] if labels else None
-        body, complete = self.render(tenant, name, label)
+        sketches = req.query.get("sketches") or [""]
+        body, complete = self.render(tenant, name, label, sketches=sketches[-1] == "1")
         if body is None:
             what = f"prompt {name!r}" + (f" with label {label!r}" if label is not None else "")
             return _json(404, {"error": f"no timeline for {what}: no fetch record or generation seen "
