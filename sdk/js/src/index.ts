@@ -14,9 +14,16 @@
  * current with `context.with()`: the app must have registered a ContextManager
  * (`NodeTracerProvider.register()`, `@opentelemetry/sdk-node`, or
  * `context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable())`).
+ *
+ * While a guarded rollout of the label runs (its plan is the Langfuse prompt
+ * `promptstamp-rollout/<label>/<name>`, rollout.ts), the subjects on its new side are handed its
+ * `to_version` under the same label: the subject is the `subject` option, else the trace id of
+ * the span active at entry (or of the scope span opened when none is). Only hashed.
  */
 
-import { type Context, SpanStatusCode, type TracerProvider, context, propagation, trace } from "@opentelemetry/api";
+import { randomBytes } from "node:crypto";
+
+import { type Context, type Span, SpanStatusCode, type TracerProvider, context, propagation, trace } from "@opentelemetry/api";
 
 import * as c from "./contract.js";
 import {
@@ -31,6 +38,7 @@ import {
 } from "./fetch.js";
 import { PromptSpanProcessor, seen } from "./processor.js";
 import { type Emit, type LoggerProviderLike, begin, failed, handedOut, loggerEmit } from "./record.js";
+import type { RolloutSide } from "./rollout.js";
 import { labelFor } from "./split.js";
 import { type ChatMessage, type ChatPart, type PromptType, type Template, type Variables, fromFallback } from "./template.js";
 import { validateKey, validateLabel } from "./validate.js";
@@ -40,6 +48,7 @@ export { PromptError, PromptNotFoundError, PromptUnavailableError, PromptVariabl
 export { FAILURE_BACKOFF_SECONDS, type LangfuseLike } from "./fetch.js";
 export { PromptSpanProcessor } from "./processor.js";
 export type { LoggerProviderLike } from "./record.js";
+export { RolloutPlan, type RolloutSide, parsePlan, planPromptName, subjectPoint } from "./rollout.js";
 export { labelFor } from "./split.js";
 export type { ChatMessage, ChatPart, PromptType, Variables } from "./template.js";
 export { VERSION } from "./version.js";
@@ -159,6 +168,13 @@ abstract class PromptBase {
     return this.resolution.errorType;
   }
 
+  /** A guarded rollout's side: "new" (handed the rollout's new version, under this label),
+   * "old" (a running rollout applies to this label's version and this subject keeps it, or the
+   * new version could not be fetched), undefined (no rollout applies). */
+  get rollout(): RolloutSide | undefined {
+    return this.resolution.rollout;
+  }
+
   get type(): PromptType {
     return this.resolution.template.type;
   }
@@ -199,7 +215,7 @@ export class TextPrompt extends PromptBase {
   }
 }
 
-/** An A/B split: the label is `labelFor(id, weights, salt)`. */
+/** An A/B split: the label is `labelFor(id, weights, salt)`; `id` is also the rollout subject. */
 export interface Subject {
   id: string;
   weights: Readonly<Record<string, number>> | ReadonlyMap<string, number>;
@@ -209,8 +225,13 @@ export interface Subject {
 interface CommonOptions {
   /** The label to fetch (default "production"). */
   label?: string;
-  /** Pick the label by A/B split instead (labelFor); not together with `label`. */
-  subject?: Subject;
+  /**
+   * Who a guarded rollout splits on: a user or conversation id, so that one user stays on one
+   * version for the whole rollout (default, or "": the trace id). Only hashed: never put into
+   * baggage, spans or logs. An object `{ id, weights, salt? }` also picks the label by A/B split
+   * (labelFor), not together with `label`; its `id` is then the subject.
+   */
+  subject?: string | Subject;
   cacheTtlSeconds?: number;
   maxStaleSeconds?: number;
 }
@@ -254,25 +275,49 @@ export function withPrompt<T>(
   const fn = (typeof optionsOrFn === "function" ? optionsOrFn : maybeFn) as (p: PromptBase) => T | Promise<T>;
   if (typeof fn !== "function") throw new TypeError("withPrompt(name, options, fn): fn must be a function");
   const key = validateKey(name);
-  if (options.subject !== undefined && options.label !== undefined) {
-    throw new TypeError("withPrompt(): give either label or subject, not both");
-  }
-  const label = validateLabel(
-    options.subject ? labelFor(options.subject.id, options.subject.weights, options.subject.salt ?? "") : (options.label ?? "production"),
-  );
+  const { label, subject } = labelAndSubject(options);
   const type: PromptType = options.type ?? "chat";
   if (type !== "chat" && type !== "text") throw new TypeError(`type must be "chat" or "text", got ${String(type)}`);
   const cacheTtlSeconds = options.cacheTtlSeconds === undefined ? undefined : checkSeconds("cacheTtlSeconds", options.cacheTtlSeconds);
   const maxStaleSeconds = options.maxStaleSeconds === undefined ? undefined : checkSeconds("maxStaleSeconds", options.maxStaleSeconds);
   const fallback: Template | undefined = options.fallback === undefined ? undefined : fromFallback(key, type, options.fallback);
-  return run(key, label, type, { cacheTtlSeconds, maxStaleSeconds, fallback }, fn);
+  return run(key, label, type, { cacheTtlSeconds, maxStaleSeconds, fallback, subject }, fn);
+}
+
+/** The label to fetch and the rollout subject ("" for the trace id), checked. */
+function labelAndSubject(options: CommonOptions): { label: string; subject: string } {
+  const subject: unknown = options.subject;
+  if (subject === undefined || typeof subject === "string") {
+    if (subject !== undefined && !subject.isWellFormed()) {
+      throw new TypeError("subject contains a lone surrogate (not valid UTF-8)");
+    }
+    return { label: validateLabel(options.label ?? "production"), subject: subject ?? "" };
+  }
+  if (subject === null || typeof subject !== "object") {
+    throw new TypeError(`subject must be a string or { id, weights, salt? }, not ${subject === null ? "null" : typeof subject}`);
+  }
+  if (options.label !== undefined) throw new TypeError("withPrompt(): give either label or subject, not both");
+  const split = subject as Subject;
+  return { label: validateLabel(labelFor(split.id, split.weights, split.salt ?? "")), subject: split.id };
+}
+
+/** The trace id (32 hex digits) of the fetch span: the rollout subject when the app gives none.
+ * With no valid trace id (no SDK tracer provider) each scope is a subject of its own. */
+function traceSubject(span: Span): string {
+  const spanContext = span.spanContext();
+  return trace.isSpanContextValid(spanContext) ? spanContext.traceId : randomBytes(16).toString("hex");
 }
 
 async function run<T>(
   key: string,
   label: string,
   type: PromptType,
-  options: { cacheTtlSeconds: number | undefined; maxStaleSeconds: number | undefined; fallback: Template | undefined },
+  options: {
+    cacheTtlSeconds: number | undefined;
+    maxStaleSeconds: number | undefined;
+    fallback: Template | undefined;
+    subject: string;
+  },
   fn: (p: PromptBase) => T | Promise<T>,
 ): Promise<T> {
   const t = tracer();
@@ -287,10 +332,12 @@ async function run<T>(
   try {
     const fetching = begin(t, parent, key, label);
     checkSetUp(fetching.span);
+    // The fetch span is in the trace of the span active at entry, or of the scope span.
+    const subject = options.subject || traceSubject(fetching.span);
     let resolution: Resolution;
     try {
       resolution = await context.with(fetching.context, () =>
-        runtime.fetcher.resolve(key, label, type, options),
+        runtime.fetcher.resolve(key, label, type, { ...options, subject }),
       );
     } catch (error) {
       failed(fetching, (error as { errorType?: string }).errorType ?? errorTypeOf(error));

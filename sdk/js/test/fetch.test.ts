@@ -82,10 +82,10 @@ test("a copy younger than the TTL is served without a request, then refetched", 
   server.create("order-status-answer", CHAT, ["production"]);
   clock += 59;
   assert.equal((await version()).version, 1);
-  assert.equal(server.requests.length, 1);
+  assert.equal(server.promptRequests.length, 1);
   clock += 1;
   assert.equal((await version()).version, 2);
-  assert.equal(server.requests.length, 2);
+  assert.equal(server.promptRequests.length, 2);
 });
 
 test("5xx: last known good as source=cache with the error type, for at most maxStaleSeconds", async () => {
@@ -112,14 +112,14 @@ test("after a failure the next fetch waits FAILURE_BACKOFF_SECONDS; hand-outs me
   server.fail(503);
   clock += 61;
   await version();
-  const requests = server.requests.length;
+  const requests = server.promptRequests.length;
   clock += FAILURE_BACKOFF_SECONDS - 1;
   assert.equal((await version()).source, "cache");
-  assert.equal(server.requests.length, requests);
+  assert.equal(server.promptRequests.length, requests);
   server.fail(undefined);
   clock += 1;
   assert.equal((await version()).source, "langfuse");
-  assert.equal(server.requests.length, requests + 1);
+  assert.equal(server.promptRequests.length, requests + 1);
 });
 
 test("404 fails closed: PromptNotFoundError, the cached copy dropped, never the fallback", async () => {
@@ -147,7 +147,7 @@ test("one request for concurrent scopes of the same name and label", async () =>
   server.delayMs = 50;
   const got = await Promise.all([version(), version(), version()]);
   assert.deepEqual(got.map((g) => g.source), ["langfuse", "langfuse", "langfuse"]);
-  assert.equal(server.requests.length, 1);
+  assert.equal(server.promptRequests.length, 1);
 });
 
 test("a relay answering at LANGFUSE_BASE_URL fails closed with BaseUrlIsRelay", async () => {

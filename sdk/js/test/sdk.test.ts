@@ -35,7 +35,9 @@ const { LangfuseClient } = await import("@langfuse/client");
 const warnings: { code?: string; message: string }[] = [];
 process.on("warning", (w: Error & { code?: string }) => warnings.push({ code: w.code, message: w.message }));
 
-beforeEach(() => {
+beforeEach(async () => {
+  // process.emitWarning() delivers on a later tick: let an earlier test's warnings arrive first
+  await new Promise((r) => setImmediate(r));
   otel = pipelines();
   warnings.length = 0;
   server.prompts.length = 0;

@@ -1,5 +1,6 @@
-/** A loopback server answering @langfuse/client's `GET /api/public/v2/prompts/{name}` as
- * Langfuse does, with faults to inject (status, delay, Server header). */
+/** A loopback server answering @langfuse/client's `GET /api/public/v2/prompts/{name}` (by label,
+ * or by `version`) as Langfuse does, with faults to inject (status, delay, Server header), for
+ * every request or only those a `failOnly` test picks (e.g. only the rollout plan). */
 
 import { type AddressInfo } from "node:net";
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from "node:http";
@@ -13,11 +14,19 @@ export interface StoredPrompt {
   labels: string[];
 }
 
+export interface PromptRequest {
+  name: string;
+  label: string | null;
+  version: number | null;
+}
+
 export class FakeLangfuse {
   readonly prompts: StoredPrompt[] = [];
-  readonly requests: { name: string; label: string | null }[] = [];
+  readonly requests: PromptRequest[] = [];
   failStatus: number | undefined;
   failTimes = Infinity;
+  /** Which requests the injected fault applies to (default: all). */
+  failOnly: (request: PromptRequest) => boolean = () => true;
   delayMs = 0;
   serverHeader: string | undefined;
   private server: Server | undefined;
@@ -52,9 +61,20 @@ export class FakeLangfuse {
     }
   }
 
-  fail(status: number | undefined, times = Infinity): void {
+  fail(status: number | undefined, times = Infinity, only: (request: PromptRequest) => boolean = () => true): void {
     this.failStatus = status;
     this.failTimes = times;
+    this.failOnly = only;
+  }
+
+  /** The requests for prompts, leaving out rollout plans (`promptstamp-rollout/...`). */
+  get promptRequests(): PromptRequest[] {
+    return this.requests.filter((r) => !r.name.startsWith("promptstamp-rollout/"));
+  }
+
+  /** The requests for rollout plans. */
+  get planRequests(): PromptRequest[] {
+    return this.requests.filter((r) => r.name.startsWith("promptstamp-rollout/"));
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -64,14 +84,22 @@ export class FakeLangfuse {
     if (!match || req.method !== "GET") return this.json(res, 404, { message: "not found" });
     const name = decodeURIComponent(match[1]!);
     const label = url.searchParams.get("label");
-    this.requests.push({ name, label });
+    const rawVersion = url.searchParams.get("version");
+    const version = rawVersion === null ? null : Number(rawVersion);
+    const request = { name, label, version };
+    this.requests.push(request);
     if (this.delayMs) await new Promise((r) => setTimeout(r, this.delayMs));
-    if (this.failStatus !== undefined && this.failTimes > 0) {
+    if (this.failStatus !== undefined && this.failTimes > 0 && this.failOnly(request)) {
       this.failTimes--;
       return this.json(res, this.failStatus, { message: "injected fault" });
     }
-    const found = this.prompts.find((p) => p.name === name && p.labels.includes(label ?? "production"));
-    if (!found) return this.json(res, 404, { message: `Prompt not found: '${name}' with label '${label}'`, error: "LangfuseNotFoundError" });
+    const found = this.prompts.find((p) =>
+      p.name === name && (version !== null ? p.version === version : p.labels.includes(label ?? "production")),
+    );
+    if (!found) {
+      const which = version !== null ? `version '${version}'` : `label '${label}'`;
+      return this.json(res, 404, { message: `Prompt not found: '${name}' with ${which}`, error: "LangfuseNotFoundError" });
+    }
     return this.json(res, 200, { ...found, tags: [], commitMessage: null });
   }
 
