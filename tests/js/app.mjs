@@ -70,7 +70,8 @@ async function handle(query, options, { holdMs = 0 } = {}) {
           answers.push(await chat(p.config.model, messages));
         }
         return { trace_id: root.spanContext().traceId, label: p.label, version: p.version ?? null,
-                 source: p.source, error_type: p.errorType ?? null, generations: answers.length };
+                 source: p.source, error_type: p.errorType ?? null, rollout: p.rollout ?? null,
+                 generations: answers.length };
       });
     } catch (error) {
       if (!(error instanceof PromptError)) throw error;
@@ -90,6 +91,13 @@ if (SCENARIO === "production") {
     const subject = `user-${i}`;
     results.push({ subject, ...(await handle(`order ${i}?`, { subject: { id: subject, weights, salt: "exp-14" } })) });
   }
+} else if (SCENARIO === "rollout") {
+  // A guarded rollout's plan in Langfuse: subjects by id, then by trace id (no subject given).
+  for (let i = 0; i < 12; i++) {
+    const subject = `user-${i}`;
+    results.push({ subject, ...(await handle(`order ${i}?`, { label: "production", subject })) });
+  }
+  for (let i = 0; i < 8; i++) results.push(await handle(`anonymous ${i}?`, { label: "production" }));
 } else if (SCENARIO === "cache") {
   results.push(await handle("warm-up", {}));
   await pause("warm");                   // Langfuse starts failing here

@@ -5,7 +5,9 @@ JS's own OTLP/HTTP (protobuf) exporter to a real relay in this process, which se
 
 Scenarios (``tests/js/app.mjs``): the tutorial's three (production; an A/B split between
 ``prod-a`` and ``prod-b`` by ``labelFor``, which must pick what Python's ``label_for`` picks;
-cache fallback while Langfuse fails), a long request (8 s, the OTel JS SDK's default batch
+cache fallback while Langfuse fails), a guarded rollout's plan followed (each subject, or trace,
+on the side Python's ``RolloutPlan.new_side`` puts it, linked to the version it was handed), a
+long request (8 s, the OTel JS SDK's default batch
 timings) after the production label moved, the Langfuse client pointed at the relay by mistake,
 and a plain-OTel JS app that writes ``app.prompt.version`` as a string: rejected and logged.
 
@@ -32,6 +34,7 @@ import pytest
 
 import promptstamp
 import promptstamp_contract as contract
+from promptstamp_contract.rollout_plan import PLAN_LABEL, parse_plan, plan_prompt_name
 from promptstamp.testing import FakeOpenAI, LangfuseServer
 from promptstamp.testing._langfuse import Observation
 from promptstamp_relay.server import RelayServer
@@ -209,6 +212,31 @@ def test_ab_split_picks_what_python_picks(langfuse: LangfuseServer, relay: Relay
         assert r["label"] == promptstamp.label_for(r["subject"], AB_WEIGHTS, salt="exp-14"), r
         assert r["version"] == {"prod-a": 1, "prod-b": 2}[r["label"]]
     assert {r["label"] for r in results} == {"prod-a", "prod-b"}
+    assert_linked_as_handed(langfuse, relay, results)
+
+
+@needs_node
+def test_guarded_rollout_sides_are_pythons(langfuse: LangfuseServer, relay: RelayServer, model: FakeOpenAI) -> None:
+    langfuse.create_prompt(PROMPT, CHAT, labels=["production"], config={"model": "gpt-4o-mini"})  # v1
+    langfuse.create_prompt(PROMPT, CHAT, labels=[], config={"model": "gpt-4o"})  # v2: rolled out
+    config = {"format": "promptstamp.rollout/1", "prompt": PROMPT, "label": "production",
+              "from_version": 1, "to_version": 2, "state": "running", "share_percent": 50,
+              "salt": "r-e2e-1"}
+    plan_name = plan_prompt_name(PROMPT, "production")
+    langfuse.create_prompt(plan_name, "rollout plan", type="text", labels=[PLAN_LABEL], config=config)
+    plan, why = parse_plan(config, name=PROMPT, label="production", plan_version=1)
+    assert plan is not None, why
+    results = run_app("rollout", langfuse, relay, model)
+    assert len(results) == 20
+    for r in results:
+        new = plan.new_side(r.get("subject") or r["trace_id"])  # no subject: the trace id
+        assert (r["label"], r["version"], r["rollout"]) == ("production", 2 if new else 1, "new" if new else "old"), r
+    assert {r["version"] for r in results if "subject" in r} == {1, 2}
+    # one lookup of the plan and one fetch of the new version for all 20 (TTL 60 s)
+    requests = langfuse.prompt_requests
+    assert [(q.label, q.version) for q in requests if q.name == plan_name] == [(PLAN_LABEL, None)]
+    assert [q.version for q in requests if q.name == PROMPT and q.version is not None] == ["2"]
+    # the relay links each generation to the version its request was handed, under the label
     assert_linked_as_handed(langfuse, relay, results)
 
 
