@@ -19,10 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-import promptstamp_contract as c
-
+from . import wire
 from .admission import AdmissionStats, Refusal, count_logs
-from .core import conventions
 from .core.fetch_records import CORRECT_RECORD
 from .core.fetch_records import MARKER as FETCH_MARKER
 from .core.pipeline import Notices, Outgoing, Processor
@@ -36,18 +34,12 @@ __all__ = ["Intake"]
 
 log = logging.getLogger("promptstamp_relay.intake")
 
-_KEY_MARKER = c.PROMPT_KEY.encode()
-#: Every key a prompt is named under (ours and the other conventions'): each contains this.
-_PROMPT = b"prompt"
-_CONVENTION_MARKERS = tuple(k.encode() for k in sorted(conventions.NAME_KEYS))
-
-
-def _names_a_prompt(data: bytes) -> bool:
-    """Whether a span in ``data`` may name a prompt. One search on the usual pass-through path (no
-    ``prompt`` anywhere); the specific keys only when that word is there."""
-    if _PROMPT not in data:
-        return False
-    return _KEY_MARKER in data or any(m in data for m in _CONVENTION_MARKERS)
+_POISON_DONE = {
+    "typed": "added langfuse.observation.type=%r, the type Langfuse gives it otherwise",
+    "isolated": "sent it in an export request of its own, so that only it is lost",
+    "forwarded": "forwarded it as it came (the exporter is a collector, which batches spans again: "
+                 "Langfuse loses the whole request it lands in)",
+}
 
 
 class Intake:
@@ -120,8 +112,9 @@ class Intake:
     def traces(self, req: ExportTraceServiceRequest, data: bytes, spans: int, tenant: str) -> None:
         if self._recorder is not None:
             self._recorder.write(req)
-        if not _names_a_prompt(data):
-            # Nothing to stamp: forward the bytes as they came, no re-encoding.
+        if not wire.triage(data, self.processor.settings.scan_keys):
+            # Nothing to stamp, no fetch record, no poison (one native walk, nothing built):
+            # forward the bytes as they came, no re-encoding.
             self.stats.add(spans_received=spans, passthrough_requests=1)
             self.trace_queue.put(DeliveryItem(data, spans, tenant))
             return
@@ -182,6 +175,17 @@ class Intake:
                           "arrived (promptstamp_prompt_conflicts_total, %d in this request)",
                           x.trace_id.hex(), x.span_id.hex(), x.service, x.linked_name, x.linked_version,
                           x.key, x.label, x.evidence_version, len(notices.conflicts))
+        for action, done in _POISON_DONE.items():  # one line per action, each rate-limited
+            same = [p for p in notices.poison if p.action == action]
+            if not same:
+                continue
+            p = same[0]
+            self._say.log(logging.WARNING, f"poison-{action}",
+                          "trace %s: span %r (service.name=%r) has %s=%r, on which Langfuse's observation "
+                          "type mapper throws, losing every span of its export request; the relay "
+                          + done + " (promptstamp_poison_spans_total{action=\"%s\"}, %d in this request)",
+                          p.trace_id.hex(), p.span_name, p.service, p.poison.key, p.poison.value,
+                          *((p.added,) if action == "typed" else ()), action, len(same))
 
     def metrics(self, data: bytes, n: int, tenant: str) -> None:
         """Metrics go on unchanged (the bytes as they came) when there is a metrics exporter."""

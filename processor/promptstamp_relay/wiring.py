@@ -87,6 +87,8 @@ def build_processor(cfg: Config, store: FetchLogStore | None = None, *,
         hold_ns=int(cfg.hold.seconds * 1e9),
         convention_names=dict(cfg.conventions.openinference_prompts),
         semconv_link=cfg.stamp.semconv_link,
+        # A collector batches spans again: a poison span sent alone would land beside others.
+        isolate_poison=cfg.exporter_type() != "otlp_grpc",
     )
     # One tenant's share of the hold window matters only when there can be several tenants.
     tenants = cfg.auth.enabled or cfg.auth.passthrough_langfuse_credentials

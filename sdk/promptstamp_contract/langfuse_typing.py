@@ -21,6 +21,13 @@ is looked up by its ``String()`` form (an array ``["chat"]`` is ``"chat"``), and
 which loses every span of that export request in Langfuse. Here such a value is no known type (it
 falls through), and :func:`classify` reports the throw in :attr:`Typing.error`.
 
+**Poison** (such a throw): :data:`POISON_KEYS` are the attributes a rule can throw on (each rule's
+``throws``), :data:`OBJECT_PROTOTYPE` the names a lookup throws on, and :func:`poison` says what
+keeps a poison span from costing the other spans of its request: the explicit
+``langfuse.observation.type`` (:data:`TYPE_VALUES`) that gives the type the other rules give it,
+when the span has none and adding it changes nothing else; else nothing can be added, and the
+span must travel in an export request of its own.
+
 Attribute values, as callers pass them: ``str`` for string attributes; an OTLP ``AnyValue`` (the
 relay's Python scan, the LangfuseServer); Python ``int``/``float``/``bool``/``list``; or ``True``
 from the relay's C scan, meaning "present, not a string". ``True`` is judged as a boolean
@@ -42,9 +49,13 @@ __all__ = [
     "GENERATION_MARKER_KEYS",
     "INPUT_SOURCES",
     "LINK_KEYS",
+    "OBJECT_PROTOTYPE",
+    "POISON_KEYS",
     "RULES",
     "TABLE_KEYS",
+    "TYPE_VALUES",
     "GenerationRules",
+    "Poison",
     "Rule",
     "Typing",
     "already_linked",
@@ -54,6 +65,7 @@ __all__ = [
     "js_value",
     "langfuse_input",
     "langfuse_type",
+    "poison",
 ]
 
 # Langfuse's ObservationType values (packages/shared/src/domain/observations.ts).
@@ -81,9 +93,10 @@ LINK_KEYS = frozenset(
     }
 )
 
-# Object.prototype's members: looking one of them up in a mapping object gives a function (or
-# Object.prototype itself), on which Langfuse then calls .toUpperCase(): a TypeError.
-_OBJECT_PROTOTYPE = frozenset(
+#: Object.prototype's own members (``Object.getOwnPropertyNames(Object.prototype)`` in Node):
+#: looking one of them up in a mapping object gives a function (or Object.prototype itself), on
+#: which Langfuse's ``SimpleAttributeMapper`` then calls ``.toUpperCase()``: a TypeError.
+OBJECT_PROTOTYPE = _OBJECT_PROTOTYPE = frozenset(
     {
         "__defineGetter__",
         "__defineSetter__",
@@ -104,7 +117,13 @@ _ABSENT: Any = object()  # JavaScript's undefined: the attribute is not there
 
 
 class _MapperThrows(Exception):
-    """Where Langfuse's mapper would throw (and its whole export request be lost)."""
+    """Where Langfuse's mapper would throw (and its whole export request be lost): on ``key``,
+    whose value is ``value`` as the mapper uses it (its ``String()``)."""
+
+    def __init__(self, key: str, value: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.value = value
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,7 +233,9 @@ class Rule:
     ``applies`` is its ``canMap``; ``maps`` gives the type, or None when the value is one it does
     not know (then the next rule is tried). ``keys``: the attribute keys it reads; ``context``:
     what else it reads (``scope_name``, ``scope_version``, ``span_name``, ``sdk_language`` = the
-    resource's ``telemetry.sdk.language``). ``types``: the types it can give.
+    resource's ``telemetry.sdk.language``). ``types``: the types it can give. ``throws``: the
+    keys whose value can make it throw (a lookup: a name in :data:`OBJECT_PROTOTYPE`; a string
+    method: a value that is not a string).
     """
 
     name: str
@@ -225,6 +246,7 @@ class Rule:
     maps: Callable[[_Span], str | None] = field(repr=False)
     context: tuple[str, ...] = ()
     mapping: Mapping[str, str] | None = None  # the value table, for rules that are one lookup
+    throws: tuple[str, ...] = ()
 
 
 def _lookup(name: str, priority: int, key: str, mapping: Mapping[str, str]) -> Rule:
@@ -236,11 +258,12 @@ def _lookup(name: str, priority: int, key: str, mapping: Mapping[str, str]) -> R
     def maps(s: _Span) -> str | None:
         prop = js_string(s.get(key))
         if prop in _OBJECT_PROTOTYPE:
-            raise _MapperThrows(f"{key}={prop!r} names an Object.prototype member")
+            raise _MapperThrows(key, prop, f"{key}={prop!r} names an Object.prototype member "
+                                           f"(mappedType.toUpperCase is not a function)")
         return mapping.get(prop)
 
     return Rule(name, priority, (key,), tuple(dict.fromkeys(mapping.values())), applies, maps,
-                mapping=dict(mapping))  # fmt: skip
+                mapping=dict(mapping), throws=(key,))  # fmt: skip
 
 
 def _custom(
@@ -251,9 +274,10 @@ def _custom(
     applies: Callable[[_Span], bool],
     maps: Callable[[_Span], str | None],
     context: tuple[str, ...] = (),
+    throws: tuple[str, ...] = (),
 ) -> Rule:
     """``CustomAttributeMapper``."""
-    return Rule(name, priority, keys, types, applies, maps, context)
+    return Rule(name, priority, keys, types, applies, maps, context, throws=throws)
 
 
 # -- rule 0: Langfuse Python SDK <= 3.3 wrote type "span" on generations (langfuse#8682) --------
@@ -304,7 +328,8 @@ def _vercel_matches(s: _Span, prefixes: tuple[str, ...]) -> bool:
     op_name = s.get(_AI_OPERATION_NAME)
     if _meaningful(op_name):
         if not isinstance(op_name, str):
-            raise _MapperThrows(f"{_AI_OPERATION_NAME} is not a string (startsWith is not a function)")
+            raise _MapperThrows(_AI_OPERATION_NAME, js_string(op_name),
+                                f"{_AI_OPERATION_NAME} is not a string (startsWith is not a function)")
         if any(op_name.startswith(p) for p in prefixes):
             return True
     op_id = s.get(_AI_OPERATION_ID)
@@ -331,7 +356,8 @@ def _vercel_span_applies(s: _Span) -> bool:
         v = s.get(key)
         if _meaningful(v):
             if not isinstance(v, str):
-                raise _MapperThrows(f"{key} is not a string (startsWith is not a function)")
+                raise _MapperThrows(key, js_string(v),
+                                    f"{key} is not a string (startsWith is not a function)")
             if v.startswith("ai."):
                 has_ai = True
                 break
@@ -385,9 +411,9 @@ RULES: tuple[Rule, ...] = (
     }),
     _custom("Vercel_AI_SDK_Operation_Generation_Like", 5,
             (_AI_OPERATION_NAME, _AI_OPERATION_ID, *_AI_MODEL_KEYS), (GENERATION, EMBEDDING),
-            _vercel_generation_applies, _vercel_generation_maps),
+            _vercel_generation_applies, _vercel_generation_maps, throws=(_AI_OPERATION_NAME,)),
     _custom("Vercel_AI_SDK_Operation_Span_Like", 6, (_AI_OPERATION_NAME, _AI_OPERATION_ID), (TOOL,),
-            _vercel_span_applies, _vercel_span_maps),
+            _vercel_span_applies, _vercel_span_maps, throws=(_AI_OPERATION_NAME, _AI_OPERATION_ID)),
     _custom("GenAI_Tool_Call", 7, _TOOL_KEYS, (TOOL,), _any_meaningful(_TOOL_KEYS), lambda s: TOOL),
     _custom("Flue", 8, _FLUE_TOOL_KEYS + _FLUE_TASK_KEYS, (TOOL, AGENT),
             _any_meaningful(_FLUE_TOOL_KEYS + _FLUE_TASK_KEYS), _flue_maps),
@@ -399,6 +425,17 @@ RULES: tuple[Rule, ...] = (
 
 #: Every attribute key the table reads.
 TABLE_KEYS = frozenset(k for rule in RULES for k in rule.keys)
+
+#: Every attribute key whose value can make Langfuse's mapper throw (the rules' ``throws``):
+#: what the relay's scan looks at for poison, in the same pass.
+POISON_KEYS = frozenset(k for rule in RULES for k in rule.throws)
+
+#: Each of Langfuse's types and the explicit ``langfuse.observation.type`` value that gives it
+#: (the direct mapping's table, inverted): what the relay adds to defuse a poison span.
+TYPE_VALUES: Mapping[str, str] = {
+    t: v for rule in RULES if rule.name == "LangfuseObservationTypeDirectMapping" and rule.mapping
+    for v, t in rule.mapping.items()
+}
 
 #: Keys at least one of which every span Langfuse types GENERATION carries: the type (rules 0
 #: and 1), the lookups that give GENERATION (2 to 4), a model key (5 and 10).
@@ -413,11 +450,13 @@ GENERATION_MARKER_KEYS = frozenset(
 @dataclass(frozen=True, slots=True)
 class Typing:
     """The type Langfuse gives a span, the rule that gave it (None: the SPAN default), and where
-    Langfuse's mapper would throw on it instead (the whole export request is then lost there)."""
+    Langfuse's mapper would throw on it instead (the whole export request is then lost there):
+    ``error`` in words, ``thrown`` as (rule, attribute key, its value as the mapper used it)."""
 
     type: str
     rule: str | None = None
     error: str | None = None
+    thrown: tuple[str, str, str] | None = None
 
 
 _PLAIN_SPAN = Typing(SPAN)
@@ -441,6 +480,7 @@ def classify(
         return _PLAIN_SPAN  # the common case inside prompt(): no rule can apply
     s = _Span(attrs, scope_name, scope_version, span_name, sdk_language)
     error: str | None = None
+    thrown: tuple[str, str, str] | None = None
     for rule in RULES:
         if rule.keys and present.isdisjoint(rule.keys):
             continue  # every rule with keys needs one of them to apply
@@ -448,11 +488,12 @@ def classify(
             if rule.applies(s):
                 result = rule.maps(s)
                 if result is not None:
-                    return Typing(result, rule.name, error)
+                    return Typing(result, rule.name, error, thrown)
         except _MapperThrows as exc:
             if error is None:
                 error = f"{rule.name}: {exc}"
-    return Typing(SPAN, None, error)
+                thrown = (rule.name, exc.key, exc.value)
+    return Typing(SPAN, None, error, thrown)
 
 
 def langfuse_type(
@@ -468,6 +509,61 @@ def langfuse_type(
         attrs, scope_name=scope_name, scope_version=scope_version, span_name=span_name,
         sdk_language=sdk_language,
     ).type  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Poison:
+    """A span on which Langfuse's type mapper throws (so Langfuse loses its whole export request),
+    and what keeps it from costing the request's other spans.
+
+    ``rule``, ``key``, ``value``: where it throws (the attribute, its value as the mapper used it).
+    ``type``: the type the other rules give the span (what Langfuse would show had that lookup
+    not thrown). ``add``: the ``langfuse.observation.type`` value that defuses it, to add (the span
+    has none, and with it Langfuse gives exactly ``type``, throwing nowhere); None when no added
+    attribute can (the poison is in ``langfuse.observation.type`` itself, or the span has one
+    Langfuse does not know): only sending it in an export request of its own keeps it from the
+    other spans.
+    """
+
+    rule: str
+    key: str
+    value: str
+    type: str
+    add: str | None
+
+
+def poison(
+    attrs: Mapping[str, object],
+    *,
+    scope_name: str = "",
+    scope_version: str = "",
+    span_name: str = "",
+    sdk_language: str = "",
+) -> Poison | None:
+    """The span's :class:`Poison`, or None when Langfuse's mapper does not throw on it.
+
+    Pass the decoded values (an OTLP ``AnyValue`` or plain Python values), not the C scan's
+    ``True``: an array is looked up by its ``String()``."""
+    context = {"scope_name": scope_name, "scope_version": scope_version, "span_name": span_name,
+               "sdk_language": sdk_language}
+    t = classify(attrs, **context)
+    if t.thrown is None:
+        return None
+    add = _defusing(attrs, t.type, context)
+    return Poison(t.thrown[0], t.thrown[1], t.thrown[2], t.type, add)
+
+
+def _defusing(attrs: Mapping[str, object], wanted: str, context: Mapping[str, str]) -> str | None:
+    """The ``langfuse.observation.type`` value that, added to ``attrs``, makes Langfuse give
+    ``wanted`` without throwing; None when the span has that key already (adding would shadow
+    it) or no value does."""
+    if c.LF_OBSERVATION_TYPE in attrs:
+        return None
+    value = TYPE_VALUES.get(wanted)
+    if value is None:
+        return None
+    again = classify({**attrs, c.LF_OBSERVATION_TYPE: value}, **context)
+    return value if again.error is None and again.type == wanted else None
 
 
 def already_linked(attrs: Mapping[str, object]) -> bool:
@@ -514,20 +610,24 @@ def is_generation(
     span_name: str = "",
     sdk_language: str = "",
 ) -> bool:
-    """Would Langfuse type this span GENERATION (or an extra rule make it one Langfuse agrees with)?
+    """Would Langfuse type this span GENERATION (or an extra rule make it one Langfuse agrees with),
+    once the relay's ``langfuse.observation.type: generation`` is on it?
 
-    Not when Langfuse's mapper would throw on the span (:attr:`Typing.error`): Langfuse loses
-    it either way. Does not look at links: a caller leaves :func:`already_linked` spans alone.
+    A span on which Langfuse's mapper throws (:attr:`Typing.error`) is one when the type the
+    other rules give it is (and the added type defuses the throw, :func:`poison`); not when the
+    type cannot be added (Langfuse loses such a span whatever the relay adds). Does not look
+    at links: a caller leaves :func:`already_linked` spans alone.
     """
-    t = classify(
-        attrs, scope_name=scope_name, scope_version=scope_version, span_name=span_name,
-        sdk_language=sdk_language,
-    )  # fmt: skip
-    if t.error is not None:
-        return False  # Langfuse's mapper throws: it loses the span (and its whole request)
+    context = {"scope_name": scope_name, "scope_version": scope_version, "span_name": span_name,
+               "sdk_language": sdk_language}
+    t = classify(attrs, **context)
     if t.type == GENERATION:
-        return True
-    return t.type == SPAN and c.LF_OBSERVATION_TYPE not in attrs and rules.matches(attrs)
+        return t.error is None or _defusing(attrs, GENERATION, context) is not None
+    if t.type != SPAN or c.LF_OBSERVATION_TYPE in attrs or not rules.matches(attrs):
+        return False
+    # An extra rule: the stamp's type makes Langfuse agree (and defuses a throw, if there is one).
+    return t.error is None or classify({**attrs, c.LF_OBSERVATION_TYPE: TYPE_VALUES[GENERATION]},
+                                       **context).error is None
 
 
 # -- the observation's input, as Langfuse extracts it ------------------------------------------------

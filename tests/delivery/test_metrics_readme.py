@@ -213,6 +213,9 @@ def test_every_metric_the_readme_lists_moves(langfuse: LangfuseServer, upstream:
         linked = span(trace=1, span_id=2, start=now, attrs=gen_attrs(**{
             "langfuse.observation.prompt.name": "order-status-answer", "langfuse.observation.prompt.version": 9}))
         assert send(relay.address, TRACES_EXPORT, traces([linked]).SerializeToString()) == grpc.StatusCode.OK
+        # A span Langfuse's type mapper would throw on (poison): the relay types it.
+        poisoned = span(trace=41, span_id=41, start=now, attrs={"gen_ai.operation.name": "constructor"})
+        assert send(relay.address, TRACES_EXPORT, traces([poisoned]).SerializeToString()) == grpc.StatusCode.OK
         wait_until(lambda: seen.scrape(port).get("promptstamp_api_fetches_total", 0) >= 2, 10, "api tier fetches")
         langfuse.fail_ingest(400, times=1)  # one permanent failure
         assert send(relay.address, TRACES_EXPORT, traces([span(trace=40, span_id=40, start=now)]).SerializeToString()) \

@@ -564,6 +564,51 @@ def test_a_value_that_makes_langfuses_mapper_throw_loses_the_whole_request(
     assert [o.name for o in server.observations()] == ["later"]
 
 
+POISON_KEYS = ["langfuse.observation.type", "openinference.span.kind", "gen_ai.operation.name",
+               "genkit:metadata:subtype"]
+
+
+@pytest.mark.parametrize("poison", ["constructor", "__proto__", "valueOf", "hasOwnProperty"])
+@pytest.mark.parametrize("key", POISON_KEYS)
+def test_every_lookup_langfuse_makes_loses_the_request_on_a_prototype_name(
+    server: LangfuseServer, key: str, poison: str
+) -> None:
+    bad = json_span("bad", {key: poison, "model": "m"}, span_id="00000000000000bb")
+    good = json_span("good", {"gen_ai.operation.name": "chat", **LINK}, span_id="00000000000000aa")
+    assert post_json(server, otlp_json(good, bad)).status_code == 200
+    assert server.observations() == []
+    assert {r.observation.name for r in server.rejected()} == {"bad", "good"}
+
+
+@pytest.mark.parametrize("key", POISON_KEYS[1:])
+@pytest.mark.parametrize("explicit", ["span", "generation", "tool"])
+def test_a_known_explicit_type_defuses_a_poison_lookup_after_it(server: LangfuseServer, key: str,
+                                                                explicit: str) -> None:
+    """Langfuse reads langfuse.observation.type first: when it knows the value, the lookups that
+    would throw are never made (what the relay adds to defuse a poison span)."""
+    bad = json_span("typed", {key: "constructor", "langfuse.observation.type": explicit, "model": "m"},
+                    span_id="00000000000000bb")
+    good = json_span("good", {"gen_ai.operation.name": "chat", **LINK}, span_id="00000000000000aa")
+    assert post_json(server, otlp_json(good, bad)).status_code == 200
+    assert server.rejected() == []
+    seen = {o.name: o for o in server.observations()}
+    assert seen["typed"].type == explicit.upper()
+    assert (seen["good"].prompt_name, seen["good"].prompt_version) == ("p", 2)
+
+
+def test_an_unknown_explicit_type_does_not_defuse_and_a_request_of_one_loses_only_itself(
+    server: LangfuseServer,
+) -> None:
+    unknown = json_span("unknown", {"langfuse.observation.type": "GENERATION", "gen_ai.operation.name": "toString"},
+                        span_id="00000000000000bb")
+    assert post_json(server, otlp_json(unknown)).status_code == 200
+    good = json_span("good", {"gen_ai.operation.name": "chat", **LINK}, span_id="00000000000000aa")
+    assert post_json(server, otlp_json(good)).status_code == 200
+    assert [o.name for o in server.observations()] == ["good"]
+    [lost] = server.rejected()
+    assert lost.observation.name == "unknown" and "toString" in lost.reason
+
+
 def test_types_come_from_the_relays_table_with_scope_and_span_name(server: LangfuseServer) -> None:
     from promptstamp_contract.langfuse_typing import langfuse_type
 

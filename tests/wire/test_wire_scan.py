@@ -21,9 +21,11 @@ from promptstamp_relay import wire
 from promptstamp_relay.core.stamp import StampSettings
 
 KEYS = [c.PROMPT_KEY, c.PROMPT_LABEL, "model", "gen_ai.request.model", "retrieval.embedding.model",
-        c.GEN_AI_OPERATION_NAME, c.GEN_AI_USAGE_INPUT_TOKENS, c.LLM_TOKEN_COUNT_COMPLETION, "other", ""]
+        c.GEN_AI_OPERATION_NAME, c.GEN_AI_USAGE_INPUT_TOKENS, c.LLM_TOKEN_COUNT_COMPLETION, "other", "",
+        c.LF_OBSERVATION_TYPE, "operation.name", "genkit:metadata:subtype", "gen_ai.prompt.name"]
 SCAN = StampSettings().scan_keys
 EVENTS = [c.FETCH_EVENT_NAME, "app.prompt.fetched", "exception"]
+POISON = ["constructor", "__proto__", "toString", "constructo", "chat"]  # and two that are not
 
 
 def _len(n: int) -> bytes:
@@ -43,6 +45,7 @@ values = st.one_of(
     st.booleans().map(lambda b: AnyValue(bool_value=b)),
     st.just(AnyValue()),
     st.just(AnyValue(array_value=ArrayValue(values=[AnyValue(string_value="chat")]))),
+    st.sampled_from(POISON).map(lambda s: AnyValue(string_value=s)),
 )
 
 
@@ -95,6 +98,15 @@ def python_scan(data: bytes, keys: wire.ScanKeys = SCAN) -> wire.Scan:
         wire._c = saved
 
 
+def python_triage(data: bytes, keys: wire.ScanKeys = SCAN) -> bool:
+    saved = wire._c
+    wire._c = None
+    try:
+        return wire.triage(data, keys)
+    finally:
+        wire._c = saved
+
+
 @settings(max_examples=300, deadline=None)
 @given(spans=st.lists(span_bytes(), max_size=5))
 def test_the_c_scan_reads_what_the_decoder_reads(spans: list[bytes]) -> None:
@@ -103,15 +115,22 @@ def test_the_c_scan_reads_what_the_decoder_reads(spans: list[bytes]) -> None:
     python = python_scan(data)
     decoded = [sp for rs in req.resource_spans for ss in rs.scope_spans for sp in ss.spans]
     want = [i for i, sp in enumerate(decoded)
-            if c.PROMPT_KEY in {kv.key for kv in sp.attributes}
+            if not SCAN.needs.isdisjoint(kv.key for kv in sp.attributes)
             and not SCAN.markers.isdisjoint(kv.key for kv in sp.attributes)]
     assert [x[0] for x in python.candidates] == want
     assert python.events == [i for i, sp in enumerate(decoded) if any(ev.name == c.FETCH_EVENT_NAME for ev in sp.events)]
     for x in python.candidates:
         assert x == wire.scan_decoded(x[0], 0, 0, decoded[x[0]], SCAN)
+    assert python.suspects == [i for i, sp in enumerate(decoded)
+                               if any(kv.key in SCAN.poison and wire.suspect_value(kv.value, SCAN.poison_values)
+                                      for kv in sp.attributes)]
+    wanted = bool(python.events or python.suspects) or any(
+        not SCAN.needs.isdisjoint(kv.key for kv in sp.attributes) for sp in decoded)
+    assert python_triage(data) is wanted
     if not wire.native():
         pytest.skip("pure-Python build")
     assert wire.scan_spans(data, wire.index_request(data), SCAN) == python
+    assert wire.triage(data, SCAN) is wanted
     for i, sp in enumerate(decoded):  # one span alone, in either build
         one = sp.SerializeToString()
         assert wire.scan_one(one, SCAN) == (0, *wire.scan_decoded(i, 0, 0, sp, SCAN)[1:])
@@ -142,3 +161,40 @@ def test_candidates_say_where_they_are() -> None:
     for got in (python_scan(data), wire.scan_spans(data, idx, SCAN)):
         assert [x[:3] for x in got.candidates] == [(1, 0, 0), (2, 0, 2), (3, 2, 0)]
         assert [idx.locate(x[0])[:2] for x in got.candidates] == [(0, 0), (0, 2), (2, 0)]
+
+
+def test_suspects_are_poison_keys_with_a_poison_name_or_no_string_at_all() -> None:
+    """What the scan hands to the exact judgement (``langfuse_typing.poison``): a value the mapper
+    may throw on, under a key it looks up; nothing else (``constructo`` and ``chat`` are plain)."""
+    def kv(key: str, value: AnyValue) -> bytes:
+        return _field(0x4A, _field(0x0A, key.encode()) + _field(0x12, value.SerializeToString()))
+
+    sid = _field(0x12, b"\x01" * 8)
+    spans = [
+        sid + kv(c.GEN_AI_OPERATION_NAME, AnyValue(string_value="constructor")),  # 0: suspect
+        sid + kv(c.GEN_AI_OPERATION_NAME, AnyValue(string_value="constructo")),  # 1
+        sid + kv("other", AnyValue(string_value="__proto__")),  # 2: not a key the mapper looks up
+        sid + kv("operation.name", AnyValue(int_value=3)),  # 3: suspect (startsWith on a number)
+        sid + kv(c.LF_OBSERVATION_TYPE, AnyValue()),  # 4: no value set: "{}" to Langfuse
+        sid + kv(c.LF_OBSERVATION_TYPE, AnyValue(string_value="__proto__")),  # 5: suspect
+    ]
+    data = request(spans)
+    for got in (python_scan(data), wire.scan_spans(data, wire.index_request(data), SCAN)):
+        assert got.suspects == [0, 3, 5] and got.candidates == []
+    for one, want in zip(spans, [True, False, False, True, False, True], strict=True):
+        assert python_triage(request([one])) is want
+        assert wire.triage(request([one]), SCAN) is want
+
+
+def test_triage_finds_a_need_key_or_a_fetch_event_and_stops_at_the_first() -> None:
+    sid = _field(0x12, b"\x01" * 8)
+    key = _field(0x4A, _field(0x0A, c.PROMPT_KEY.encode()) + _field(0x12, b"\x0a\x01k"))
+    event = _field(0x5A, _field(0x12, c.FETCH_EVENT_NAME.encode()))
+    plain = sid + _field(0x4A, _field(0x0A, b"http.method") + _field(0x12, b"\x0a\x03GET"))
+    for spans, want in (([plain] * 3, False), ([plain, sid + key], True), ([sid + event, plain], True),
+                        ([], False)):
+        data = request(spans)
+        assert python_triage(data) is want
+        assert wire.triage(data, SCAN) is want
+    if wire.native():  # bytes that do not walk (the decoder refuses them too): the processor decides
+        assert wire.triage(b"\x0a\x05\x12" + c.PROMPT_KEY.encode(), SCAN) is True

@@ -30,8 +30,10 @@ from .hold import HoldWindow
 from .model import DEFAULT_TENANT, FetchRecord, GenerationRecord, UnresolvedReason
 from .resolve import ApiLookup, Resolver, pick_in_trace
 from .stamp import (
+    POISON_ACTIONS,
     Conflict,
     HeldSpan,
+    PoisonSpan,
     Stamped,
     StampSettings,
     generation_record,
@@ -101,19 +103,25 @@ class ProcessorStats(Counters):
         values=("agreed", "disagreed", "was_unresolved"))
     prompt_conflicts: int = metric("Generations that arrived linked (kept as they were) while their "
                                    "trace's fetch record names another version")
+    poison_spans: Counter[str] = metric(
+        "Spans on which Langfuse's observation type mapper throws (losing every span of their export "
+        "request), by what the relay did: typed (added the langfuse.observation.type Langfuse gives them "
+        "otherwise), isolated (sent in an export request of their own), forwarded (to a collector, as "
+        "they came)", label="action", values=POISON_ACTIONS)
 
 
 @dataclass
 class Notices:
     """What the relay must say about one call, beyond counting it (logged by the caller, outside
-    the lock, rate-limited): rejected fetch records, late evidence, conflicting links."""
+    the lock, rate-limited): rejected fetch records, late evidence, conflicting links, poison."""
 
     invalid: list[Invalid] = field(default_factory=list)
     late: list[LateRecord] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
+    poison: list[PoisonSpan] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.invalid or self.late or self.conflicts)
+        return bool(self.invalid or self.late or self.conflicts or self.poison)
 
 
 @dataclass
@@ -129,8 +137,8 @@ class LogsResult:
 
 class TracesResult(list[Outgoing]):
     """What one trace request gave: the requests to send (this list: spans released by its fetch
-    events or by the clock first, then the request itself), and why each rejected fetch
-    event was rejected (``invalid``)."""
+    events or by the clock first, then the request itself, then each of its poison spans that
+    must travel alone), and why each rejected fetch event was rejected (``invalid``)."""
 
     invalid: list[str]
     notices: Notices
@@ -268,8 +276,13 @@ class Processor:
         if outcome.conflicts:
             st.prompt_conflicts += len(outcome.conflicts)
             self._notices.conflicts.extend(outcome.conflicts)
+        if outcome.poison:
+            st.poison_spans.update(p.action for p in outcome.poison)
+            self._notices.poison.extend(outcome.poison)
         if outcome.payload is not None:
-            out.append(Outgoing(tenant, outcome.payload, outcome.spans - len(outcome.held)))
+            kept = outcome.spans - len(outcome.held) - len(outcome.isolated)
+            out.append(Outgoing(tenant, outcome.payload, kept))
+        out += [Outgoing(tenant, alone, 1) for alone in outcome.isolated]
         out.notices = self.take_notices()
         return out
 

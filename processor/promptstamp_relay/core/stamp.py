@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from typing import NamedTuple, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
@@ -19,7 +19,15 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
 
 import promptstamp_contract as c
-from promptstamp_contract.langfuse_typing import LINK_KEYS, GenerationRules, is_generation
+from promptstamp_contract.langfuse_typing import (
+    LINK_KEYS,
+    OBJECT_PROTOTYPE,
+    POISON_KEYS,
+    GenerationRules,
+    Poison,
+    is_generation,
+    poison,
+)
 
 from .. import wire
 from . import conventions
@@ -28,8 +36,10 @@ from .model import GenerationRecord, resource_instance, resource_service
 from .resolve import Resolution, Resolver, SpanKey
 
 __all__ = [
+    "POISON_ACTIONS",
     "Conflict",
     "HeldSpan",
+    "PoisonSpan",
     "StampOutcome",
     "StampSettings",
     "Stamped",
@@ -72,6 +82,9 @@ class StampSettings:
     convention_names: Mapping[str, str] = field(default_factory=dict)
     #: ``stamp.semconv_link``: also write ``gen_ai.prompt.name`` / ``.version`` (never to Langfuse)
     semconv_link: bool = False
+    #: send a span on which Langfuse's type mapper throws, and that no added type defuses, in a
+    #: request of its own (off only when exporting to a collector, which batches spans again)
+    isolate_poison: bool = True
 
     def __post_init__(self) -> None:
         marker_keys = self.rules.marker_keys()
@@ -82,8 +95,10 @@ class StampSettings:
         object.__setattr__(self, "_marker_keys", marker_keys)
         # Candidates: a prompt key (ours, or another convention's name key) and one of the keys
         # every generation carries (whole keys): one native pass finds both kinds.
+        # And, in the same pass, the spans Langfuse's type mapper may throw on (poison).
         scan = wire.ScanKeys(frozenset({c.PROMPT_KEY}) | conventions.NAME_KEYS, marker_keys, ordered,
-                             (_INPUT_TOKENS, _OUTPUT_TOKENS), c.FETCH_EVENT_NAME)
+                             (_INPUT_TOKENS, _OUTPUT_TOKENS), c.FETCH_EVENT_NAME,
+                             POISON_KEYS, OBJECT_PROTOTYPE)
         object.__setattr__(self, "_scan_keys", scan)
         object.__setattr__(self, "_typing", {})
 
@@ -214,6 +229,28 @@ class Conflict(NamedTuple):
     service: str
 
 
+#: What the relay did with a poison span: added the type Langfuse gives it otherwise (``typed``),
+#: sent it in an export request of its own (``isolated``), or, exporting to a collector, sent it
+#: on as it came (``forwarded``).
+PoisonAction = Literal["typed", "isolated", "forwarded"]
+POISON_ACTIONS: tuple[PoisonAction, ...] = ("typed", "isolated", "forwarded")
+
+
+class PoisonSpan(NamedTuple):
+    """A span on which Langfuse's type mapper throws (:class:`~promptstamp_contract.langfuse_typing.Poison`),
+    and what the relay did: ``action``, and ``added`` (the ``langfuse.observation.type`` value it
+    added, for ``typed``: the stamp's ``generation`` on a generation it stamps)."""
+
+    tenant: str
+    trace_id: bytes
+    span_id: bytes
+    service: str
+    span_name: str
+    poison: Poison
+    action: PoisonAction
+    added: str | None
+
+
 class Stamped(NamedTuple):
     """One generation stamped: its key, what it was stamped with, and what observers are told
     of its span: the arrival scan (``scanned``), else its bytes (decoded only for observers)."""
@@ -236,6 +273,9 @@ class StampOutcome:
     stamped: list[Stamped] = field(default_factory=list)
     overflow: int = 0  # generations stamped at once because the hold window was full
     conflicts: list[Conflict] = field(default_factory=list)  # linked already, evidence disagrees
+    poison: list[PoisonSpan] = field(default_factory=list)
+    #: requests of one poison span each (cut from ``payload``), to send on their own
+    isolated: list[bytes] = field(default_factory=list)
 
 
 def _stamp_bytes(prompt_name: str, label: str, resolution: Resolution, has_type: bool, portable: bool,
@@ -286,6 +326,15 @@ def stamp_bytes(prompt_name: str, label: str, resolution: Resolution, has_type: 
             _STAMP_CACHE.clear()
         encoded = _STAMP_CACHE[k] = _stamp_bytes(prompt_name, label, resolution, has_type, portable, extra)
     return encoded
+
+
+def _type_bytes(value: str) -> bytes:
+    """``langfuse.observation.type: value``, encoded as a Span holding only it (a splice edit)."""
+    extra = Span()
+    kv = extra.attributes.add()
+    kv.key = c.LF_OBSERVATION_TYPE
+    kv.value.string_value = value
+    return bytes(extra.SerializeToString())
 
 
 def stamp_span(span: Span, *, prompt_name: str, label: str, resolution: Resolution, has_type: bool,
@@ -340,6 +389,31 @@ class _Containers:
         span_bytes = data[self.index.span_starts[i]:self.index.span_ends[i]]
         return HeldSpan(span_bytes, resource, rs.schema_url, scope, ss.schema_url, key, name, has_type,
                         now_ns, self.who(r)[1], portable)
+
+    def alone(self, data: bytes, i: int) -> bytes:
+        """Span ``i`` in a request of its own, with its resource and scope (and schema URLs)."""
+        r, s, _ = self.index.locate(i)
+        rs = self.request.resource_spans[r]
+        ss: ScopeSpans = rs.scope_spans[s]
+        out = ExportTraceServiceRequest()
+        ors = out.resource_spans.add()
+        ors.resource.CopyFrom(rs.resource)
+        ors.schema_url = rs.schema_url
+        oss = ors.scope_spans.add()
+        oss.scope.CopyFrom(ss.scope)
+        oss.schema_url = ss.schema_url
+        oss.spans.add().MergeFromString(data[self.index.span_starts[i]:self.index.span_ends[i]])
+        return bytes(out.SerializeToString())
+
+    def poison(self, data: bytes, i: int) -> tuple[Poison, Span] | None:
+        """Span ``i``'s :class:`Poison` (judged on its decoded values, as Langfuse reads them:
+        the last of a key wins), with the decoded span; None when Langfuse does not throw on it."""
+        span = Span.FromString(data[self.index.span_starts[i]:self.index.span_ends[i]])
+        r, s, _ = self.index.locate(i)
+        scope_name, scope_version = self.scope(r, s)
+        found = poison({kv.key: kv.value for kv in span.attributes}, scope_name=scope_name,
+                       scope_version=scope_version, span_name=span.name, sdk_language=self.who(r)[2])
+        return None if found is None else (found, span)
 
     def _copy(self, where: tuple[int, int], message: _M, kind: type[_M]) -> _M:
         """One copy per container, shared by its held spans."""
@@ -467,6 +541,10 @@ def stamp_request(
     hold_on = settings.hold_ns > 0
     if scan is None:
         scan = wire.scan_spans(data, index, settings.scan_keys)
+    poisoned = {i: got for i in scan.suspects if (got := spans.poison(data, i)) is not None}
+    if any(p.add is None for p, _ in poisoned.values()):  # lost in Langfuse whatever is added:
+        scan = scan._replace(candidates=[x for x in scan.candidates  # not stamped
+                                         if x[0] not in poisoned or poisoned[x[0]][0].add is not None])
     linked: list[tuple[SpanKey, str, wire.Candidate, str, object]] = []
     claimed: list[tuple[int, SpanKey, ConventionVerdict, str, wire.Candidate]] = []
     for i, key, name, has_type, portable, service, scanned in _generations(
@@ -497,9 +575,36 @@ def stamp_request(
         if evidence != linked_version or linked_name != settings.prompt_names.get(key.key, key.key):
             out.conflicts.append(Conflict(tenant, key.trace_id, cand[7], key.key, key.label, linked_name,
                                           linked_version, evidence, service))
-    if len(out.held) < out.spans:
+    for i, (found, span) in poisoned.items():
+        _defuse(out, edits, spans, data, i, found, span, tenant, settings.isolate_poison)
+    if len(out.held) + len(out.isolated) < out.spans:
         out.payload = wire.splice(data, index, edits)
     return out
+
+
+def _defuse(out: StampOutcome, edits: dict[int, bytes], spans: _Containers, data: bytes, i: int,
+            found: Poison, span: Span, tenant: str, isolate: bool) -> None:
+    """Keep poison span ``i`` from costing the other spans of its request (it only adds, or moves
+    the span to a request of its own): the type Langfuse gives it otherwise, added; a span stamped
+    (or held) already gets the stamp's ``generation`` type, which does the same."""
+    action: PoisonAction
+    added: str | None = None
+    if found.add is not None:
+        action = "typed"
+        if i in edits:
+            added = c.OBSERVATION_TYPE_GENERATION  # a stamp (now or at release) adds it: no span has one
+        else:
+            added = found.add
+            edits[i] = _type_bytes(found.add)
+    elif isolate:
+        action = "isolated"
+        edits[i] = wire.DELETE
+        out.isolated.append(spans.alone(data, i))
+    else:
+        action = "forwarded"
+    service = spans.who(spans.index.locate(i)[0])[1]
+    out.poison.append(PoisonSpan(tenant, bytes(span.trace_id), bytes(span.span_id), service, span.name,
+                                 found, action, added))
 
 
 def release_spans(

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "scan_spans",
     "spans_ok",
     "splice",
+    "suspect_value",
+    "triage",
     "walk",
 ]
 
@@ -54,7 +57,7 @@ def _load_native() -> Any:
     except ImportError:
         return None
     # A stale build from an older checkout lacks newer functions: use none of it then.
-    names = ("walk", "marked", "splice", "spans_ok", "scan_span", "scan_spans")
+    names = ("walk", "marked", "splice", "spans_ok", "scan_span", "scan_spans", "triage")
     return module if all(hasattr(module, n) for n in names) else None
 
 
@@ -316,14 +319,17 @@ class ScanKeys:
     """What :func:`scan_spans` looks for: spans with an attribute keyed by any of ``needs`` and
     one keyed by any of ``markers`` (every span when ``needs`` is empty); of those, the values of
     ``keys`` and one count per group of ``counts`` (e.g. the keys an input token count may be
-    under, in order of preference); and the spans with an event named ``event`` (none when it is
-    empty)."""
+    under, in order of preference); the spans with an event named ``event`` (none when it is
+    empty); and the spans with a :func:`suspect_value` under any of the ``poison`` keys (the
+    values Langfuse's type mapper may throw on: ``poison_values``, or not a string)."""
 
     needs: frozenset[str]
     markers: frozenset[str]
     keys: tuple[str, ...]
     counts: tuple[tuple[str, ...], ...] = ()
     event: str = ""
+    poison: frozenset[str] = frozenset()
+    poison_values: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         flat = [k for group in self.counts for k in group]
@@ -335,9 +341,12 @@ class ScanKeys:
                             tuple(k.encode() for k in self.keys), self.keys,
                             tuple(k.encode() for k in flat), tuple(len(g) for g in self.counts),
                             self.event.encode()))
+        enc(self, "_poison_args", (tuple(sorted(k.encode() for k in self.poison)),
+                                   tuple(sorted(v.encode() for v in self.poison_values))))
         # The pure-Python prefilter: a span holding a key holds its bytes (widens, never narrows).
         enc(self, "_needles", tuple(k.encode() for k in sorted(self.markers)))
         enc(self, "_need_needles", tuple(k.encode() for k in sorted(self.needs)))
+        enc(self, "_poison_needles", self._poison_args[0])  # type: ignore[attr-defined]
 
 
 #: One candidate span as :func:`scan_spans` gives it: (index, resource_spans index, scope_spans
@@ -350,6 +359,21 @@ Candidate = tuple[
 class Scan(NamedTuple):
     candidates: list[Candidate]
     events: list[int]  # the spans with an event named ScanKeys.event, in order
+    suspects: list[int]  # the spans with a suspect value under a ScanKeys.poison key, in order
+
+
+def suspect_value(value: AnyValue, poison_values: frozenset[str]) -> bool:
+    """Might this attribute value make Langfuse's type mapper throw, under a key it looks up? It
+    is set, and is not a string outside ``poison_values`` (an array is looked up by its
+    ``String()``; a number or boolean breaks a string method). Only a suspect: the judgement is
+    ``promptstamp_contract.langfuse_typing``'s, on the decoded value."""
+    which = value.WhichOneof("value")
+    return which is not None and (which != "string_value" or value.string_value in poison_values)
+
+
+def _suspect(span: Span, keys: ScanKeys) -> bool:
+    poison, values = keys.poison, keys.poison_values
+    return any(kv.key in poison and suspect_value(kv.value, values) for kv in span.attributes)
 
 
 def scan_spans(data: bytes, index: RequestIndex, keys: ScanKeys) -> Scan:
@@ -358,33 +382,63 @@ def scan_spans(data: bytes, index: RequestIndex, keys: ScanKeys) -> Scan:
     ``candidates``: every span (in order) with an attribute keyed by any of ``keys.needs`` and one
     keyed by any of ``keys.markers`` — whole keys, as the decoder reads them — with what stamping reads of
     it (:func:`scan_decoded` is the definition). ``events``: the spans with an event named
-    ``keys.event``.
+    ``keys.event``. ``suspects``: the spans with an attribute keyed by any of ``keys.poison``
+    whose value is a :func:`suspect_value` (any of its occurrences, whatever else the span carries).
     """
     starts, ends = index.span_starts, index.span_ends
     if not starts:
-        return Scan([], [])
+        return Scan([], [], [])
     if _c is not None:
-        candidates, events = _c.scan_spans(data, starts, ends, index.scope_counts, *keys._args)  # type: ignore[attr-defined]
-        return Scan(candidates, events)
+        return Scan(*_c.scan_spans(data, starts, ends, index.scope_counts,
+                                   *keys._args, *keys._poison_args))  # type: ignore[attr-defined]
     needs: tuple[bytes, ...] = keys._need_needles  # type: ignore[attr-defined]
     event: bytes = keys._args[-1]  # type: ignore[attr-defined]
     needles: tuple[bytes, ...] = keys._needles  # type: ignore[attr-defined]
-    out = Scan([], [])
+    poison: tuple[bytes, ...] = keys._poison_needles  # type: ignore[attr-defined]
+    out = Scan([], [], [])
     for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
         may_event = bool(event) and data.find(event, s, e) != -1
         may_stamp = not needs or (
             any(data.find(n, s, e) != -1 for n in needs) and any(data.find(m, s, e) != -1 for m in needles))
-        if not (may_event or may_stamp):
+        may_throw = any(data.find(p, s, e) != -1 for p in poison)
+        if not (may_event or may_stamp or may_throw):
             continue
         span = Span.FromString(data[s:e])
         if may_event and any(ev.name == keys.event for ev in span.events):
             out.events.append(i)
+        if may_throw and _suspect(span, keys):
+            out.suspects.append(i)
         present = {kv.key for kv in span.attributes}
         if may_stamp and (not needs or (not keys.needs.isdisjoint(present)
                                         and not keys.markers.isdisjoint(present))):
             r, sc, _ = index.locate(i)
             out.candidates.append(scan_decoded(i, r, sc, span, keys))
     return out
+
+
+def triage(data: bytes, keys: ScanKeys) -> bool:
+    """Would :func:`scan_spans` find anything in the encoded request ``data``: a span with an
+    attribute keyed by any of ``keys.needs`` (a candidate needs one), an event named
+    ``keys.event``, or a suspect? One walk over the bytes that builds nothing and stops at the
+    first such span (C); True when the bytes do not walk (the processor re-encodes those). What
+    the relay asks of a request before forwarding it as it came: the pass-through path's one
+    pass (no index, no scan)."""
+    if _c is not None:
+        try:
+            return bool(_c.triage(data, keys._need_needles, keys._args[-1], *keys._poison_args))  # type: ignore[attr-defined]
+        except ValueError:
+            return True
+    needles = keys._need_needles + keys._poison_needles + ((keys._args[-1],) if keys.event else ())  # type: ignore[attr-defined]
+    if not any(n in data for n in needles):  # a key or name in a span holds its bytes
+        return False
+    try:
+        request = ExportTraceServiceRequest.FromString(data)
+    except Exception:  # the decoder's own errors: the processor decides
+        return True
+    return any(not keys.needs.isdisjoint(kv.key for kv in span.attributes)
+               or (keys.event and any(ev.name == keys.event for ev in span.events))
+               or _suspect(span, keys)
+               for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans)
 
 
 def scan_one(span: bytes, keys: ScanKeys) -> Candidate:

@@ -843,8 +843,22 @@ static int event_named(const unsigned char *d, Py_ssize_t start, Py_ssize_t end,
     return r == 0 && len == want_len && memcmp(d + at, want, (size_t)want_len) == 0;
 }
 
+/* Might the KeyValue in [start, end) make Langfuse's observation type mapper throw, were its key
+ * one the mapper looks up? Its value as the decoder makes it (kv_value) is set and is not a
+ * string outside `values` (the names the mapper throws on): a poison string, or any other kind
+ * (an array is looked up by its String(), a number or boolean can break a string method). A
+ * suspect only: the exact judgement is Python's (promptstamp_contract.langfuse_typing). */
+static int suspect_value(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, const KeySet *values) {
+    int which;
+    Py_ssize_t s_at = 0, s_len = 0;
+    uint64_t bits = 0;
+    kv_value(d, start, end, &which, &s_at, &s_len, &bits);
+    if (which != 1) return which != 0; /* -1 (malformed): suspect too */
+    return keyset_find(values, d + s_at, s_len) >= 0;
+}
+
 /* scan_spans(data, starts, ends, scope_counts, needs, markers, keys_b, keys_s, nums_b, groups,
- * event) -> (candidates, event_spans).
+ * event[, poison, poison_values]) -> (candidates, event_spans[, suspects]).
  * candidates: (i, r, s, found, trace_id, start_ns, name, span_id, end_ns, status_code, counts)
  * in span order, for every span with an attribute keyed by any of `needs` and one keyed by any of
  * `markers` (keys as the decoder reads them: exact, whole keys), or every span when `needs` is
@@ -852,24 +866,32 @@ static int event_named(const unsigned char *d, Py_ssize_t start, Py_ssize_t end,
  * scope_spans. found: as scan_span, over keys_b, but as (key, value) pairs in keys' order. counts: per group of nums_b (groups: their
  * sizes, in order; a key in one group only), the value of the group's first key whose last int
  * or double value is an int or integral (see first_count), else None.
- * event_spans: the spans with an event named `event` (none looked for when it is empty). */
+ * event_spans: the spans with an event named `event` (none looked for when it is empty).
+ * suspects (only when `poison` is given): the spans with an attribute keyed by any of `poison`
+ * whose value is suspect (suspect_value, over poison_values), whatever else they carry. */
 static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
     Py_buffer buf;
     PyObject *starts, *ends, *counts, *needs, *markers, *kb, *ks, *nb, *ns, *event;
-    if (!PyArg_ParseTuple(args, "y*O!O!O!O!O!O!O!O!O!O!", &buf, &PyList_Type, &starts, &PyList_Type, &ends,
+    PyObject *poison = NULL, *pvalues = NULL;
+    if (!PyArg_ParseTuple(args, "y*O!O!O!O!O!O!O!O!O!O!|O!O!", &buf, &PyList_Type, &starts, &PyList_Type, &ends,
                           &PyList_Type, &counts, &PyTuple_Type, &needs, &PyTuple_Type, &markers,
                           &PyTuple_Type, &kb, &PyTuple_Type, &ks, &PyTuple_Type, &nb, &PyTuple_Type, &ns,
-                          &PyBytes_Type, &event))
+                          &PyBytes_Type, &event, &PyTuple_Type, &poison, &PyTuple_Type, &pvalues))
         return NULL;
     const unsigned char *d = buf.buf;
-    PyObject *out = PyList_New(0), *events = PyList_New(0), *result = NULL;
-    KeySet nk = {0}, mk = {0}, keys = {0}, nums = {0};
+    PyObject *out = PyList_New(0), *events = PyList_New(0), *suspects = PyList_New(0), *result = NULL;
+    KeySet nk = {0}, mk = {0}, keys = {0}, nums = {0}, pk = {0}, pv = {0};
+    PyObject *no_keys = PyTuple_New(0);
     Py_ssize_t nspans = PyList_GET_SIZE(starts);
     Py_ssize_t need_any = PyTuple_GET_SIZE(needs), event_len = PyBytes_GET_SIZE(event);
     const char *event_p = PyBytes_AS_STRING(event);
     /* Where span i is: resource r, scope s, `left` spans of that scope still to come. */
     Py_ssize_t r_at = 0, s_at = -1, left = 0, nres = PyList_GET_SIZE(counts);
-    if (!out || !events) goto done;
+    if (!out || !events || !suspects || !no_keys) goto done;
+    if ((poison == NULL) != (pvalues == NULL)) {
+        PyErr_SetString(PyExc_TypeError, "poison and poison_values go together");
+        goto done;
+    }
     if (PyList_GET_SIZE(ends) != nspans || PyTuple_GET_SIZE(ks) != PyTuple_GET_SIZE(kb) ||
         PyTuple_GET_SIZE(nb) > MAX_NUMBER_KEYS) {
         PyErr_SetString(PyExc_ValueError, "starts/ends or keys differ in length, or too many number keys");
@@ -889,7 +911,8 @@ static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
         goto done;
     }
     if (keyset_init(&nk, needs) || keyset_init(&mk, markers) || keyset_init(&keys, kb) ||
-        keyset_init(&nums, nb)) goto done;
+        keyset_init(&nums, nb) || keyset_init(&pk, poison ? poison : no_keys) ||
+        keyset_init(&pv, pvalues ? pvalues : no_keys)) goto done;
     for (Py_ssize_t i = 0; i < nspans; i++) {
         while (left == 0) { /* the next non-empty scope */
             PyObject *scopes = r_at < nres ? PyList_GET_ITEM(counts, r_at) : NULL;
@@ -914,12 +937,14 @@ static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
         }
         Py_ssize_t pos = s;
         Field f;
-        int r, has_need = 0, has_marker = 0, has_event = 0;
+        int r, has_need = 0, has_marker = 0, has_event = 0, has_suspect = 0;
         while ((r = next_field(d, &pos, e, &f)) == 1) {
             if (f.wt != 2) continue;
             if (f.field == 9) {
                 Py_ssize_t key_at = 0, key_len = 0;
                 if (kv_key(d, f.start, f.end, &key_at, &key_len) <= 0) continue;
+                if (!has_suspect && pk.n && keyset_find(&pk, d + key_at, key_len) >= 0 &&
+                    suspect_value(d, f.start, f.end, &pv)) has_suspect = 1;
                 if (!has_need && need_any && keyset_find(&nk, d + key_at, key_len) >= 0) has_need = 1;
                 else if (!has_marker && keyset_find(&mk, d + key_at, key_len) >= 0) has_marker = 1;
             } else if (f.field == 11 && event_len && !has_event) {
@@ -932,25 +957,99 @@ static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
             if (!idx || PyList_Append(events, idx)) { Py_XDECREF(idx); goto done; }
             Py_DECREF(idx);
         }
+        if (has_suspect) {
+            PyObject *idx = PyLong_FromSsize_t(i);
+            if (!idx || PyList_Append(suspects, idx)) { Py_XDECREF(idx); goto done; }
+            Py_DECREF(idx);
+        }
         if (need_any && (!has_need || !has_marker)) continue; /* needs empty: every span */
         PyObject *one = scan_one(d, i, r_at, s_at, s, e, &keys, ks, &nums, ns);
         if (!one || PyList_Append(out, one)) { Py_XDECREF(one); goto done; }
         Py_DECREF(one);
     }
-    result = PyTuple_Pack(2, out, events);
+    result = poison ? PyTuple_Pack(3, out, events, suspects) : PyTuple_Pack(2, out, events);
 done:
     keyset_free(&nk);
     keyset_free(&mk);
     keyset_free(&keys);
     keyset_free(&nums);
+    keyset_free(&pk);
+    keyset_free(&pv);
     Py_XDECREF(out);
     Py_XDECREF(events);
+    Py_XDECREF(suspects);
+    Py_XDECREF(no_keys);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
+/* 1 when the span in [start, end) has what triage looks for, 0 when not, -1 when malformed. */
+static int span_wanted(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, const KeySet *nk,
+                       const KeySet *pk, const KeySet *pv, const char *event_p, Py_ssize_t event_len) {
+    Py_ssize_t pos = start;
+    Field f;
+    int r;
+    while ((r = next_field(d, &pos, end, &f)) == 1) {
+        if (f.wt != 2) continue;
+        if (f.field == 9) {
+            Py_ssize_t key_at = 0, key_len = 0;
+            if (kv_key(d, f.start, f.end, &key_at, &key_len) <= 0) continue;
+            if (keyset_find(nk, d + key_at, key_len) >= 0) return 1;
+            if (keyset_find(pk, d + key_at, key_len) >= 0 && suspect_value(d, f.start, f.end, pv)) return 1;
+        } else if (f.field == 11 && event_len && event_named(d, f.start, f.end, event_p, event_len)) {
+            return 1;
+        }
+    }
+    return r < 0 ? -1 : 0;
+}
+
+/* triage(data, needs, event, poison, poison_values) -> bool: does any span of the encoded
+ * request have one of the three things scan_spans finds: an attribute keyed by any of `needs`, an
+ * event named `event`, or a suspect value under a `poison` key? One walk, nothing built,
+ * stopping at the first such span (what the relay's intake asks of a request before deciding to
+ * forward it as it came). WireError when the bytes do not walk. */
+static PyObject *wire_triage(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    PyObject *needs, *event, *poison, *pvalues;
+    if (!PyArg_ParseTuple(args, "y*O!O!O!O!", &buf, &PyTuple_Type, &needs, &PyBytes_Type, &event,
+                          &PyTuple_Type, &poison, &PyTuple_Type, &pvalues))
+        return NULL;
+    const unsigned char *d = buf.buf;
+    KeySet nk = {0}, pk = {0}, pv = {0};
+    PyObject *result = NULL;
+    Py_ssize_t pos = 0, event_len = PyBytes_GET_SIZE(event);
+    const char *event_p = PyBytes_AS_STRING(event);
+    Field rs, ss, sp;
+    int r = 0, r2 = 0, r3 = 0, found = 0;
+    if (keyset_init(&nk, needs) || keyset_init(&pk, poison) || keyset_init(&pv, pvalues)) goto done;
+    while (!found && (r = next_field(d, &pos, buf.len, &rs)) == 1) {
+        if (rs.field != 1 || rs.wt != 2) continue;
+        Py_ssize_t rp = rs.start;
+        while (!found && (r2 = next_field(d, &rp, rs.end, &ss)) == 1) {
+            if (ss.field != 2 || ss.wt != 2) continue;
+            Py_ssize_t sp_pos = ss.start;
+            while (!found && (r3 = next_field(d, &sp_pos, ss.end, &sp)) == 1) {
+                if (sp.field != 2 || sp.wt != 2) continue;
+                found = span_wanted(d, sp.start, sp.end, &nk, &pk, &pv, event_p, event_len);
+                if (found < 0) { malformed(); goto done; }
+            }
+            if (r3 < 0) { malformed(); goto done; }
+        }
+        if (r2 < 0) { malformed(); goto done; }
+    }
+    if (r < 0) { malformed(); goto done; }
+    result = PyBool_FromLong(found);
+done:
+    keyset_free(&nk);
+    keyset_free(&pk);
+    keyset_free(&pv);
     PyBuffer_Release(&buf);
     return result;
 }
 
 static PyMethodDef methods[] = {
-    {"scan_spans", wire_scan_spans, METH_VARARGS, "scan_spans(data, starts, ends, scope_counts, needs, markers, keys_b, keys_s, nums_b, groups, event) -> (candidates, event_spans)"},
+    {"scan_spans", wire_scan_spans, METH_VARARGS, "scan_spans(data, starts, ends, scope_counts, needs, markers, keys_b, keys_s, nums_b, groups, event[, poison, poison_values]) -> (candidates, event_spans[, suspects])"},
+    {"triage", wire_triage, METH_VARARGS, "triage(data, needs, event, poison, poison_values) -> bool"},
     {"scan_span", wire_scan_span, METH_VARARGS, "scan_span(data, start, end, keys_bytes, keys_str) -> (found, trace_id, start_ns, name)"},
     {"walk", wire_walk, METH_VARARGS, "walk(data) -> (starts, ends, scope_counts)"},
     {"marked", wire_marked, METH_VARARGS, "marked(data, starts, ends, markers, among) -> list"},
