@@ -14,7 +14,8 @@ What the apps use of it (the rest of ``config`` is the controller's, see ``docs/
 - ``format``: :data:`PLAN_FORMAT`;
 - ``prompt``, ``label``: what is rolled out (must match the prompt name and label asked for);
 - ``from_version``, ``to_version``: the label's version when the rollout started, and the new one;
-- ``state``: only :data:`STATE_RUNNING` hands out the new version;
+- ``state``: :data:`STATE_RUNNING` hands out the new version to the share, :data:`STATE_SUCCEEDED`
+  to everyone still handed ``from_version`` by a cached label, the others to no one;
 - ``share_percent``: the share of subjects (0–100) on the new version now;
 - ``salt``: chosen when the rollout starts, so each rollout splits subjects afresh.
 
@@ -98,7 +99,11 @@ class RolloutPlan:
         return self.state == STATE_RUNNING
 
     def new_side(self, subject: str) -> bool:
-        """Whether ``subject`` gets ``to_version`` now (never while the plan is not running)."""
+        """Whether ``subject`` gets ``to_version`` now: by the share while running; everyone once
+        succeeded (an app whose cached label still says ``from_version`` must not send subjects
+        back to it); no one after a breach or an abort."""
+        if self.state == STATE_SUCCEEDED:
+            return True
         if not self.running or self.share_percent <= 0:
             return False
         if self.share_percent >= 100:
@@ -107,8 +112,10 @@ class RolloutPlan:
 
     def applies_to(self, current_version: int | None) -> bool:
         """Whether the plan acts on a hand-out of the label's ``current_version``: only while the
-        label still points where the rollout started (a label moved by hand ends the plan's say)."""
-        return self.running and current_version == self.from_version
+        label still points where the rollout started (a label moved by hand ends the plan's say),
+        and only while running or just succeeded (the label was moved to ``to_version``, which an
+        app's cached copy of the label may not show yet)."""
+        return self.state in (STATE_RUNNING, STATE_SUCCEEDED) and current_version == self.from_version
 
 
 def _positive_int(config: Mapping[str, Any], key: str, errors: list[str]) -> int:

@@ -69,17 +69,22 @@ export class RolloutPlan {
     return this.state === STATE_RUNNING;
   }
 
-  /** Whether `subject` gets `toVersion` now (never while the plan is not running). */
+  /** Whether `subject` gets `toVersion` now: by the share while running; everyone once
+   * succeeded (an app whose cached label still says `fromVersion` must not send subjects back
+   * to it); no one after a breach or an abort. */
   newSide(subject: string): boolean {
+    if (this.state === STATE_SUCCEEDED) return true;
     if (!this.running || this.sharePercent <= 0) return false;
     if (this.sharePercent >= 100) return true;
     return subjectPoint(subject, this.salt) * 100 < this.sharePercent;
   }
 
   /** Whether the plan acts on a hand-out of the label's `currentVersion`: only while the label
-   * still points where the rollout started (a label moved by hand ends the plan's say). */
+   * still points where the rollout started (a label moved by hand ends the plan's say), and only
+   * while running or just succeeded (the label was moved to `toVersion`, which an app's cached
+   * copy of the label may not show yet). */
   appliesTo(currentVersion: number | undefined): boolean {
-    return this.running && currentVersion === this.fromVersion;
+    return (this.running || this.state === STATE_SUCCEEDED) && currentVersion === this.fromVersion;
   }
 }
 

@@ -240,9 +240,15 @@ test("the share grows: nobody moves back, the new side within the bound again (l
   assert.ok([...(await versions(ids)).values()].every((v) => v === 2));
 });
 
-test("breached, aborted, succeeded: the label's version for everyone, no side", async () => {
-  for (const state of ["breached", "aborted", "succeeded"]) {
-    writePlan({ state, share_percent: state === "succeeded" ? 100 : 0 });
+test("succeeded while the cached label still says from_version: the new version for everyone", async () => {
+  writePlan({ state: "succeeded", share_percent: 100 });
+  clock += TTL;
+  for (const id of subjects(50)) assert.equal((await handOut(id)).version, 2);
+});
+
+test("breached, aborted: the label's version for everyone, no side", async () => {
+  for (const state of ["breached", "aborted"]) {
+    writePlan({ state, share_percent: 0 });
     clock += TTL;
     for (const id of subjects(200)) assert.deepEqual(await handOut(id), { version: 1, label: LABEL, source: "langfuse", rollout: undefined, model: "gpt-4o-mini" });
   }
