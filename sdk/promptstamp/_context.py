@@ -19,12 +19,18 @@ label set in one task never leaks into another. Threads of a ``ThreadPoolExecuto
 
 ``async with`` works the same; a fetch that needs the network then runs in a worker thread
 (``asyncio.to_thread``) so the event loop is not blocked.
+
+While a guarded rollout of the label runs, the fetcher hands out its new version to the share of
+subjects on the new side (``_rollout``): the subject is the app's ``subject=``, else the trace id
+of the fetch span, read after the scope span (if any) and the fetch span are started, so it is
+the trace of the span active at entry, or of the scope span opened for this ``prompt()``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Generic, Literal, TypeVar, overload
@@ -33,13 +39,20 @@ from ._fetch import Resolution, check_seconds
 from ._fetchlog import Fetching
 from ._handle import ChatPrompt, TextPrompt, _Prompt
 from ._install import RUNTIME
-from ._scope import Entered, Usage, enter, leave, open_span_if_none
+from ._scope import Entered, Usage, enter, leave, open_span_if_none, trace_id_now
 from ._template import PromptType, Template, from_fallback
 from ._validate import validate_key, validate_label
 
 _log = logging.getLogger("promptstamp")
 
 P = TypeVar("P", bound=_Prompt)
+
+
+def _trace_subject() -> str:
+    """The current trace id as 32 hex digits: the rollout subject when the app gives none. With
+    no recording tracer (no valid trace id) every ``prompt()`` is a subject of its own."""
+    trace_id = trace_id_now()
+    return format(trace_id, "032x") if trace_id else os.urandom(16).hex()
 
 
 class PromptScope(Generic[P]):
@@ -54,6 +67,7 @@ class PromptScope(Generic[P]):
         cache_ttl_seconds: float | None,
         max_stale_seconds: float | None,
         fallback: Template | None,
+        subject: str | None = None,
     ) -> None:
         self._handle_type = handle_type
         self._name = name
@@ -62,6 +76,8 @@ class PromptScope(Generic[P]):
         self._ttl = cache_ttl_seconds
         self._max_stale = max_stale_seconds
         self._fallback = fallback
+        self._subject = subject
+        self._split_subject = ""  # the subject a rollout splits on: set at entry
         self._entered = False
         self._scope: Entered | None = None
 
@@ -70,13 +86,16 @@ class PromptScope(Generic[P]):
             raise RuntimeError("a promptstamp.prompt() scope can only be entered once")
         self._entered = True
         self._scope = open_span_if_none(RUNTIME.fetch_log.tracer(), self._name, self._label)
-        return RUNTIME.fetch_log.begin(self._name, self._label)
+        fetching = RUNTIME.fetch_log.begin(self._name, self._label)
+        self._split_subject = self._subject or _trace_subject()
+        return fetching
 
     def _resolve(self) -> Resolution:
         return RUNTIME.fetcher.resolve(
             self._name,
             self._label,
             self._type,
+            subject=self._split_subject,
             cache_ttl_seconds=self._ttl,
             max_stale_seconds=self._max_stale,
             fallback=self._fallback,
@@ -128,7 +147,8 @@ class PromptScope(Generic[P]):
     async def __aenter__(self) -> P:
         fetching = self._begin()
         try:
-            resolution = RUNTIME.fetcher.fresh(self._name, self._label, self._type, self._ttl)
+            resolution = RUNTIME.fetcher.fresh(self._name, self._label, self._type, self._ttl,
+                                               self._split_subject)
             if resolution is None:
                 resolution = await asyncio.to_thread(self._resolve)
         except BaseException as error:
@@ -154,6 +174,7 @@ def prompt(
     cache_ttl_seconds: float | None = None,
     max_stale_seconds: float | None = None,
     fallback: Sequence[Mapping[str, str]] | None = None,
+    subject: str | None = None,
 ) -> PromptScope[ChatPrompt]: ...
 
 
@@ -166,6 +187,7 @@ def prompt(
     cache_ttl_seconds: float | None = None,
     max_stale_seconds: float | None = None,
     fallback: str | None = None,
+    subject: str | None = None,
 ) -> PromptScope[TextPrompt]: ...
 
 
@@ -177,6 +199,7 @@ def prompt(
     cache_ttl_seconds: float | None = None,
     max_stale_seconds: float | None = None,
     fallback: Sequence[Mapping[str, str]] | str | None = None,
+    subject: str | None = None,
 ) -> PromptScope[ChatPrompt] | PromptScope[TextPrompt]:
     """Fetch prompt ``name`` by ``label`` and stamp every span inside the block with it.
 
@@ -189,6 +212,16 @@ def prompt(
     300 s) for this call. ``fallback`` is an explicit code-embedded prompt (a message list, or a
     string for text prompts), used only when Langfuse cannot be reached and no cached copy is
     young enough; it has no version and is never linked. A 404 is never covered by it.
+
+    ``subject`` is who a guarded rollout splits on (``promptstamp-relay labels rollout``): a
+    user or conversation id, so that one user stays on one version for the whole rollout. While
+    a rollout of this label runs, the subjects on its new side (its ``share_percent``, by a hash
+    of the subject and the rollout's salt) are handed its new version instead of the label's,
+    still under this label; ``p.rollout`` says which side (``"new"``, ``"old"``, or ``None``
+    when no rollout applies). Without a subject (or with ``""``) the trace id is the subject:
+    of the span active at entry, or of the ``promptstamp.prompt`` span opened when none is, so
+    every ``prompt()`` of one trace gets the same side. The subject is only hashed: it never
+    goes into baggage, spans or logs. Nothing changes without a running rollout.
 
     Raises ``ValueError`` at once if ``name`` or ``label`` could not travel in baggage (not
     printable ASCII, or longer than 200/100 characters); on entry,
@@ -203,6 +236,8 @@ def prompt(
         check_seconds("cache_ttl_seconds", cache_ttl_seconds)
     if max_stale_seconds is not None:
         check_seconds("max_stale_seconds", max_stale_seconds)
+    if subject is not None and not isinstance(subject, str):
+        raise TypeError(f"subject must be a str or None, not {subject.__class__!r}")  # `type` is the arg
     fallback_template = None if fallback is None else from_fallback(key, type, fallback)
     if type == "text":
         return PromptScope(
@@ -213,6 +248,7 @@ def prompt(
             cache_ttl_seconds,
             max_stale_seconds,
             fallback_template,
+            subject,
         )
     return PromptScope(
         ChatPrompt,
@@ -222,4 +258,5 @@ def prompt(
         cache_ttl_seconds,
         max_stale_seconds,
         fallback_template,
+        subject,
     )

@@ -7,13 +7,19 @@ refresh fails and ``source`` must say so: ``langfuse`` (fresh, or younger than t
 ``fallback`` (the app's code-embedded prompt); a 404 fails closed. The design and the full
 table: ``docs/fetch-policy.md``.
 
+A guarded rollout's plan (``_rollout``) is looked up beside each (name, label) and cached the
+same way; while one runs, the subjects on its new side are handed ``to_version`` instead of the
+label's version, fetched by version and cached per (name, version) with the same policy. Every
+failure there fails safe to the label's version (``docs/fetch-policy.md``, "Rollouts").
+
 ``Fetcher`` is called from the app's threads (and ``asyncio.to_thread`` workers); it is
-thread-safe, with one fetch in flight per (name, label). The clock is the module attribute
-``_now`` (monotonic seconds), so tests can move time.
+thread-safe, with one fetch in flight per (name, label) and per (name, version). The clock is
+the module attribute ``_now`` (monotonic seconds), so tests can move time.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +28,8 @@ from typing import Any, Final
 
 import promptstamp_contract as contract
 
-from ._errors import PromptNotFoundError, PromptUnavailableError
+from ._errors import PromptError, PromptNotFoundError, PromptUnavailableError
+from ._rollout import NEW_SIDE, NOT_FRESH, OLD_SIDE, NotFresh, PlanEntry, fetch_plan
 from ._template import PromptType, Template, from_langfuse
 
 DEFAULT_CACHE_TTL_SECONDS: Final = 60.0
@@ -30,6 +37,7 @@ DEFAULT_MAX_STALE_SECONDS: Final = 300.0
 FAILURE_BACKOFF_SECONDS: Final = 5.0
 
 _now: Callable[[], float] = time.monotonic
+_log = logging.getLogger("promptstamp")
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,9 @@ class Resolution:
     template: Template
     source: str  # contract.SOURCE_LANGFUSE | SOURCE_CACHE | SOURCE_FALLBACK
     error_type: str | None = None
+    #: a running rollout's side: NEW_SIDE (``template`` is its ``to_version``), OLD_SIDE (the
+    #: label's version, which the rollout applies to), None (no rollout applies)
+    rollout: str | None = None
 
 
 @dataclass
@@ -53,7 +64,7 @@ class FetchSettings:
 
 @dataclass
 class _Entry:
-    """Cache state of one (name, label)."""
+    """Cache state of one (name, label), or of one (name, version) a rollout hands out."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     # The last copy Langfuse returned and when: one tuple, so a reader outside the lock never
@@ -61,6 +72,9 @@ class _Entry:
     good: tuple[Template, float] | None = None
     failed_at: float | None = None  # when the last fetch failed, if it did
     error_type: str | None = None
+    plan: PlanEntry = field(default_factory=PlanEntry)  # (name, label) entries: its rollout plan
+    warned: bool = False  # (name, version) entries: "cannot hand out the new version" was logged
+    missing_at: float | None = None  # (name, version) entries: when Langfuse last answered 404
 
 
 def check_seconds(what: str, value: float) -> float:
@@ -111,16 +125,18 @@ class Fetcher:
         self._client = client
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, str], _Entry] = {}
+        self._versions: dict[tuple[str, int], _Entry] = {}
 
     # -- client -----------------------------------------------------------------------------
 
     def set_client(self, client: Any) -> None:
-        """Use ``client`` from now on; a different client forgets every cached prompt."""
+        """Use ``client`` from now on; a different client forgets every cached prompt and plan."""
         with self._lock:
             if client is self._client:
                 return
             self._client = client
             self._entries.clear()
+            self._versions.clear()
 
     def client(self) -> Any:
         with self._lock:
@@ -131,6 +147,7 @@ class Fetcher:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._versions.clear()
 
     def _entry(self, name: str, label: str) -> _Entry:
         with self._lock:
@@ -139,14 +156,28 @@ class Fetcher:
                 entry = self._entries[(name, label)] = _Entry()
             return entry
 
+    def _version_entry(self, name: str, version: int) -> _Entry:
+        with self._lock:
+            entry = self._versions.get((name, version))
+            if entry is None:
+                entry = self._versions[(name, version)] = _Entry()
+            return entry
+
     # -- resolution -------------------------------------------------------------------------
 
     def fresh(
-        self, name: str, label: str, type_: PromptType, cache_ttl_seconds: float | None
+        self,
+        name: str,
+        label: str,
+        type_: PromptType,
+        cache_ttl_seconds: float | None,
+        subject: str = "",
     ) -> Resolution | None:
-        """A copy Langfuse returned less than the TTL ago, without any I/O; else ``None``."""
-        entry = self._entry(name, label)
-        return self._fresh(entry, name, label, type_, self._ttl(cache_ttl_seconds))
+        """What :meth:`resolve` would hand out when that needs no I/O (the prompt, its plan and,
+        on a rollout's new side, the new version all younger than the TTL); else ``None``."""
+        ttl = self._ttl(cache_ttl_seconds)
+        return self._resolve(name, label, type_, subject, ttl, self.settings.max_stale_seconds, None,
+                             io=False)
 
     def resolve(
         self,
@@ -154,32 +185,140 @@ class Fetcher:
         label: str,
         type_: PromptType,
         *,
+        subject: str = "",
         cache_ttl_seconds: float | None = None,
         max_stale_seconds: float | None = None,
         fallback: Template | None = None,
     ) -> Resolution:
-        """Hand out (name, label) by the policy in ``docs/fetch-policy.md``. May block on I/O."""
+        """Hand out (name, label) by the policy in ``docs/fetch-policy.md``, following a running
+        rollout's plan for ``subject`` (only hashed). May block on I/O."""
         ttl = self._ttl(cache_ttl_seconds)
         max_stale = (
             self.settings.max_stale_seconds
             if max_stale_seconds is None
             else check_seconds("max_stale_seconds", max_stale_seconds)
         )
+        resolution = self._resolve(name, label, type_, subject, ttl, max_stale, fallback, io=True)
+        assert resolution is not None
+        return resolution
+
+    def _resolve(
+        self,
+        name: str,
+        label: str,
+        type_: PromptType,
+        subject: str,
+        ttl: float,
+        max_stale: float,
+        fallback: Template | None,
+        *,
+        io: bool,
+    ) -> Resolution | None:
+        """The hand-out; with ``io=False``, ``None`` as soon as anything would need a request."""
         entry = self._entry(name, label)
-        hit = self._fresh(entry, name, label, type_, ttl)
-        if hit is not None:
-            return hit
+        base = self._fresh(entry, name, label, type_, ttl)
+        if base is None:
+            if not io:
+                return None
+            base = self._refresh(entry, name, label, type_, ttl, max_stale, fallback)
+        version = base.template.version
+        if version is None:  # the app's fallback: no rollout applies to it
+            return base
+        plan = entry.plan.fresh(ttl, _now())
+        if plan is NOT_FRESH:
+            if not io:
+                return None
+            plan = entry.plan.lookup(
+                name, label, ttl=ttl, max_stale=max_stale, backoff=FAILURE_BACKOFF_SECONDS, now=_now,
+                fetch=lambda: fetch_plan(self.client(), name, label, self.settings.fetch_timeout_seconds),
+                is_not_found=_is_not_found,
+                label_error=base.error_type if base.source != contract.SOURCE_LANGFUSE else None,
+            )
+        assert not isinstance(plan, NotFresh)
+        if plan is None or not plan.applies_to(version):
+            return base
+        if plan.new_side(subject):
+            new = self._new_version(name, label, plan.to_version, type_, ttl, max_stale, base, io=io)
+            if isinstance(new, NotFresh):
+                return None
+            if new is not None:
+                return Resolution(new.template, new.source, new.error_type, NEW_SIDE)
+        return Resolution(base.template, base.source, base.error_type, OLD_SIDE)
+
+    def _new_version(
+        self,
+        name: str,
+        label: str,
+        version: int,
+        type_: PromptType,
+        ttl: float,
+        max_stale: float,
+        base: Resolution,
+        *,
+        io: bool,
+    ) -> Resolution | NotFresh | None:
+        """A rollout's new version by the prompt policy (no fallback); ``None`` when it cannot be
+        handed out (logged once until it can), NOT_FRESH when ``io`` is off and it needs I/O."""
+        entry = self._version_entry(name, version)
+        missing_at = entry.missing_at
+        if missing_at is not None and _now() - missing_at < ttl:
+            return None  # a 404 is remembered for the TTL, like a plan's absence; logged already
+        where = f"version {version}"
+        try:
+            hit = self._fresh(entry, name, where, type_, ttl)
+            if hit is not None:
+                return hit
+            if not io:
+                return NOT_FRESH
+            label_error = base.error_type if base.source != contract.SOURCE_LANGFUSE else None
+            new = self._refresh(entry, name, where, type_, ttl, max_stale, None, version=version,
+                                label_error=label_error)
+        except PromptError as error:
+            with entry.lock:
+                warn, entry.warned = not entry.warned, True
+            if warn:
+                cause = error.__cause__
+                _log.warning(
+                    "promptstamp: the rollout of prompt %r (label %r) hands out version %s to some "
+                    "subjects, but that version cannot be fetched (%s%s): they get the label's "
+                    "version %s meanwhile",
+                    name, label, version, getattr(error, "error_type", type(error).__name__),
+                    f": {str(cause)[:200]}" if cause is not None else "", base.template.version,
+                )
+            return None
+        if entry.warned and new.source == contract.SOURCE_LANGFUSE:
+            with entry.lock:
+                entry.warned = False
+        return new
+
+    def _refresh(
+        self,
+        entry: _Entry,
+        name: str,
+        label: str,
+        type_: PromptType,
+        ttl: float,
+        max_stale: float,
+        fallback: Template | None,
+        *,
+        version: int | None = None,
+        label_error: str | None = None,
+    ) -> Resolution:
+        """Fetch (name, label) — or (name, version) — unless a fresh copy appeared meanwhile, and
+        apply the policy. ``label_error``: Langfuse just failed the label's fetch; do not ask."""
         with entry.lock:
             # Another thread may have fetched while this one waited for the lock.
             hit = self._fresh(entry, name, label, type_, ttl)
             if hit is not None:
                 return hit
+            if label_error is not None:
+                return self._degraded(entry, name, label, type_, max_stale, fallback, label_error, None)
             if entry.failed_at is not None and _now() - entry.failed_at < FAILURE_BACKOFF_SECONDS:
                 return self._degraded(
                     entry, name, label, type_, max_stale, fallback, entry.error_type or "", None
                 )
             try:
-                template = self._fetch(name, label, type_)
+                template = self._fetch(name, label, type_, version)
             except Exception as error:
                 error_type = type(error).__name__
                 if _answered_by_relay(error):
@@ -193,11 +332,13 @@ class Fetcher:
                 if _is_not_found(error):
                     # Fail closed, and forget the copy: the label has moved or gone.
                     entry.good, entry.failed_at, entry.error_type = None, None, None
+                    if version is not None:
+                        entry.missing_at = _now()
                     raise PromptNotFoundError(name, label, error_type) from error
                 entry.failed_at, entry.error_type = _now(), error_type
                 return self._degraded(entry, name, label, type_, max_stale, fallback, error_type, error)
             entry.good = (template, _now())
-            entry.failed_at, entry.error_type = None, None
+            entry.failed_at, entry.error_type, entry.missing_at = None, None, None
             return self._hand_out(template, name, label, type_, contract.SOURCE_LANGFUSE, None)
 
     def _ttl(self, cache_ttl_seconds: float | None) -> float:
@@ -205,10 +346,11 @@ class Fetcher:
             return self.settings.cache_ttl_seconds
         return check_seconds("cache_ttl_seconds", cache_ttl_seconds)
 
-    def _fetch(self, name: str, label: str, type_: PromptType) -> Template:
+    def _fetch(self, name: str, label: str, type_: PromptType, version: int | None = None) -> Template:
+        where: dict[str, Any] = {"label": label} if version is None else {"version": version}
         fetched = self.client().get_prompt(
             name,
-            label=label,
+            **where,
             type=type_,
             cache_ttl_seconds=0,  # never the client's silent stale copy: docs/fetch-policy.md
             max_retries=self.settings.max_retries,

@@ -101,6 +101,13 @@ class _Prompt:
         return self._resolution.source
 
     @property
+    def rollout(self) -> str | None:
+        """A guarded rollout's side: ``"new"`` (handed the rollout's new version, under this
+        label), ``"old"`` (a running rollout applies to this label's version and this subject
+        keeps it, or the new version could not be fetched), ``None`` (no rollout applies)."""
+        return self._resolution.rollout
+
+    @property
     def error_type(self) -> str | None:
         """Class name of the fetch error behind a ``cache`` or ``fallback`` hand-out."""
         return self._resolution.error_type

@@ -18,7 +18,8 @@ from opentelemetry.trace import Tracer
 
 import promptstamp
 from promptstamp import _fetch, _install
-from promptstamp.testing import CaptureLogExporter, LangfuseServer, reset_langfuse_clients
+from promptstamp.testing import CaptureLogExporter, LangfuseServer, PromptRequest, reset_langfuse_clients
+from promptstamp_contract.rollout_plan import is_plan_name
 
 PROMPT = "order-status-answer"
 CHAT = [
@@ -57,6 +58,16 @@ class Otel:
 
     def fetch_records(self) -> list[ReadableLogRecord]:
         return [r for r in self.logs.records if r.log_record.event_name == "app.prompt.fetch"]
+
+
+def label_requests(server: LangfuseServer) -> list[PromptRequest]:
+    """The prompts GETs for prompts themselves, without the rollout plan lookups beside them."""
+    return [r for r in server.prompt_requests if not is_plan_name(r.name)]
+
+
+def plan_requests(server: LangfuseServer) -> list[PromptRequest]:
+    """The rollout plan lookups (``promptstamp-rollout/<label>/<name>``, label ``active``)."""
+    return [r for r in server.prompt_requests if is_plan_name(r.name)]
 
 
 @pytest.fixture

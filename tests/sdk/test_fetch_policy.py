@@ -13,7 +13,7 @@ import promptstamp
 from promptstamp import _fetch
 from promptstamp.testing import LangfuseServer
 
-from .conftest import PROMPT, Clock, Otel
+from .conftest import PROMPT, Clock, Otel, label_requests, plan_requests
 
 VARIABLES = {"query": "Where is my order?", "region": "eu"}
 
@@ -48,7 +48,11 @@ def test_fetch_from_langfuse(installed: Otel, server: LangfuseServer) -> None:
             {"role": "system", "content": "You are a support assistant. Escalate when unsure."},
             {"role": "user", "content": "Question: Where is my order?\nRegion: eu"},
         ]
-    assert [(r.name, r.label, r.version) for r in server.prompt_requests] == [(PROMPT, "production", None)]
+    # The prompt by its label, and beside it the label's rollout plan (none: a 404, cached too).
+    assert [(r.name, r.label, r.version, r.status) for r in server.prompt_requests] == [
+        (PROMPT, "production", None, 200),
+        (f"promptstamp-rollout/production/{PROMPT}", "active", None, 404),
+    ]
 
 
 def test_fresh_copy_is_served_without_a_request_then_refetched(
@@ -57,21 +61,24 @@ def test_fresh_copy_is_served_without_a_request_then_refetched(
     assert _fetch_once(installed, cache_ttl_seconds=60) == ("langfuse", 1, None)
     clock.advance(59)
     assert _fetch_once(installed, cache_ttl_seconds=60) == ("langfuse", 1, None)
-    assert len(server.prompt_requests) == 1
+    assert len(label_requests(server)) == 1
+    assert len(plan_requests(server)) == 1
 
     server.create_prompt(
         PROMPT, [{"role": "user", "content": "v2 {{query}} {{region}}"}], labels=["production"]
     )
     clock.advance(2)
     assert _fetch_once(installed, cache_ttl_seconds=60) == ("langfuse", 2, None)
-    assert len(server.prompt_requests) == 2
+    assert len(label_requests(server)) == 2
+    assert len(plan_requests(server)) == 2
 
 
 def test_cache_ttl_zero_goes_to_langfuse_every_time(installed: Otel, server: LangfuseServer) -> None:
     """Langfuse's own client cache is never consulted: every fetch past our TTL is a request."""
     for _ in range(3):
         assert _fetch_once(installed, cache_ttl_seconds=0) == ("langfuse", 1, None)
-    assert len(server.prompt_requests) == 3
+    assert len(label_requests(server)) == 3
+    assert len(plan_requests(server)) == 3  # the plan has the prompt's TTL
 
 
 def test_text_prompts(installed: Otel, server: LangfuseServer) -> None:
@@ -99,7 +106,9 @@ def test_5xx_serves_last_known_good_from_cache(installed: Otel, server: Langfuse
     assert _fetch_once(installed) == ("cache", 1, "ApiError")
 
     # The real client retried the 503 itself (its HTTP layer, twice) before giving up.
-    assert [r.status for r in server.prompt_requests] == [200, 503, 503, 503]
+    assert [r.status for r in label_requests(server)] == [200, 503, 503, 503]
+    # The rollout plan is not asked for while the prompt's own fetch fails: one timeout, not two.
+    assert [r.status for r in plan_requests(server)] == [404]
     span = _span(installed)
     assert span.attributes is not None
     assert span.attributes["app.prompt.fetch.source"] == "cache"
@@ -165,7 +174,7 @@ def test_after_a_failure_langfuse_is_not_asked_again_for_a_few_seconds(
     server.reset_faults()
     clock.advance(2)
     assert _fetch_once(installed, cache_ttl_seconds=0) == ("langfuse", 1, None)
-    assert len(server.prompt_requests) == asked + 1
+    assert [r.status for r in server.prompt_requests[asked:]] == [200, 404]  # the prompt, its plan
 
 
 # -- row 2: nothing cached, or the copy too old → PromptUnavailableError ------------------------
