@@ -130,13 +130,13 @@ def window(rng: random.Random, version: int, v: Version, n: int) -> SideWindow:
                       {token_bucket_value(b): c for b, c in tokens.items()}, {})
 
 
-def step_sizes(rng: random.Random, share: float) -> tuple[int, int] | None:
-    """(old, new) generations when both sides first have MIN_GENERATIONS; None: never (100 %)."""
+def step_sizes(rng: random.Random, share: float, least: int) -> tuple[int, int] | None:
+    """(old, new) generations when both sides first have ``least``; None: never (100 %)."""
     if share >= 1.0:
         return None
     old = new = 0
     rand = rng.random
-    while old < MIN_GENERATIONS or new < MIN_GENERATIONS:
+    while old < least or new < least:
         if rand() < share:
             new += 1
         else:
@@ -166,8 +166,8 @@ class Tally:
         self.guard_breaches = tuple(a + b for a, b in zip(self.guard_breaches, o.guard_breaches, strict=True))
 
 
-def run_chunk(args: tuple[int, int, int, int]) -> tuple[int, Tally]:
-    index, chunk, rollouts, seed = args
+def run_chunk(args: tuple[int, int, int, int, int]) -> tuple[int, Tally]:
+    index, chunk, rollouts, seed, least = args
     sc = SCENARIOS[index]
     rng = random.Random(f"rollout-false-alarm:{seed}:{sc.name}:{chunk}")
     t = Tally()
@@ -177,14 +177,14 @@ def run_chunk(args: tuple[int, int, int, int]) -> tuple[int, Tally]:
         breached_any = target_hit = False
         hit = [False] * len(GUARDS)
         for s, share in enumerate(STEPS):
-            sizes = step_sizes(rng, share)
+            sizes = step_sizes(rng, share, least)
             if sizes is None:
                 continue
             if sc.kind == "bad" and s > 0 and target_hit:
                 break  # the rollout stopped at the breach
             old = window(rng, 14, sc.old, sizes[0])
             new = window(rng, 15, sc.new, sizes[1])
-            results = judge(GUARDS, old, new, alpha=ALPHA, min_generations=MIN_GENERATIONS)
+            results = judge(GUARDS, old, new, alpha=ALPHA, min_generations=least)
             assert all(r.enough_data for r in results)
             t.judged_steps += 1
             flags = [r.breached for r in results]
@@ -213,18 +213,18 @@ BINNING_THRESHOLDS = (0.20, 0.25, 0.30)
 BINNING_LEVEL = 0.05  # a 5 % test, so that a few hundred windows measure its size
 
 
-def run_binning(args: tuple[int, int, int, int]) -> tuple[int, list[int]]:
+def run_binning(args: tuple[int, int, int, int, int]) -> tuple[int, list[int]]:
     """The first step's window with the new version exactly on a threshold (durations x (1 + t)).
     Counts the breaches at the 5 % level of the p95 and Mann-Whitney tests, at the raw scale and
     interpolated between whole-bucket scales (what ``judge`` does)."""
-    index, chunk, reps, seed = args
+    index, chunk, reps, seed, least = args
     threshold = BINNING_THRESHOLDS[index]
     rng = random.Random(f"rollout-binning:{seed}:{threshold}:{chunk}")
     scale = 1 + threshold
     hits = [0, 0, 0, 0]  # p95 raw, p95 interpolated, Mann-Whitney raw, Mann-Whitney interpolated
     for _ in range(reps):
-        old = window(rng, 14, BASE, 3800).durations_ms
-        new = window(rng, 15, Version(lat_median_ms=BASE.lat_median_ms * scale), 200).durations_ms
+        old = window(rng, 14, BASE, 19 * least).durations_ms  # the first step's shares: 95 / 5
+        new = window(rng, 15, Version(lat_median_ms=BASE.lat_median_ms * scale), least).durations_ms
         tests = (partial(quantile_test_p, old, new, 0.95), partial(mann_whitney_p, old, new))
         for i, p_at in enumerate(tests):
             hits[2 * i] += p_at(scale) < BINNING_LEVEL
@@ -273,31 +273,36 @@ def commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                               text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "processor/promptstamp_relay/rollouts",
-                                "bench/rollout_false_alarm.py"], cwd=root, capture_output=True, text=True,
-                               check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "processor/promptstamp_relay/rollouts/_guards.py",
+                                "processor/promptstamp_relay/rollouts/_model.py", "bench/rollout_false_alarm.py"],
+                               cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return head + (" (with uncommitted changes to the rollouts code or this script)" if dirty else "")
+    return head + (" (with uncommitted changes to _guards.py, _model.py or this script)" if dirty else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--quick", action="store_true", help="fewer rollouts (about 15 s on 2 cores)")
+    ap.add_argument("--quick", action="store_true", help="fewer rollouts (about 10 s on 2 idle cores)")
     ap.add_argument("--rollouts", type=int, default=0, help="rollouts per null scenario (default 3000, quick 400)")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--min-generations", type=int, default=MIN_GENERATIONS,
+                    help="generations each side needs before a step is judged (default 200)")
+    ap.add_argument("--only", default="null,edge,bad,binning", help="which tables (default: all four)")
     args = ap.parse_args(argv)
+    only = {k.strip() for k in args.only.split(",") if k.strip()}
+    least = args.min_generations
     null_n = args.rollouts or (400 if args.quick else 3000)
     sizes = {"null": null_n, "edge": max(1, null_n // 2), "bad": max(1, null_n // 4)}
     chunk = 50
     tasks = []
     for i, sc in enumerate(SCENARIOS):
-        total = sizes[sc.kind]
+        total = sizes[sc.kind] if sc.kind in only else 0
         for c in range(math.ceil(total / chunk)):
-            tasks.append((i, c, min(chunk, total - c * chunk), args.seed))
-    binning_n = max(1, null_n // 4)
-    binning_tasks = [(i, c, min(chunk, binning_n - c * chunk), args.seed)
+            tasks.append((i, c, min(chunk, total - c * chunk), args.seed, least))
+    binning_n = max(1, null_n // 4) if "binning" in only else 0
+    binning_tasks = [(i, c, min(chunk, binning_n - c * chunk), args.seed, least)
                      for i in range(len(BINNING_THRESHOLDS)) for c in range(math.ceil(binning_n / chunk))]
     tallies = [Tally() for _ in SCENARIOS]
     binning = [[0] * 5 for _ in BINNING_THRESHOLDS]
@@ -309,12 +314,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             binning[index] = [a + b for a, b in zip(binning[index], hits, strict=True)]
     took = time.monotonic() - started
 
-    print(f"`python bench/rollout_false_alarm.py{' --quick' if args.quick else ''}` (seed {args.seed}), "
+    print(f"`python bench/rollout_false_alarm.py {' '.join(sys.argv[1:] if argv is None else argv)}`".replace(" `", "`")
+          + f" (seed {args.seed}), "
           f"{os.cpu_count()} cores ({platform.machine()}, Python {platform.python_version()}), "
           f"{args.workers} workers, {took:.0f} s; commit {commit()}")
     print(f"Guards {', '.join(g.text for g in GUARDS)}; alpha per test {ALPHA:.5f} "
-          f"(0.05 over {len(STEPS)} steps x {len(GUARDS)} guards); min {MIN_GENERATIONS} generations a side; "
+          f"(0.05 over {len(STEPS)} steps x {len(GUARDS)} guards); min {least} generations a side; "
           "95 % Clopper-Pearson intervals.\n")
+    if "null" in only:
+        null_table(tallies)
+    if "edge" in only:
+        edge_table(tallies)
+    if "bad" in only:
+        bad_table(tallies)
+    if "binning" in only:
+        binning_table(binning)
+    return 0
+
+
+def null_table(tallies: list[Tally]) -> None:
     print("| scenario | rollouts | any guard breached, whole rollout | error_rate | p95_ms | output_tokens |")
     print("|---|---|---|---|---|---|")
     for sc, t in zip(SCENARIOS, tallies, strict=True):
@@ -323,6 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         per = " | ".join(pct(b, t.rollouts) for b in t.guard_breaches)
         print(f"| {sc.what} | {t.rollouts:,} | **{pct(t.any_breach, t.rollouts)}** | {per} |")
     print()
+
+
+def edge_table(tallies: list[Tally]) -> None:
     print("| scenario | judged steps | that guard's breaches per judged step (its alpha: "
           f"{100 * ALPHA:.2f} %) | rollouts with it breached |")
     print("|---|---|---|---|")
@@ -332,6 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"| {sc.what} | {t.judged_steps:,} | {pct(t.target_breaches, t.judged_steps)} | "
               f"{pct(t.by_end, t.rollouts)} |")
     print()
+
+
+def bad_table(tallies: list[Tally]) -> None:
     print("| scenario | rollouts | detected at the first step (5 %) | any guard at the first step | "
           "detected by the last judged step (50 %) |")
     print("|---|---|---|---|---|")
@@ -341,6 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"| {sc.what} | {t.rollouts:,} | **{pct(t.first_step, t.rollouts)}** | "
               f"{pct(t.first_step_any, t.rollouts)} | {pct(t.by_end, t.rollouts)} |")
     print()
+
+
+def binning_table(binning: list[list[int]]) -> None:
     print("| new version exactly on the threshold (first step's window) | windows | p95 test at the raw scale "
           "| p95, interpolated (judge) | Mann-Whitney at the raw scale | Mann-Whitney, interpolated (judge) |")
     print("|---|---|---|---|---|---|")
@@ -348,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         buckets = math.log(1 + threshold) / LN_R
         print(f"| +{100 * threshold:.0f} % ({buckets:.2f} buckets), breaches at the {100 * BINNING_LEVEL:.0f} % level "
               f"| {n:,} | {pct(q_raw, n)} | {pct(q_int, n)} | {pct(m_raw, n)} | {pct(m_int, n)} |")
-    return 0
+    print()
 
 
 if __name__ == "__main__":
