@@ -6,6 +6,7 @@ the token sketches), served with ``sketches=1``, and subtracted between two snap
 from __future__ import annotations
 
 import itertools
+import random
 from collections import Counter
 from typing import Any
 
@@ -13,6 +14,8 @@ import pytest
 
 import promptstamp_contract as c
 from promptstamp_relay.rollouts._model import (
+    _EDGES_NS,
+    _TOKEN_EDGES,
     SKETCHES,
     GenerationBatch,
     Timeline,
@@ -77,12 +80,20 @@ def test_token_buckets_keep_small_counts_exact_and_large_ones_within_a_bucket() 
     assert token_bucket(10**15) == token_bucket(10**18) == 256  # clamped to the sketch's range
 
 
-def test_the_observers_inlined_bucketing_is_token_bucket() -> None:
-    counts = [-3, 0, 1, 2, 15, 16, 17, 4000, 65_535, 65_536, 10**6, 10**12]
+def test_the_observers_bucketing_is_duration_bucket_and_token_bucket_at_every_edge() -> None:
+    """The observer looks buckets up in tables (and bisects past them): the same buckets as the
+    functions, at every bucket edge, cell edge and table end, and in between."""
+    rnd = random.Random(7)
+    edges = [e + delta for e in (*_EDGES_NS, *(k << 20 for k in range(0, 1 << 15, 7)), 1 << 35)
+             for delta in (-2, -1, 0, 1, 2)]
+    durations = [d for d in edges if d >= 0] + [rnd.randrange(0, 1 << 40) for _ in range(20_000)]
+    counts = [-3, *range(0, (1 << 15) + 3), *(e + delta for e in _TOKEN_EDGES for delta in (-1, 0, 1)),
+              *(rnd.randrange(0, 1 << 34) for _ in range(5_000))]
     s = VersionStats()
-    s.add_generations(GenerationBatch(count=len(counts), errors=0, input_tokens=0, output_tokens=0,
-                                      first_start_ns=T0, last_start_ns=T0, durations_ns=[],
+    s.add_generations(GenerationBatch(count=len(durations), errors=0, input_tokens=0, output_tokens=0,
+                                      first_start_ns=T0, last_start_ns=T0, durations_ns=durations,
                                       input_counts=counts, output_counts=counts[:3]))
+    assert s.durations == dict(Counter(map(duration_bucket, durations)))
     assert s.input_token_buckets == dict(Counter(map(token_bucket, counts)))
     assert s.output_token_buckets == {-1: 2, 0: 1}
 
