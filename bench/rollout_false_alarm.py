@@ -32,6 +32,9 @@ Scenarios:
   t = 20, 25 and 30 %. Measured: breaches at the 5 % level of the p95 and Mann-Whitney tests,
   compared at the raw scale (old midpoints x (1 + t)) and as ``judge`` compares them
   (``interpolated_p`` between whole-bucket scales).
+- exact: the error-rate guard's exact size on its threshold (summed over every outcome of the
+  two binomials, no simulation), for the three judged windows and old error rates of 0.5-5 %,
+  with and without the skewness correction.
 
 Rates come with 95 % Clopper-Pearson intervals. The run is seeded, and each chunk is seeded by its
 name, so the figures do not depend on the number of workers. Run it with
@@ -60,6 +63,7 @@ from pathlib import Path
 from promptstamp_relay.rollouts._guards import (
     DEFAULT_GUARDS,
     SideWindow,
+    error_rate_p,
     interpolated_p,
     judge,
     mann_whitney_p,
@@ -232,6 +236,38 @@ def run_binning(args: tuple[int, int, int, int, int]) -> tuple[int, list[int]]:
     return index, [*hits, reps]
 
 
+def _binomial(n: int, p: float) -> list[float]:
+    lp, lq = math.log(p), math.log1p(-p)
+    return [math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * lp + (n - k) * lq)
+            for k in range(n + 1)]
+
+
+def exact_size(n_new: int, n_old: int, p_old: float, margin: float, relative: bool, skew_corrected: bool) -> float:
+    """The exact probability that the error-rate guard breaches when the new version sits on its
+    threshold: summed over every outcome of both binomials (terms below 1e-15 left out)."""
+    p_new = p_old * (1 + margin) if relative else p_old + margin
+    old = [(x, w) for x, w in enumerate(_binomial(n_old, p_old)) if w > 1e-15]
+    new = [(x, w) for x, w in enumerate(_binomial(n_new, p_new)) if w > 1e-15]
+    return math.fsum(wo * wn for xo, wo in old for xn, wn in new
+                     if error_rate_p(xn, n_new, xo, n_old, margin, relative=relative,
+                                     skew_corrected=skew_corrected) < ALPHA)
+
+
+def exact_table(least: int) -> None:
+    print(f"| error-rate guard exactly on its threshold: exact size / alpha ({100 * ALPHA:.2f} %) | old error rate "
+          "| 5 % step | 25 % step | 50 % step |")
+    print("|---|---|---|---|---|")
+    windows = ((least, 19 * least), (least, 3 * least), (least, least))
+    for relative, margin, name in ((False, 0.02, "+2pp"), (True, 0.5, "+50%")):
+        for skew_corrected in (False, True):
+            test = "SCAS (judge)" if skew_corrected else "Farrington-Manning"
+            for p_old in (0.005, 0.01, 0.02, 0.05):
+                cells = " | ".join(f"{exact_size(n, o, p_old, margin, relative, skew_corrected) / ALPHA:.2f}"
+                                   for n, o in windows)
+                print(f"| error_rate:{name}, {test} | {100 * p_old:g} % | {cells} |")
+    print()
+
+
 # -- Clopper-Pearson -------------------------------------------------------------------------------
 def _binom_cdf(x: int, n: int, p: float) -> float:
     """P(X <= x), X ~ Binomial(n, p)."""
@@ -289,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--min-generations", type=int, default=MIN_GENERATIONS,
                     help="generations each side needs before a step is judged (default 200)")
-    ap.add_argument("--only", default="null,edge,bad,binning", help="which tables (default: all four)")
+    ap.add_argument("--only", default="null,edge,bad,binning,exact", help="which tables (default: all five)")
     args = ap.parse_args(argv)
     only = {k.strip() for k in args.only.split(",") if k.strip()}
     least = args.min_generations
@@ -329,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bad_table(tallies)
     if "binning" in only:
         binning_table(binning)
+    if "exact" in only:
+        exact_table(least)
     return 0
 
 
