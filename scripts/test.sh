@@ -38,4 +38,4 @@ fi
 # apps on v3 servers run 4.x): a second virtualenv, reusing pip's cache.
 [ -x .venv-lf4/bin/python ] || "$PY" -m venv .venv-lf4
 .venv-lf4/bin/python -m pip install -q -e '.[dev]' 'langfuse>=4.14,<5'
-.venv-lf4/bin/python -m pytest -q -p no:cacheprovider tests/sdk tests/e2e/test_langfuse_sdk_app.py tests/e2e/test_tracing_only.py
+.venv-lf4/bin/python -m pytest -q -p no:cacheprovider tests/sdk tests/e2e/test_langfuse_sdk_app.py tests/e2e/test_tracing_only.py tests/e2e/test_guarded_rollout.py

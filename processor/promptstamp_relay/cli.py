@@ -40,7 +40,7 @@ EXIT_CODES = """exit codes:
   6  serve: the metrics port is in use (or needs privileges)
   7  serve: a listen host does not resolve or is not an address of this machine
   8  the upstream check failed (serve's default with Langfuse, --check-upstream)
-  9-16  labels: see promptstamp-relay labels --help
+  9-20  labels: see promptstamp-relay labels --help
 """
 
 REPLAY_EXIT_CODES = """exit codes:

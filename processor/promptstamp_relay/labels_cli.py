@@ -53,7 +53,12 @@ EXIT_CODES = """exit codes:
   14  Langfuse answered another error (400, 5xx)
   15  the move was sent but not verified: GET ?label=LABEL answers another version
   16  refused: promote of a version that served no generations under --from (--force
-      overrides), or rollback with no earlier version on the timeline (give --to)
+      overrides), rollback with no earlier version on the timeline (give --to), or a rollout
+      to another version while one is running
+  17  rollout: a guard was breached; the new version is back to 0 % and the label was not moved
+  18  rollout: stopped, because the label was moved outside it or the plan was aborted
+  19  rollout: another controller changed the plan first; this one stopped without acting
+  20  rollout: interrupted (Ctrl-C); the plan stays at its current step: run again to resume
 """
 
 TOKEN_ENV = "PROMPTSTAMP_RELAY_TOKEN"
@@ -121,7 +126,49 @@ def add_parser(sub: Any) -> None:
     m.add_argument("--to", dest="to_label", required=True, metavar="LABEL")
     m.add_argument("--force", action="store_true",
                    help="move even when the version served no generations under --from")
+    m.add_argument("--guarded", action="store_true",
+                   help="move it by a guarded rollout (see `labels rollout`) instead of at once")
+    _rollout_options(m)
     common(m, langfuse=True)
+
+    g = cmds.add_parser("rollout", help="move LABEL to --to step by step, judged against the current "
+                                         "version on the same traffic, rolled back by itself when worse",
+                        description="A guarded rollout (docs/rollouts.md): apps asking for LABEL get --to "
+                                    "for each step's share of subjects; each step is judged on the relay's "
+                                    "per-version data and the guards; a breach puts the share back to 0, "
+                                    "success moves the label. The plan lives in Langfuse: running the "
+                                    "command again resumes it.",
+                        epilog=EXIT_CODES, formatter_class=fmt)
+    g.add_argument("name")
+    g.add_argument("--label", required=True)
+    g.add_argument("--to", type=int, metavar="VERSION", help="the version to roll out (to start one)")
+    what = g.add_mutually_exclusive_group()
+    what.add_argument("--status", action="store_true", help="the plan and its history; changes nothing")
+    what.add_argument("--abort", action="store_true",
+                      help="stop the running rollout: the new version's share goes to 0, the label stays")
+    g.add_argument("--json", action="store_true", help="with --status: the plan's history as JSON")
+    _rollout_options(g)
+    common(g, langfuse=True)
+
+
+def _rollout_options(p: argparse.ArgumentParser) -> None:
+    from .rollouts.controller import DEFAULT_MIN_GENERATIONS, DEFAULT_STEP_MINUTES, DEFAULT_STEPS
+
+    p.add_argument("--steps", default=",".join(f"{s:g}" for s in DEFAULT_STEPS), metavar="P,P,...",
+                   help="the new version's share of subjects at each step, in %%, ending at 100 "
+                        "(default %(default)s)")
+    p.add_argument("--step-minutes", type=float, default=DEFAULT_STEP_MINUTES, metavar="M",
+                   help="the least time each step runs before it is judged (default %(default)g)")
+    p.add_argument("--min-generations", type=int, default=DEFAULT_MIN_GENERATIONS, metavar="N",
+                   help="generations each version needs in a step's window before it is judged "
+                        "(default %(default)s)")
+    p.add_argument("--guard", action="append", default=None, metavar="METRIC:+THRESHOLD",
+                   help="breach when the new version is worse by more than THRESHOLD with confidence; "
+                        "repeatable (default: error_rate:+2pp, p95_ms:+25%%, output_tokens:+30%%; "
+                        "see docs/rollout-statistics.md)")
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="1 - the false-alarm rate allowed over the whole rollout (default %(default)s)")
+    p.add_argument("--poll-seconds", type=float, default=15.0, help=argparse.SUPPRESS)
 
 
 # -- the configuration ----------------------------------------------------------------------------
@@ -185,15 +232,18 @@ def _relay_authorization(ctx: _Context) -> str | None:
     return None
 
 
-def read_timeline(ctx: _Context, source: str | None, name: str, label: str | None) -> dict[str, Any]:
+def read_timeline(ctx: _Context, source: str | None, name: str, label: str | None, *,
+                  sketches: bool = False) -> dict[str, Any]:
     """The timeline body (as the relay serves it) for ``name``; Failure(EXIT_TIMELINE) when it
-    cannot be had or knows nothing of ``name`` / ``label``."""
+    cannot be had or knows nothing of ``name`` / ``label``. ``sketches``: with each version's
+    sketches (what a guarded rollout judges)."""
     where = _relay_url(ctx, source)
     what = f"prompt {name!r}" + (f" with label {label!r}" if label else "")
     if where.startswith(("http://", "https://")):
         url = f"{where.rstrip('/')}/api/v1/prompts/{quote(name, safe='')}/timeline"
-        if label:
-            url += f"?label={quote(label, safe='')}"
+        query = ([f"label={quote(label, safe='')}"] if label else []) + (["sketches=1"] if sketches else [])
+        if query:
+            url += "?" + "&".join(query)
         req = urllib.request.Request(url, headers={"Accept": "application/json"})
         auth = _relay_authorization(ctx)
         if auth:
@@ -242,7 +292,7 @@ def read_timeline(ctx: _Context, source: str | None, name: str, label: str | Non
         labels = found
     if label:
         labels = {k: v for k, v in labels.items() if k == label}
-    body = render_prompt(name, labels, with_moves=bool(ctx.cfg.rollouts.webhook_secrets))
+    body = render_prompt(name, labels, with_moves=bool(ctx.cfg.rollouts.webhook_secrets), sketches=sketches)
     if not body["labels"]:
         raise Failure(f"{where} has no timeline for {what} (tenant {ctx.tenant!r})", EXIT_TIMELINE)
     return body
@@ -295,6 +345,33 @@ class _Langfuse:
         except ValueError:
             raise Failure(f"Langfuse at {self.base} answered {what} with something that is not JSON",
                           EXIT_LANGFUSE_ERROR) from None
+
+    def get_prompt(self, name: str, *, label: str | None = None, version: int | None = None
+                   ) -> Mapping[str, Any] | None:
+        """``GET`` one version by label or number; None on 404."""
+        query = f"label={quote(label, safe='')}" if label is not None else f"version={version}"
+        try:
+            got = self._call("GET", f"/api/public/v2/prompts/{quote(name, safe='')}?{query}",
+                             what=f"GET prompt {name!r} {query}")
+        except Failure as e:
+            if e.code == EXIT_LANGFUSE_NOT_FOUND:
+                return None
+            raise
+        if not isinstance(got, Mapping):
+            raise Failure(f"Langfuse at {self.base} answered GET prompt {name!r} with no object",
+                          EXIT_LANGFUSE_ERROR)
+        return got
+
+    def create_prompt(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        got = self._call("POST", "/api/public/v2/prompts", body, what=f"POST prompt {body.get('name')!r}",
+                         after_send=True)
+        if not isinstance(got, Mapping) or not isinstance(got.get("version"), int):
+            raise Failure(f"Langfuse at {self.base} answered POST prompt with no version",
+                          EXIT_LANGFUSE_ERROR)
+        return got
+
+    def move_label(self, name: str, version: int, label: str) -> None:
+        self.move(name, version, label)
 
     def version_of(self, name: str, label: str) -> int:
         path = f"/api/public/v2/prompts/{quote(name, safe='')}?label={quote(label, safe='')}"
@@ -488,9 +565,172 @@ def _cmd_promote(ctx: _Context, args: argparse.Namespace) -> int:
     if before == version:
         ctx.out(f"nothing to do: {dest} already points to v{version}")
         return EXIT_OK
+    if args.guarded:
+        args.label, args.to = dest, version
+        return _start_or_resume(ctx, args, lf)
     _confirm(ctx, args, f"Move {dest} of {args.name} to v{version}?")
     _move(ctx, lf, args.name, dest, version)
     return EXIT_OK
+
+
+# -- guarded rollouts -----------------------------------------------------------------------------
+class _Evidence:
+    """The relay's timeline with sketches, as the controller reads it."""
+
+    def __init__(self, ctx: _Context, source: str | None) -> None:
+        self.ctx, self.source = ctx, source
+
+    def versions(self, name: str, label: str) -> Mapping[int, Mapping[str, Any]]:
+        try:
+            body = read_timeline(self.ctx, self.source, name, label, sketches=True)
+        except Failure as e:
+            if e.code == EXIT_TIMELINE and "has no timeline" in e.message:
+                return {}  # nothing served under the label yet
+            raise
+        tl = body["labels"].get(label) or {}
+        return {int(v["version"]): v for v in tl.get("versions", [])}
+
+
+def _who() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "?"
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+def _spec(args: argparse.Namespace) -> Any:
+    from .rollouts._guards import DEFAULT_GUARDS, parse_guard
+    from .rollouts.controller import RolloutSpec
+
+    errors: list[str] = []
+    try:
+        steps = tuple(float(x) for x in str(args.steps).split(",") if x.strip())
+    except ValueError:
+        errors.append(f"--steps must be numbers separated by commas, got {args.steps!r}")
+        steps = ()
+    guards = [] if args.guard else list(DEFAULT_GUARDS)
+    for text in args.guard or ():
+        try:
+            guards.append(parse_guard(text))
+        except ValueError as e:
+            errors.append(f"--guard {text!r}: {e}")
+    spec = RolloutSpec(steps=steps, step_seconds=args.step_minutes * 60, min_generations=args.min_generations,
+                       guards=tuple(guards), confidence=args.confidence)
+    errors += spec.errors() if steps else []
+    if not 0 < args.poll_seconds <= 600:
+        errors.append("--poll-seconds must be in (0, 600]")
+    if errors:
+        raise Failure("; ".join(errors), EXIT_USAGE)
+    return spec
+
+
+def _controller(ctx: _Context, args: argparse.Namespace, lf: _Langfuse) -> Any:
+    import time
+
+    from .rollouts.controller import Controller, PlanStore
+
+    store = PlanStore(lf, args.name, args.label)
+    return Controller(store, _Evidence(ctx, args.relay), by=_who(), out=ctx.out, now=time.time,
+                      sleep=time.sleep,
+                      poll_seconds=args.poll_seconds)
+
+
+def _cmd_rollout(ctx: _Context, args: argparse.Namespace) -> int:
+    from promptstamp_contract.rollout_plan import STATE_ABORTED, STATE_RUNNING
+
+    from .rollouts.controller import status_lines
+
+    lf = _Langfuse(_langfuse_keys(ctx))
+    controller = _controller(ctx, args, lf)
+    if args.status:
+        history = controller.plans.history()
+        if args.json:
+            ctx.out(json.dumps({"prompt": args.name, "label": args.label, "plan": controller.plans.plan_name,
+                                "history": [{"plan_version": p.version, **p.config} for p in history]},
+                               indent=2))
+            return EXIT_OK
+        for line in status_lines(args.name, args.label, history):
+            ctx.out(line)
+        if history and history[-1].state == STATE_RUNNING:
+            old, new = controller.windows(history[-1])
+            c = history[-1].config
+            ctx.out(f"  this step so far: v{old.version} {old.generations} generations, {old.errors} errors; "
+                    f"v{new.version} {new.generations} generations, {new.errors} errors "
+                    f"({time_since(float(c['step_started_at']))} of {float(c['step_seconds']):.0f} s)")
+        return EXIT_OK
+    if args.abort:
+        plan = controller.plans.load()
+        if plan is None or plan.state != STATE_RUNNING:
+            ctx.out(f"no rollout of {args.name} under {args.label} is running: nothing to abort")
+            return EXIT_OK
+        _confirm(ctx, args, f"Abort the rollout of {args.name} {args.label} to v{plan.config['to_version']} "
+                            f"(its share goes to 0 %)?")
+        plan = controller.stop(plan, STATE_ABORTED, "aborted", reason=f"aborted by {controller.by}")
+        ctx.out(f"aborted: v{plan.config['to_version']} is back to 0 %; {args.label} stays on "
+                f"v{plan.config['from_version']} (apps follow within their cache TTL)")
+        return EXIT_OK
+    return _start_or_resume(ctx, args, lf, controller)
+
+
+def time_since(t: float) -> str:
+    import time
+
+    return f"{max(0.0, time.time() - t):.0f} s"
+
+
+def _start_or_resume(ctx: _Context, args: argparse.Namespace, lf: _Langfuse, controller: Any = None) -> int:
+    from promptstamp_contract.rollout_plan import STATE_RUNNING
+
+    from .rollouts.controller import EXIT_CONFLICT, EXIT_INTERRUPTED, PlanConflict
+
+    spec = _spec(args)
+    controller = controller or _controller(ctx, args, lf)
+    name, label = args.name, args.label
+    try:
+        plan = controller.plans.load()
+        if plan is not None and plan.state == STATE_RUNNING:
+            running_to = int(plan.config["to_version"])
+            if args.to is not None and args.to != running_to:
+                raise Failure(f"a rollout of {name} {label} to v{running_to} is running: run without --to "
+                              f"(or --to {running_to}) to resume it, or --abort it first", EXIT_REFUSED)
+            ctx.out(f"a rollout of {name} {label} to v{running_to} is running: resuming it (its own steps "
+                    "and guards; options given now are not applied)")
+            plan = controller.resume(plan)
+        else:
+            if args.to is None:
+                raise Failure(f"no rollout of {name} {label} is running: give --to VERSION to start one",
+                              EXIT_USAGE)
+            current = lf.version_of(name, label)
+            if lf.get_prompt(name, version=args.to) is None:
+                raise Failure(f"Langfuse has no version {args.to} of {name!r}: nothing was changed",
+                              EXIT_LANGFUSE_NOT_FOUND)
+            if current == args.to:
+                ctx.out(f"nothing to do: {label} already points to v{args.to}")
+                return EXIT_OK
+            ctx.out(f"plan: {name} label {label}: v{current} -> v{args.to} in steps of "
+                    f"{', '.join(f'{s:g} %' for s in spec.steps)}, at least {spec.step_seconds / 60:g} min "
+                    f"and {spec.min_generations} generations per version each; guards "
+                    f"{', '.join(g.text for g in spec.guards)}")
+            _confirm(ctx, args, f"Start the guarded rollout of {name} {label} to v{args.to}?")
+            plan = controller.start(spec, current, args.to, plan)
+
+        def label_version() -> int | None:
+            got = lf.get_prompt(name, label=label)
+            return None if got is None else int(got["version"])
+
+        code, plan = controller.run(plan, label_version=label_version,
+                                    move_label=lambda v: _move(ctx, lf, name, label, v))
+        return int(code)
+    except PlanConflict as e:
+        raise Failure(str(e), EXIT_CONFLICT) from None
+    except KeyboardInterrupt:
+        ctx.out("interrupted: the plan stays at its current step (safe); run the same command again to "
+                "resume it, or --abort to stop it")
+        return EXIT_INTERRUPTED
 
 
 def _ask(prompt: str) -> str | None:
@@ -508,7 +748,7 @@ def run(args: argparse.Namespace, *, out: Callable[[str], None] | None = None,
         ctx = _Context(cfg, args.tenant or "default", args.token or os.environ.get(TOKEN_ENV) or None,
                        out or print, ask or _ask)
         commands = {"show": _cmd_show, "compare": _cmd_compare, "rollback": _cmd_rollback,
-                    "promote": _cmd_promote}
+                    "promote": _cmd_promote, "rollout": _cmd_rollout}
         return commands[args.labels_command](ctx, args)
     except Failure as e:
         print(f"promptstamp-relay labels: {e.message}", file=sys.stderr)

@@ -34,9 +34,9 @@ import pytest
 
 import promptstamp
 import promptstamp_contract as contract
-from promptstamp_contract.rollout_plan import PLAN_LABEL, parse_plan, plan_prompt_name
 from promptstamp.testing import FakeOpenAI, LangfuseServer
 from promptstamp.testing._langfuse import Observation
+from promptstamp_contract.rollout_plan import PLAN_LABEL, parse_plan, plan_prompt_name
 from promptstamp_relay.server import RelayServer
 from tests.relays import relay_config, running
 from tests.waiting import wait_until

@@ -366,7 +366,7 @@ class DevStack:
             cfg = load_relay_config(self.config.relay or None, overrides={
                 "listen": _hostport(self.host, self.ports.otlp_grpc),
                 "receivers.http.listen": _hostport(self.host, self.ports.otlp_http),
-                "metrics_listen": "",
+                "metrics_listen": _hostport(self.host, 0),  # the timeline the `labels` commands read
                 "exporter.type": "langfuse",
                 "exporter.langfuse.base_url": self.langfuse_url,
                 "exporter.langfuse.public_key": PUBLIC_KEY,
@@ -435,6 +435,11 @@ class DevStack:
         address = self.relay.http_address
         return _url(self.host, int(address.rpartition(":")[2]))
 
+    @property
+    def metrics_listen(self) -> str:
+        """The relay's admin listener (``/metrics``, the timeline, the pages), ``host:port``."""
+        return _hostport(self.host, self.relay.metrics_port or 0)
+
     def env(self, protocol: str = "http/protobuf") -> dict[str, str]:
         """What an app needs: Langfuse keys and URL, OTLP to the relay (``http/protobuf`` or
         ``grpc``), the fake model APIs' base URLs and keys."""
@@ -457,6 +462,9 @@ class DevStack:
     def export_lines(self) -> list[str]:
         """The env as shell ``export`` lines: OTLP/HTTP active, OTLP/gRPC commented out below."""
         lines = [f"export {k}={v}" for k, v in self.env().items()]
+        lines.append("# the relay's admin listener (/metrics, /prompts, the timeline): the")
+        lines.append("# `promptstamp-relay labels` commands find it by this")
+        lines.append(f"export PROMPTSTAMP_METRICS_LISTEN={self.metrics_listen}")
         grpc = self.env("grpc")
         lines.append("# OTLP/gRPC instead of OTLP/HTTP:")
         lines += [f"# export {k}={grpc[k]}"
