@@ -45,6 +45,7 @@ from .ops.telemetry import Sources, build_info, make_registry
 from .receive.grpc import OtlpGrpcReceiver
 from .receive.http import OtlpHttpReceiver, effective_listen
 from .receive.tls import server_credentials, server_ssl_context
+from .rollouts._plans import PlanReader
 from .rollouts.component import Rollouts
 from .store import FetchLogStore, MemoryStore
 from .store.label_pointers import LabelPointers
@@ -276,7 +277,7 @@ def _build(cfg: Config, journal: Journal | None, *, clock: Callable[[], int], pr
         rollouts = Rollouts(cfg.rollouts, prompt_names=cfg.prompt_names, journal=journal,
                             redis_url=cfg.store.url if cfg.store.backend == "redis" else "",
                             authenticator=Authenticator(cfg.auth, default_has_keys=tenants.default_has_keys),
-                            clock=clock)
+                            clock=clock, plan_of=PlanReader(tenants.api_credentials).plan)
         observers = (*observers, rollouts.observer)
     processor = build_processor(cfg, store, api=api.lookup if api else None, hold=hold,
                                 observers=observers)

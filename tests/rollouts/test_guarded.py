@@ -359,6 +359,23 @@ def test_status_json_is_the_plan_history(relays: RelayFactory, two_versions: Lan
     assert body["plan"] == PLAN and [h["state"] for h in body["history"]] == [STATE_RUNNING]
 
 
+def test_the_prompt_page_shows_the_rollout_and_its_judgement(
+        relays: RelayFactory, two_versions: LangfuseServer, tmp_path: Path) -> None:
+    """The relay reads the plan with the tenant's Langfuse keys (here the exporter's) for the page."""
+    relay = relays(**{"exporter.type": "langfuse", "exporter.langfuse.base_url": two_versions.base_url,
+                      "exporter.langfuse.public_key": two_versions.public_key,
+                      "exporter.langfuse.secret_key": two_versions.secret_key})
+    cfg = config(tmp_path, two_versions.base_url)
+    with Traffic(relay, two_versions, new_error_rate=0.5).running():
+        assert rollout(relay, cfg, "--to", "2", "--steps", "10,100", *FAST) == ctl.EXIT_BREACHED
+    status, html = relay.get(f"/prompts/{PROMPT}")
+    assert status == 200
+    assert '<div class="rollout" data-state="breached">' in html
+    assert "Guarded rollout: v1 → v2, <b>breached</b>, 0 % on v2" in html
+    assert '<tr data-guard="error_rate:+2pp"><td>error_rate:+2pp</td><td>BREACHED</td>' in html
+    assert '<li class="now">10 %</li><li class="next">100 %</li>' in html
+
+
 # -- helpers ------------------------------------------------------------------------------------
 class _NoEvidence:
     def versions(self, name: str, label: str) -> dict[int, Any]:

@@ -58,6 +58,9 @@ _HEADERS = {
 _FOLDED = ("other", "other", "other")  # prompt, version, label of series past rollouts.max_series
 
 TenantOf = Callable[[HttpRequest], "str | HttpResponse"]
+#: ``rollouts._plans.PlanReader.plan``: (tenant, prompt, label) -> the guarded rollout's plan in
+#: force (a dict), None, or ``{"error": ...}``.
+PlanOf = Callable[[str, str, str], "dict[str, Any] | None"]
 #: ``rollouts._model.render_prompt``: (prompt, timelines by label, with_moves=) -> the API's body.
 RenderPrompt = Callable[..., dict[str, Any]]
 
@@ -66,8 +69,9 @@ class PromptPages:
     """The two pages over one relay's rollouts component."""
 
     def __init__(self, rollouts: Rollouts, tenant_of: TenantOf, render_prompt: RenderPrompt, *,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+                 clock: Callable[[], int] = time.time_ns, plan_of: PlanOf | None = None) -> None:
         self._rollouts = rollouts
+        self._plan_of = plan_of
         self._tenant_of = tenant_of
         self._render = render_prompt
         self._clock = clock
@@ -179,7 +183,8 @@ class PromptPages:
         styles = styles_for([v["version"] for tl in labels.values() for v in tl["versions"]]
                             + [m["version"] for tl in labels.values() for m in tl.get("moves", [])])
         sections = [self._label_section(k, name, label_name, labels[label_name], timelines[label_name],
-                                        styles, counts.get((name, label_name), (0.0, 0.0)))
+                                        styles, counts.get((name, label_name), (0.0, 0.0)),
+                                        self._plan_of(tenant, name, label_name) if self._plan_of else None)
                     for k, label_name in enumerate(labels)]
         api = f"/api/v1/prompts/{q}/timeline"
         only = "".join(f'<a href="{PAGES_PREFIX}/{q}?label={esc(quote(lb, safe=""))}">{esc(lb)}</a> '
@@ -193,7 +198,8 @@ class PromptPages:
         return _page(200, f"prompt {name}", main, _partial_header(not complete))
 
     def _label_section(self, k: int, prompt: str, label: str, tl: Mapping[str, Any], timeline: Timeline,
-                       styles: Mapping[int, Style], counts: tuple[float, float]) -> str:
+                       styles: Mapping[int, Style], counts: tuple[float, float],
+                       plan: Mapping[str, Any] | None = None) -> str:
         scope = f"l{k}"
         label_styles = {v["version"]: styles[v["version"]] for v in tl["versions"]}
         lagging = {i["instance"]: i for i in tl["lagging"]}
@@ -235,6 +241,7 @@ class PromptPages:
             f'<b class="current">{_version(tl["current"])}</b></h2>'
             f'<p class="summary">Lagging instances: <span class="lagging-list">{lag_text}</span>. '
             f'Unresolved generations (this relay, since start): {esc(_share(none, total))}.</p>'
+            f"{_rollout_panel(plan)}"
             "<h3>Which version each instance handed out</h3>"
             f'<figure class="lanes">{lane_svg}'
             f'<figcaption><ul class="legend">{legend}</ul></figcaption></figure>'
@@ -363,6 +370,47 @@ def _instances_table(tl: Mapping[str, Any]) -> str:
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
+def _rollout_panel(plan: Mapping[str, Any] | None) -> str:
+    """The guarded rollout under this label (``labels rollout``), as its plan in Langfuse says."""
+    if plan is None:
+        return ""
+    if "error" in plan and "state" not in plan:
+        return ('<p class="rollout" data-state="unknown">Guarded rollout: the plan could not be read '
+                f"({esc(str(plan['error']))}).</p>")
+    steps = [s for s in (plan.get("steps") or []) if isinstance(s, (int, float))]
+    step = int(plan.get("step") or 0)
+    event = plan.get("event") or {}
+    state = esc(str(plan.get("state")))
+    old, new = esc(str(plan.get("from_version"))), esc(str(plan.get("to_version")))
+    share = float(plan.get("share_percent") or 0)
+    items = []
+    for i, s in enumerate(steps):
+        cls = "done" if i < step else "now" if i == step else "next"
+        items.append(f'<li class="{cls}">{s:g} %</li>')
+    rows = []
+    for r in (event.get("judgement") or {}).get("results") or []:
+        verdict = "BREACHED" if r.get("breached") else ("ok" if r.get("enough_data") else "not enough data")
+        p = r.get("p_value")
+        cells = [str(r.get("guard")), verdict, str(r.get("old")), str(r.get("new")),
+                 "-" if p is None else f"{p:.3g}", str(r.get("test"))]
+        tds = "".join(f"<td>{esc(c)}</td>" for c in cells)
+        rows.append(f'<tr data-guard="{esc(cells[0])}">{tds}</tr>')
+    judged = ""
+    if rows:
+        judged = ('<table class="guards"><thead><tr><th>guard</th><th>verdict</th><th>old</th><th>new</th>'
+                  f"<th>p-value</th><th>test</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    reason = f'<p class="reason">{esc(str(event["reason"]))}</p>' if event.get("reason") else ""
+    who = (f"Started by {esc(str(plan.get('started_by')))} at {esc(str(plan.get('started_at')))}; last: "
+           f"{esc(str(event.get('what')))} at {esc(str(event.get('at')))} by {esc(str(event.get('by')))} "
+           f"(plan version {esc(str(plan.get('plan_version')))}).")
+    return (f'<div class="rollout" data-state="{state}"><h3>Guarded rollout: v{old} → v{new}, '
+            f"<b>{state}</b>, {share:g} % on v{new}</h3>"
+            f'<ol class="steps">{"".join(items)}</ol>'
+            f"<p>{who} Every change is a version of the plan prompt in Langfuse; "
+            "<code>labels rollout --status</code> prints them.</p>"
+            f"{reason}{judged}</div>")
+
+
 def _partial_note(partial: bool) -> str:
     return ('<p class="partial" role="status"><b>Partial:</b> Redis could not be read; this relay\'s own '
             "view is shown.</p>" if partial else "")
@@ -394,6 +442,10 @@ svg .vtag{font-weight:700;paint-order:stroke;stroke:#fff;stroke-width:3px}
 svg .lagtext{font-weight:700}svg .marktext{font-size:11px;font-weight:600}
 svg .charttitle{font-weight:600;font-size:13px}
 .partial{background:#fff4e5;border:2px dashed #000;padding:.4rem .6rem}.nav a{margin-right:.3rem}
+.rollout{border:2px solid #000;padding:.2rem .8rem;margin:.6rem 0}
+.rollout[data-state=breached]{border-style:dashed;background:#fff4e5}
+ol.steps{list-style:none;display:flex;gap:.4rem;padding:0}ol.steps li{border:1px solid #000;padding:0 .5rem}
+ol.steps li.done{background:#ddd}ol.steps li.now{font-weight:700;border-width:3px}
 """
 
 

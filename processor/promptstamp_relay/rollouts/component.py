@@ -64,8 +64,10 @@ class Rollouts:
     def __init__(self, cfg: RolloutsConfig, *, prompt_names: Mapping[str, str] | None = None,
                  journal: Journal | None = None, redis_url: str = "",
                  authenticator: Authenticator | None = None,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+                 clock: Callable[[], int] = time.time_ns,
+                 plan_of: Callable[[str, str, str], dict[str, Any] | None] | None = None) -> None:
         self.cfg = cfg
+        self._plan_of = plan_of  # the guarded rollout's plan, for the pages (_plans.PlanReader)
         self._clock = clock
         self._auth = authenticator
         self._redis: RedisTimelines | None = None
@@ -100,7 +102,8 @@ class Rollouts:
         ``listener``; the metrics collector on ``registry``."""
         listener.route("GET", TIMELINE_PREFIX, self._timeline_route)
         # The same timeline as pages (/prompts, /prompts/{name}): the same reads, auth and tenants.
-        PromptPages(self, self._tenant, render_prompt, clock=self._clock).register(listener)
+        PromptPages(self, self._tenant, render_prompt, clock=self._clock,
+                    plan_of=self._plan_of).register(listener)
         if self.cfg.webhook_secrets:
             listener.route("POST", WEBHOOK_PATH, self._webhook_route)
         if registry is not None:
