@@ -22,8 +22,9 @@ label set in one task never leaks into another. Threads of a ``ThreadPoolExecuto
 
 While a guarded rollout of the label runs, the fetcher hands out its new version to the share of
 subjects on the new side (``_rollout``): the subject is the app's ``subject=``, else the trace id
-of the fetch span, read after the scope span (if any) and the fetch span are started, so it is
-the trace of the span active at entry, or of the scope span opened for this ``prompt()``.
+of the fetch span, read (only when a rollout applies) while the fetch span is current, after the
+scope span (if any) was started: the trace of the span active at entry, or of the scope span
+opened for this ``prompt()``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Generic, Literal, TypeVar, overload
 
@@ -77,7 +78,9 @@ class PromptScope(Generic[P]):
         self._max_stale = max_stale_seconds
         self._fallback = fallback
         self._subject = subject
-        self._split_subject = ""  # the subject a rollout splits on: set at entry
+        # the subject a rollout splits on, read only when a rollout applies: the app's, else the
+        # trace id of the fetch span (current from _begin until the hand-out is recorded)
+        self._split_subject: str | Callable[[], str] = subject or _trace_subject
         self._entered = False
         self._scope: Entered | None = None
 
@@ -86,9 +89,7 @@ class PromptScope(Generic[P]):
             raise RuntimeError("a promptstamp.prompt() scope can only be entered once")
         self._entered = True
         self._scope = open_span_if_none(RUNTIME.fetch_log.tracer(), self._name, self._label)
-        fetching = RUNTIME.fetch_log.begin(self._name, self._label)
-        self._split_subject = self._subject or _trace_subject()
-        return fetching
+        return RUNTIME.fetch_log.begin(self._name, self._label)
 
     def _resolve(self) -> Resolution:
         return RUNTIME.fetcher.resolve(

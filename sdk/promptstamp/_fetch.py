@@ -171,7 +171,7 @@ class Fetcher:
         label: str,
         type_: PromptType,
         cache_ttl_seconds: float | None,
-        subject: str = "",
+        subject: str | Callable[[], str] = "",
     ) -> Resolution | None:
         """What :meth:`resolve` would hand out when that needs no I/O (the prompt, its plan and,
         on a rollout's new side, the new version all younger than the TTL); else ``None``."""
@@ -185,13 +185,14 @@ class Fetcher:
         label: str,
         type_: PromptType,
         *,
-        subject: str = "",
+        subject: str | Callable[[], str] = "",
         cache_ttl_seconds: float | None = None,
         max_stale_seconds: float | None = None,
         fallback: Template | None = None,
     ) -> Resolution:
         """Hand out (name, label) by the policy in ``docs/fetch-policy.md``, following a running
-        rollout's plan for ``subject`` (only hashed). May block on I/O."""
+        rollout's plan for ``subject`` (only hashed; a callable is called only when a rollout
+        applies). May block on I/O."""
         ttl = self._ttl(cache_ttl_seconds)
         max_stale = (
             self.settings.max_stale_seconds
@@ -207,7 +208,7 @@ class Fetcher:
         name: str,
         label: str,
         type_: PromptType,
-        subject: str,
+        subject: str | Callable[[], str],
         ttl: float,
         max_stale: float,
         fallback: Template | None,
@@ -237,7 +238,7 @@ class Fetcher:
         assert not isinstance(plan, NotFresh)
         if plan is None or not plan.applies_to(version):
             return base
-        if plan.new_side(subject):
+        if plan.new_side(subject if isinstance(subject, str) else subject()):
             new = self._new_version(name, label, plan.to_version, type_, ttl, max_stale, base, io=io)
             if isinstance(new, NotFresh):
                 return None
