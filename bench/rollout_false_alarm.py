@@ -12,11 +12,16 @@ p95_ms:+25%, output_tokens:+30%), each at ``per_test_alpha(0.95, steps=4, guards
 Every generation is drawn independently:
 
 - it is an error with probability ``p_err``;
-- its duration is lognormal, median 900 ms and sigma 0.5, binned with the relay's own sketch
-  functions (``rollouts._model.duration_bucket`` on the integer ns, buckets of ratio 2^(1/8)) and
-  read back as ``duration_bucket_value_ms`` (the bucket's geometric middle);
-- its output tokens are lognormal, median 250 and sigma 0.6, rounded to an integer, then binned with
-  ``token_bucket`` and read back with ``token_bucket_value``.
+- its duration is lognormal, median 900 ms and sigma 0.5, as the relay bins it: int(ms * 1e6) ns
+  into ``rollouts._model.duration_bucket`` (buckets of ratio 2^(1/8)), read back as
+  ``duration_bucket_value_ms`` (the bucket's geometric middle);
+- its output tokens are lognormal, median 250 and sigma 0.6, rounded to an integer and binned with
+  ``token_bucket``, read back with ``token_bucket_value``.
+
+Drawing a value and binning it is the same, in distribution, as drawing its bucket from the
+bucket's exact probability under the lognormal. The bucket edges are found with the relay's own
+functions. The script does the latter: one draw per generation instead of a Gaussian, an exp and
+a search.
 
 Scenarios:
 
@@ -39,8 +44,8 @@ Scenarios:
 Rates come with 95 % Clopper-Pearson intervals. The run is seeded, and each chunk is seeded by its
 name, so the figures do not depend on the number of workers. Run it with
 ``python bench/rollout_false_alarm.py [--quick] [--workers 2] [--seed 1]``. It prints Markdown
-tables. On 2 idle cores ``--quick`` takes about 10 s and the full run about 70 s (bounded below
-2 minutes).
+tables. The full run is about 55 CPU-seconds, about 30 s on 2 idle cores (bounded below 2 minutes
+on a busy 2-core machine). ``--quick`` is about a tenth of that.
 """
 
 from __future__ import annotations
@@ -57,8 +62,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
+from statistics import NormalDist
 
 from promptstamp_relay.rollouts._guards import (
     DEFAULT_GUARDS,
@@ -123,15 +129,69 @@ SCENARIOS = [
 ]
 
 
+def _lognormal_cdf(median: float, sigma: float) -> Callable[[float], float]:
+    z = NormalDist(math.log(median), sigma)
+    return lambda x: 0.0 if x <= 0 else z.cdf(math.log(x))
+
+
+def _lowest(bucket_of: Callable[[int], int], target: int, hi: int) -> int:
+    """The smallest integer n in [0, hi] with ``bucket_of(n) >= target`` (``bucket_of`` non-decreasing)."""
+    lo = 0
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if bucket_of(mid) < target else (lo, mid)
+    return lo
+
+
+@cache
+def duration_law(median_ms: float, sigma: float) -> tuple[list[float], list[float]]:
+    """The relay's duration buckets of a lognormal duration: (bucket values, cumulative
+    probabilities). A duration X ms is recorded as int(X * 1e6) ns and bucketed by
+    ``duration_bucket``, so bucket i holds X in [e_i, e_(i+1)): e_i is the smallest whole ns in
+    bucket i, found with ``duration_bucket`` itself. Buckets beyond 1e-13 of either tail are
+    left out."""
+    cdf = _lognormal_cdf(median_ms, sigma)
+    first = duration_bucket(int(median_ms * math.exp(-8 * sigma) * 1e6))
+    last = duration_bucket(int(median_ms * math.exp(8 * sigma) * 1e6))
+    top = int(median_ms * math.exp(9 * sigma) * 1e6)
+    edges = [_lowest(duration_bucket, b, top) / 1e6 for b in range(first, last + 2)]
+    values, cum, total = [], [], 0.0
+    for b, lo, hi in zip(range(first, last + 1), edges, edges[1:], strict=False):
+        total += cdf(hi) - cdf(lo)
+        values.append(duration_bucket_value_ms(b))
+        cum.append(total)
+    return values, cum
+
+
+@cache
+def token_law(median: float, sigma: float) -> tuple[list[float], list[float]]:
+    """The relay's token buckets of round(X), X lognormal: bucket i holds the counts
+    [lo_i, lo_(i+1)) (found with ``token_bucket`` itself), so X in [lo_i - 1/2, lo_(i+1) - 1/2)."""
+    cdf = _lognormal_cdf(median, sigma)
+    top = int(median * math.exp(9 * sigma)) + 2
+    last = token_bucket(top)
+    edges = [_lowest(token_bucket, b, top) for b in range(-1, last + 2)]
+    values, cum, total = [], [], 0.0
+    for b, lo, hi in zip(range(-1, last + 1), edges, edges[1:], strict=False):
+        total += cdf(hi - 0.5) - cdf(lo - 0.5)
+        values.append(token_bucket_value(b))
+        cum.append(total)
+    return values, cum
+
+
+def _draw(rng: random.Random, law: tuple[list[float], list[float]], n: int) -> dict[float, int]:
+    values, cum = law
+    return dict(Counter(rng.choices(values, cum_weights=cum, k=n)))
+
+
 def window(rng: random.Random, version: int, v: Version, n: int) -> SideWindow:
-    """n generations of ``v``, binned with the relay's own sketch functions."""
-    gauss, rand = rng.gauss, rng.random
+    """n generations of ``v`` as the relay's sketches hold them: each generation's duration and
+    token buckets drawn from their exact probabilities (the same as drawing the value and binning
+    it with the relay's functions, at a fraction of the cost)."""
+    rand = rng.random
     errors = sum(1 for _ in range(n) if rand() < v.p_err)
-    lat_mu, tok_mu = math.log(v.lat_median_ms), math.log(v.tok_median)
-    durations = Counter(duration_bucket(int(math.exp(gauss(lat_mu, v.lat_sigma)) * 1e6)) for _ in range(n))
-    tokens = Counter(token_bucket(round(math.exp(gauss(tok_mu, v.tok_sigma)))) for _ in range(n))
-    return SideWindow(version, n, errors, {duration_bucket_value_ms(b): c for b, c in durations.items()},
-                      {token_bucket_value(b): c for b, c in tokens.items()}, {})
+    return SideWindow(version, n, errors, _draw(rng, duration_law(v.lat_median_ms, v.lat_sigma), n),
+                      _draw(rng, token_law(v.tok_median, v.tok_sigma), n), {})
 
 
 def step_sizes(rng: random.Random, share: float, least: int) -> tuple[int, int] | None:
@@ -319,8 +379,8 @@ def commit() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--quick", action="store_true", help="fewer rollouts (about 10 s on 2 idle cores)")
-    ap.add_argument("--rollouts", type=int, default=0, help="rollouts per null scenario (default 3000, quick 400)")
+    ap.add_argument("--quick", action="store_true", help="a tenth of the rollouts")
+    ap.add_argument("--rollouts", type=int, default=0, help="rollouts per null scenario (default 4000, quick 400)")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--min-generations", type=int, default=MIN_GENERATIONS,
@@ -329,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     only = {k.strip() for k in args.only.split(",") if k.strip()}
     least = args.min_generations
-    null_n = args.rollouts or (400 if args.quick else 3000)
+    null_n = args.rollouts or (400 if args.quick else 4000)
     sizes = {"null": null_n, "edge": max(1, null_n // 2), "bad": max(1, null_n // 4)}
     chunk = 50
     tasks = []
@@ -337,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         total = sizes[sc.kind] if sc.kind in only else 0
         for c in range(math.ceil(total / chunk)):
             tasks.append((i, c, min(chunk, total - c * chunk), args.seed, least))
-    binning_n = max(1, null_n // 4) if "binning" in only else 0
+    binning_n = max(1, null_n // 2) if "binning" in only else 0
     binning_tasks = [(i, c, min(chunk, binning_n - c * chunk), args.seed, least)
                      for i in range(len(BINNING_THRESHOLDS)) for c in range(math.ceil(binning_n / chunk))]
     tallies = [Tally() for _ in SCENARIOS]
