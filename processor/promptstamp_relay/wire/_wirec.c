@@ -857,6 +857,54 @@ static int suspect_value(const unsigned char *d, Py_ssize_t start, Py_ssize_t en
     return keyset_find(values, d + s_at, s_len) >= 0;
 }
 
+/* The keys a span's attributes are looked up in, one set for one lookup per attribute: `needs`
+ * (flag 1), `markers` (2) and `poison` (4); flags[k]: every set key k is in. */
+typedef struct {
+    KeySet ks;
+    unsigned char *flags;
+    PyObject *all; /* the keys' bytes objects, alive while ks is used */
+} KeyFlags;
+
+static void keyflags_free(KeyFlags *kf) {
+    keyset_free(&kf->ks);
+    PyMem_Free(kf->flags);
+    kf->flags = NULL;
+    Py_CLEAR(kf->all);
+}
+
+/* needs, markers, poison: tuples of bytes. 0 ok, -1 with an exception set. */
+static int keyflags_init(KeyFlags *kf, PyObject *needs, PyObject *markers, PyObject *poison) {
+    PyObject *sets[3] = {needs, markers, poison};
+    KeySet each[3] = {{0}, {0}, {0}};
+    int rc = -1;
+    PyObject *two = PySequence_Concat(needs, markers);
+    kf->all = two ? PySequence_Concat(two, poison) : NULL;
+    Py_XDECREF(two);
+    if (!kf->all || keyset_init(&kf->ks, kf->all)) return -1;
+    kf->flags = PyMem_Calloc((size_t)(kf->ks.n ? kf->ks.n : 1), 1);
+    if (!kf->flags) { PyErr_NoMemory(); return -1; }
+    for (int j = 0; j < 3; j++)
+        if (keyset_init(&each[j], sets[j])) goto done;
+    for (Py_ssize_t k = 0; k < kf->ks.n; k++)
+        for (int j = 0; j < 3; j++)
+            if (keyset_find(&each[j], (const unsigned char *)kf->ks.ptr[k], kf->ks.len[k]) >= 0)
+                kf->flags[k] |= (unsigned char)(1 << j);
+    rc = 0;
+done:
+    for (int j = 0; j < 3; j++) keyset_free(&each[j]);
+    return rc;
+}
+
+/* Which of the sets the key p[0:len] is in (KeyFlags' flags), 0 for none. */
+static inline int keyflags_of(const KeyFlags *kf, const unsigned char *p, Py_ssize_t len) {
+    Py_ssize_t k = keyset_find(&kf->ks, p, len);
+    return k < 0 ? 0 : kf->flags[k];
+}
+
+#define NEED 1
+#define MARKER 2
+#define POISON 4
+
 /* scan_spans(data, starts, ends, scope_counts, needs, markers, keys_b, keys_s, nums_b, groups,
  * event[, poison, poison_values]) -> (candidates, event_spans[, suspects]).
  * candidates: (i, r, s, found, trace_id, start_ns, name, span_id, end_ns, status_code, counts)
@@ -880,7 +928,8 @@ static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
         return NULL;
     const unsigned char *d = buf.buf;
     PyObject *out = PyList_New(0), *events = PyList_New(0), *suspects = PyList_New(0), *result = NULL;
-    KeySet nk = {0}, mk = {0}, keys = {0}, nums = {0}, pk = {0}, pv = {0};
+    KeySet keys = {0}, nums = {0}, pv = {0};
+    KeyFlags kf = {{0}, NULL, NULL};
     PyObject *no_keys = PyTuple_New(0);
     Py_ssize_t nspans = PyList_GET_SIZE(starts);
     Py_ssize_t need_any = PyTuple_GET_SIZE(needs), event_len = PyBytes_GET_SIZE(event);
@@ -910,9 +959,8 @@ static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "groups do not cover the number keys");
         goto done;
     }
-    if (keyset_init(&nk, needs) || keyset_init(&mk, markers) || keyset_init(&keys, kb) ||
-        keyset_init(&nums, nb) || keyset_init(&pk, poison ? poison : no_keys) ||
-        keyset_init(&pv, pvalues ? pvalues : no_keys)) goto done;
+    if (keyflags_init(&kf, needs, markers, poison ? poison : no_keys) || keyset_init(&keys, kb) ||
+        keyset_init(&nums, nb) || keyset_init(&pv, pvalues ? pvalues : no_keys)) goto done;
     for (Py_ssize_t i = 0; i < nspans; i++) {
         while (left == 0) { /* the next non-empty scope */
             PyObject *scopes = r_at < nres ? PyList_GET_ITEM(counts, r_at) : NULL;
@@ -943,10 +991,11 @@ static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
             if (f.field == 9) {
                 Py_ssize_t key_at = 0, key_len = 0;
                 if (kv_key(d, f.start, f.end, &key_at, &key_len) <= 0) continue;
-                if (!has_suspect && pk.n && keyset_find(&pk, d + key_at, key_len) >= 0 &&
-                    suspect_value(d, f.start, f.end, &pv)) has_suspect = 1;
-                if (!has_need && need_any && keyset_find(&nk, d + key_at, key_len) >= 0) has_need = 1;
-                else if (!has_marker && keyset_find(&mk, d + key_at, key_len) >= 0) has_marker = 1;
+                int in = keyflags_of(&kf, d + key_at, key_len);
+                if (!in) continue;
+                has_need |= in & NEED;
+                has_marker |= in & MARKER;
+                if ((in & POISON) && !has_suspect) has_suspect = suspect_value(d, f.start, f.end, &pv);
             } else if (f.field == 11 && event_len && !has_event) {
                 has_event = event_named(d, f.start, f.end, event_p, event_len);
             }
@@ -969,11 +1018,9 @@ static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
     }
     result = poison ? PyTuple_Pack(3, out, events, suspects) : PyTuple_Pack(2, out, events);
 done:
-    keyset_free(&nk);
-    keyset_free(&mk);
+    keyflags_free(&kf);
     keyset_free(&keys);
     keyset_free(&nums);
-    keyset_free(&pk);
     keyset_free(&pv);
     Py_XDECREF(out);
     Py_XDECREF(events);
@@ -984,8 +1031,8 @@ done:
 }
 
 /* 1 when the span in [start, end) has what triage looks for, 0 when not, -1 when malformed. */
-static int span_wanted(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, const KeySet *nk,
-                       const KeySet *pk, const KeySet *pv, const char *event_p, Py_ssize_t event_len) {
+static int span_wanted(const unsigned char *d, Py_ssize_t start, Py_ssize_t end, const KeyFlags *kf,
+                       const KeySet *pv, const char *event_p, Py_ssize_t event_len) {
     Py_ssize_t pos = start;
     Field f;
     int r;
@@ -994,8 +1041,9 @@ static int span_wanted(const unsigned char *d, Py_ssize_t start, Py_ssize_t end,
         if (f.field == 9) {
             Py_ssize_t key_at = 0, key_len = 0;
             if (kv_key(d, f.start, f.end, &key_at, &key_len) <= 0) continue;
-            if (keyset_find(nk, d + key_at, key_len) >= 0) return 1;
-            if (keyset_find(pk, d + key_at, key_len) >= 0 && suspect_value(d, f.start, f.end, pv)) return 1;
+            int in = keyflags_of(kf, d + key_at, key_len);
+            if (in & NEED) return 1;
+            if ((in & POISON) && suspect_value(d, f.start, f.end, pv)) return 1;
         } else if (f.field == 11 && event_len && event_named(d, f.start, f.end, event_p, event_len)) {
             return 1;
         }
@@ -1015,13 +1063,14 @@ static PyObject *wire_triage(PyObject *self, PyObject *args) {
                           &PyTuple_Type, &poison, &PyTuple_Type, &pvalues))
         return NULL;
     const unsigned char *d = buf.buf;
-    KeySet nk = {0}, pk = {0}, pv = {0};
-    PyObject *result = NULL;
+    KeySet pv = {0};
+    KeyFlags kf = {{0}, NULL, NULL};
+    PyObject *result = NULL, *no_keys = PyTuple_New(0);
     Py_ssize_t pos = 0, event_len = PyBytes_GET_SIZE(event);
     const char *event_p = PyBytes_AS_STRING(event);
     Field rs, ss, sp;
     int r = 0, r2 = 0, r3 = 0, found = 0;
-    if (keyset_init(&nk, needs) || keyset_init(&pk, poison) || keyset_init(&pv, pvalues)) goto done;
+    if (!no_keys || keyflags_init(&kf, needs, no_keys, poison) || keyset_init(&pv, pvalues)) goto done;
     while (!found && (r = next_field(d, &pos, buf.len, &rs)) == 1) {
         if (rs.field != 1 || rs.wt != 2) continue;
         Py_ssize_t rp = rs.start;
@@ -1030,7 +1079,7 @@ static PyObject *wire_triage(PyObject *self, PyObject *args) {
             Py_ssize_t sp_pos = ss.start;
             while (!found && (r3 = next_field(d, &sp_pos, ss.end, &sp)) == 1) {
                 if (sp.field != 2 || sp.wt != 2) continue;
-                found = span_wanted(d, sp.start, sp.end, &nk, &pk, &pv, event_p, event_len);
+                found = span_wanted(d, sp.start, sp.end, &kf, &pv, event_p, event_len);
                 if (found < 0) { malformed(); goto done; }
             }
             if (r3 < 0) { malformed(); goto done; }
@@ -1040,9 +1089,9 @@ static PyObject *wire_triage(PyObject *self, PyObject *args) {
     if (r < 0) { malformed(); goto done; }
     result = PyBool_FromLong(found);
 done:
-    keyset_free(&nk);
-    keyset_free(&pk);
+    keyflags_free(&kf);
     keyset_free(&pv);
+    Py_XDECREF(no_keys);
     PyBuffer_Release(&buf);
     return result;
 }
