@@ -7,7 +7,8 @@ the generations. Each step opens a fresh window, and the step is judged once, as
 have at least ``--min-generations`` (200) generations. At 5 % that is when the new side reaches
 200; the old side then has about 3,800. At 100 % there is no old side, and the controller judges
 nothing there, so 3 of the 4 steps are judged. The default guards are used (error_rate:+2pp,
-p95_ms:+25%, output_tokens:+30%), each at ``per_test_alpha(0.95, steps=4, guards=3)`` = 0.05/12.
+p95_ms:+25%, output_tokens:+30%), each at ``per_test_alpha(0.95, steps=3, guards=3)`` = 0.05/9 (the final 100 % step is a soak,
+not judged, and gets no share of the budget).
 
 Every generation is drawn independently:
 
@@ -86,7 +87,8 @@ from promptstamp_relay.rollouts._model import (
 LN_R = math.log(2 ** (1 / 8))
 STEPS = (0.05, 0.25, 0.50, 1.00)
 MIN_GENERATIONS = 200
-ALPHA = per_test_alpha(0.95, len(STEPS), len(DEFAULT_GUARDS))
+# As the controller splits it: over the judged steps (not the final 100 % soak) and the guards.
+ALPHA = per_test_alpha(0.95, sum(1 for s in STEPS if s < 1.0), len(DEFAULT_GUARDS))
 GUARDS = DEFAULT_GUARDS
 Z_P95 = 1.6448536269514722  # standard normal 95 % quantile
 
@@ -415,7 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{os.cpu_count()} cores ({platform.machine()}, Python {platform.python_version()}), "
           f"{args.workers} workers, {took:.0f} s; commit {commit()}")
     print(f"Guards {', '.join(g.text for g in GUARDS)}; alpha per test {ALPHA:.5f} "
-          f"(0.05 over {len(STEPS)} steps x {len(GUARDS)} guards); min {least} generations a side; "
+          f"(0.05 over {sum(1 for s in STEPS if s < 1.0)} judged steps x {len(GUARDS)} guards); "
+          f"min {least} generations a side; "
           "95 % Clopper-Pearson intervals.\n")
     if "null" in only:
         null_table(tallies)

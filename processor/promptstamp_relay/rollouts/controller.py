@@ -278,7 +278,10 @@ class Controller:
             "steps": list(spec.steps), "step": 0, "step_seconds": spec.step_seconds,
             "min_generations": spec.min_generations, "guards": [g.text for g in spec.guards],
             "confidence": spec.confidence,
-            "alpha": per_test_alpha(spec.confidence, len(spec.steps), len(spec.guards)),
+            # The budget is spent where tests run: every step but a final 100 % one (a soak with no
+            # old side left to compare against).
+            "alpha": per_test_alpha(spec.confidence, max(1, sum(1 for x in spec.steps if x < 100)),
+                                    max(1, len(spec.guards))),
             "started_by": self.by, "started_at": rfc3339(int(now * 1e9)),
             "step_started_at": now, "baseline": self._snapshot(from_version, to_version),
         }
@@ -352,9 +355,9 @@ class Controller:
             if elapsed < float(c["step_seconds"]) or not enough:
                 self.sleep(self.poll_seconds)
                 continue
-            if soak and old.generations < need:
-                # At 100 % the old side has no traffic: the step is judged by the guards that
-                # need no comparison being impossible, so it passes on time and generations.
+            if soak:
+                # At 100 % the old side has no traffic of its own (only apps yet to learn the
+                # share): the step is a soak on time and generations, not a comparison.
                 results: list[GuardResult] = []
             else:
                 results = self.judge(plan, old, new)
