@@ -602,15 +602,24 @@ typedef struct {
     Py_ssize_t *next;    /* the next key of the same length bucket, or -1 */
     const char **ptr;
     Py_ssize_t *len;
+    uint64_t *tail;      /* a key's last 8 bytes (keys of 8 bytes and more): compared before memcmp */
 } KeySet;
 
 static void keyset_free(KeySet *ks) {
     PyMem_Free(ks->next);
     PyMem_Free(ks->ptr);
     PyMem_Free(ks->len);
+    PyMem_Free(ks->tail);
     ks->next = NULL;
     ks->ptr = NULL;
     ks->len = NULL;
+    ks->tail = NULL;
+}
+
+static inline uint64_t tail8(const void *p, Py_ssize_t len) {
+    uint64_t t;
+    memcpy(&t, (const char *)p + len - 8, 8);
+    return t;
 }
 
 /* t: a tuple of bytes, alive while ks is used. 0 ok, -1 with an exception set. */
@@ -621,7 +630,8 @@ static int keyset_init(KeySet *ks, PyObject *t) {
     ks->next = PyMem_Malloc(m * sizeof(Py_ssize_t));
     ks->ptr = PyMem_Malloc(m * sizeof(char *));
     ks->len = PyMem_Malloc(m * sizeof(Py_ssize_t));
-    if (!ks->next || !ks->ptr || !ks->len) {
+    ks->tail = PyMem_Malloc(m * sizeof(uint64_t));
+    if (!ks->next || !ks->ptr || !ks->len || !ks->tail) {
         keyset_free(ks);
         PyErr_NoMemory();
         return -1;
@@ -635,6 +645,7 @@ static int keyset_init(KeySet *ks, PyObject *t) {
         }
         ks->ptr[k] = PyBytes_AS_STRING(b);
         ks->len[k] = PyBytes_GET_SIZE(b);
+        ks->tail[k] = ks->len[k] >= 8 ? tail8(ks->ptr[k], ks->len[k]) : 0;
         Py_ssize_t bucket = ks->len[k] < 63 ? ks->len[k] : 63;
         ks->next[k] = ks->head[bucket];
         ks->head[bucket] = k;
@@ -644,7 +655,15 @@ static int keyset_init(KeySet *ks, PyObject *t) {
 
 /* Index of the (first) key equal to p[0:len] in ks, or -1. */
 static inline Py_ssize_t keyset_find(const KeySet *ks, const unsigned char *p, Py_ssize_t len) {
-    for (Py_ssize_t k = ks->head[len < 63 ? len : 63]; k >= 0; k = ks->next[k])
+    Py_ssize_t k = ks->head[len < 63 ? len : 63];
+    if (k < 0) return -1;
+    if (len >= 8) { /* keys of one length mostly differ in their last bytes ("gen_ai.*") */
+        uint64_t t = tail8(p, len);
+        for (; k >= 0; k = ks->next[k])
+            if (ks->tail[k] == t && ks->len[k] == len && memcmp(ks->ptr[k], p, (size_t)len) == 0) return k;
+        return -1;
+    }
+    for (; k >= 0; k = ks->next[k])
         if (ks->len[k] == len && memcmp(ks->ptr[k], p, (size_t)len) == 0) return k;
     return -1;
 }
@@ -852,6 +871,13 @@ static int suspect_value(const unsigned char *d, Py_ssize_t start, Py_ssize_t en
     int which;
     Py_ssize_t s_at = 0, s_len = 0;
     uint64_t bits = 0;
+    /* Fast path, the layout every encoder writes: a short key, then one value holding one short
+     * string, filling the KeyValue (kv_value below is the definition). */
+    if (end - start >= 2 && d[start] == 0x0a && d[start + 1] < 0x80) {
+        Py_ssize_t v = start + 2 + d[start + 1];
+        if (end - v >= 4 && d[v] == 0x12 && d[v + 1] == end - v - 2 && d[v + 2] == 0x0a && d[v + 3] == end - v - 4)
+            return keyset_find(values, d + v + 4, end - v - 4) >= 0;
+    }
     kv_value(d, start, end, &which, &s_at, &s_len, &bits);
     if (which != 1) return which != 0; /* -1 (malformed): suspect too */
     return keyset_find(values, d + s_at, s_len) >= 0;
@@ -863,6 +889,7 @@ typedef struct {
     KeySet ks;
     unsigned char *flags;
     PyObject *all; /* the keys' bytes objects, alive while ks is used */
+    uint64_t poison_lens; /* bit min(len, 63) set for each poison key's length */
 } KeyFlags;
 
 static void keyflags_free(KeyFlags *kf) {
@@ -889,6 +916,9 @@ static int keyflags_init(KeyFlags *kf, PyObject *needs, PyObject *markers, PyObj
         for (int j = 0; j < 3; j++)
             if (keyset_find(&each[j], (const unsigned char *)kf->ks.ptr[k], kf->ks.len[k]) >= 0)
                 kf->flags[k] |= (unsigned char)(1 << j);
+    kf->poison_lens = 0;
+    for (Py_ssize_t k = 0; k < each[2].n; k++)
+        kf->poison_lens |= (uint64_t)1 << (each[2].len[k] < 63 ? each[2].len[k] : 63);
     rc = 0;
 done:
     for (int j = 0; j < 3; j++) keyset_free(&each[j]);
@@ -929,7 +959,7 @@ static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
     const unsigned char *d = buf.buf;
     PyObject *out = PyList_New(0), *events = PyList_New(0), *suspects = PyList_New(0), *result = NULL;
     KeySet keys = {0}, nums = {0}, pv = {0};
-    KeyFlags kf = {{0}, NULL, NULL};
+    KeyFlags kf = {{0}, NULL, NULL, 0};
     PyObject *no_keys = PyTuple_New(0);
     Py_ssize_t nspans = PyList_GET_SIZE(starts);
     Py_ssize_t need_any = PyTuple_GET_SIZE(needs), event_len = PyBytes_GET_SIZE(event);
@@ -991,6 +1021,8 @@ static PyObject *wire_scan_spans(PyObject *self, PyObject *args) {
             if (f.field == 9) {
                 Py_ssize_t key_at = 0, key_len = 0;
                 if (kv_key(d, f.start, f.end, &key_at, &key_len) <= 0) continue;
+                if (has_need && has_marker &&  /* a candidate: only a poison key can add anything */
+                    (has_suspect || !(kf.poison_lens >> (key_len < 63 ? key_len : 63) & 1))) continue;
                 int in = keyflags_of(&kf, d + key_at, key_len);
                 if (!in) continue;
                 has_need |= in & NEED;
@@ -1064,7 +1096,7 @@ static PyObject *wire_triage(PyObject *self, PyObject *args) {
         return NULL;
     const unsigned char *d = buf.buf;
     KeySet pv = {0};
-    KeyFlags kf = {{0}, NULL, NULL};
+    KeyFlags kf = {{0}, NULL, NULL, 0};
     PyObject *result = NULL, *no_keys = PyTuple_New(0);
     Py_ssize_t pos = 0, event_len = PyBytes_GET_SIZE(event);
     const char *event_p = PyBytes_AS_STRING(event);
