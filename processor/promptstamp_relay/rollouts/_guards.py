@@ -177,9 +177,9 @@ def error_rate_p(errors_new: int, n_new: int, errors_old: int, n_old: int, margi
     the skewness of the score (Gart & Nam 1988, Biometrics 44:323; 1990, Biometrics 46:637). This
     gives the same p-value as ratesci's ``scoreci(..., skew=TRUE, bcf=TRUE, theta0=margin)``. With few
     errors on the smaller side, the plain score test is liberal in the upper tail: for 200 new
-    against 3,800 old generations, its exact size on the boundary is up to 2.4 times its alpha
-    (5.8 times for a ratio). The skewness correction keeps it within 1.04 times
-    (docs/rollout-statistics.md). ``skew_corrected=False`` is the plain Farrington-Manning test.
+    against 3,800 old generations at the default alpha (0.0056), its exact size on the boundary is
+    up to 2.1 times its alpha (3.0 times for a ratio margin). The skewness correction keeps it
+    within 1.06 times at every judged step (docs/rollout-statistics.md). ``skew_corrected=False`` is the plain Farrington-Manning test.
     """
     if n_new <= 0 or n_old <= 0:
         raise ValueError("both sides need generations")
