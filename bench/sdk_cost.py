@@ -21,7 +21,14 @@
   - ``c_logs``: no active span, with a ``LoggerProvider``;
   - ``compile``: as ``b``, plus ``p.compile(...)`` (``cached_prompt_and_compile``);
   - ``span_in_prompt``: one span start+end (13 attributes) inside an entered ``prompt()``,
-    on the provider ``install()`` added the baggage processor to.
+    on the provider ``install()`` added the baggage processor to;
+  - ``rollout_new``, ``rollout_old``: as ``a``, for a second prompt whose ``production`` label
+    has a guarded rollout running (its plan prompt ``promptstamp-rollout/production/<name>`` at
+    50 %, version 1 -> 2), with ``subject=`` a subject on the new side (handed version 2) or on
+    the old side (version 1); ``rollout_trace``: the same without ``subject=`` (the trace id
+    splits). Every case but these has no plan: the SDK's cached "no plan" is in them. An SDK
+    without ``subject=`` (before the rollouts) is called without it and hands out version 1:
+    the same call, plan unread; each job reports the version and side handed out.
 
   These run in worker processes (one with tracing only, one with a ``LoggerProvider`` as
   well), each importing the SDK from a given ``sdk`` directory (first on ``sys.path``), driven
@@ -46,6 +53,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import hashlib
+import inspect
 import json
 import logging
 import os
@@ -78,6 +87,9 @@ from promptstamp.testing import LangfuseServer, reset_langfuse_clients
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "order-status-answer"
+ROLLOUT_KEY = "order-status-rollout"  # a second prompt, with a guarded rollout of production running
+ROLLOUT_SALT = "bench-rollout"
+ROLLOUT_SHARE = 50.0
 # What an HTTP-client instrumentation passes at span start (the span the processor stamps is
 # rarely bare); the same for both sides of every comparison.
 SPAN_ATTRIBUTES: dict[str, AttributeValue] = {
@@ -184,9 +196,36 @@ CASES: dict[str, tuple[str, bool, str]] = {
     "c_logs": ("logs", False, "prompt"),
     "compile": ("logs", True, "compile"),
     "span_in_prompt": ("tracing", True, "span"),
+    "rollout_new": ("tracing", True, "rollout_new"),
+    "rollout_old": ("tracing", True, "rollout_old"),
+    "rollout_trace": ("tracing", True, "rollout_trace"),
 }
 #: calls per timeit loop, as a multiple of the prompt loops' ``number`` (a span is cheaper)
-_SCALE = {"prompt": 1.0, "compile": 0.5, "span": 2.0}
+_SCALE = {"prompt": 1.0, "compile": 0.5, "span": 2.0, "rollout_new": 1.0, "rollout_old": 1.0,
+          "rollout_trace": 1.0}
+
+
+def _rollout_subject(new: bool) -> str:
+    """A subject on the new (or old) side of the bench's rollout: the plan's hash, computed
+    here so the pre-rollout SDK's workers need nothing of it."""
+    salt = ROLLOUT_SALT.encode()
+    for i in range(1000):
+        subject = f"user-{i}"
+        digest = hashlib.blake2b(str(len(salt)).encode() + b":" + salt + subject.encode(), digest_size=8).digest()
+        if (int.from_bytes(digest, "big") / float(2**64) * 100.0 < ROLLOUT_SHARE) is new:
+            return subject
+    raise AssertionError("no subject found")
+
+
+def _seed_rollout(server: LangfuseServer) -> None:
+    """The second prompt: v1 labelled production, v2 unlabelled, and the plan at 50 %."""
+    for text, labels in (("v1: {{query}}", ["production"]), ("v2: {{query}}", [])):
+        server.create_prompt(ROLLOUT_KEY, [{"role": "user", "content": text}], labels=labels)
+    config = {"format": "promptstamp.rollout/1", "prompt": ROLLOUT_KEY, "label": "production",
+              "from_version": 1, "to_version": 2, "state": "running", "share_percent": ROLLOUT_SHARE,
+              "salt": ROLLOUT_SALT}
+    server.create_prompt(f"promptstamp-rollout/production/{ROLLOUT_KEY}", "bench rollout", type="text",
+                         labels=["active"], config=config)
 
 
 class _Jobs:
@@ -210,6 +249,8 @@ class _Jobs:
         with self._in_request(True), promptstamp.prompt(KEY):
             pass  # the one real fetch: every later call is a cache hit
         self.first_fetches = len(server.prompt_requests)
+        self.has_subject = "subject" in inspect.signature(promptstamp.prompt).parameters
+        self.last: tuple[int | None, str | None] = (None, None)
 
     @contextlib.contextmanager
     def _in_request(self, active: bool) -> Iterator[None]:
@@ -229,6 +270,15 @@ class _Jobs:
         return self.spans.exported, self.logs.exported
 
     def _call(self, what: str) -> Callable[[], None]:
+        if what.startswith("rollout_"):
+            kwargs: dict[str, Any] = {}
+            if self.has_subject and what != "rollout_trace":
+                kwargs["subject"] = _rollout_subject(what == "rollout_new")
+
+            def rollout_prompt() -> None:
+                with promptstamp.prompt(ROLLOUT_KEY, **kwargs) as p:
+                    self.last = (p.version, getattr(p, "rollout", None))
+            return rollout_prompt
         if what == "prompt":
             def cached_prompt() -> None:
                 with promptstamp.prompt(KEY) as p:
@@ -261,7 +311,9 @@ class _Jobs:
         spans, logs = self._flush()
         calls = number * repeat
         return {"us": min(runs) / number * 1e6, "spans_per_call": (spans - spans0) / calls,
-                "log_records_per_call": (logs - logs0) / calls, "http_fetches": fetches}
+                "log_records_per_call": (logs - logs0) / calls, "http_fetches": fetches,
+                "handed_out": {"version": self.last[0], "rollout": self.last[1]} if what.startswith("rollout_")
+                else None}
 
     def close(self) -> None:
         self.request.end()
@@ -288,6 +340,7 @@ def _worker_main(config: str) -> None:
         srv.create_prompt(KEY, [{"role": "system", "content": "You are a support assistant."},
                                 {"role": "user", "content": "Question: {{query}}\nRegion: {{region}}"}],
                           labels=["production"], config={"model": "gpt-4o-mini"})
+        _seed_rollout(srv)
         client = Langfuse(public_key=srv.public_key, secret_key=srv.secret_key, base_url=srv.base_url,
                           tracing_enabled=False)
         jobs = _Jobs(config, srv, client)
@@ -375,7 +428,9 @@ def prompt_cost(number: int, rounds: int, sdks: dict[str, Path]) -> dict[str, di
     for name, sdk in sdks.items():
         cases = {case: {**_summary(per[name, case]),
                         "spans_per_call": seen[name, case]["spans_per_call"],
-                        "log_records_per_call": seen[name, case]["log_records_per_call"]}
+                        "log_records_per_call": seen[name, case]["log_records_per_call"],
+                        **({"handed_out": seen[name, case]["handed_out"]}
+                           if seen[name, case].get("handed_out") else {})}
                  for case in CASES}
         out[name] = {"sdk": str(sdk), "cases": cases, "http_fetches_during_loop": fetches[name]}
     return out
