@@ -179,7 +179,8 @@ def error_rate_p(errors_new: int, n_new: int, errors_old: int, n_old: int, margi
     errors on the smaller side, the plain score test is liberal in the upper tail: for 200 new
     against 3,800 old generations at the default alpha (0.0056), its exact size on the boundary is
     up to 2.1 times its alpha (3.0 times for a ratio margin). The skewness correction keeps it
-    within 1.06 times at every judged step (docs/rollout-statistics.md). ``skew_corrected=False`` is the plain Farrington-Manning test.
+    within 1.06 times at every judged step (docs/rollout-statistics.md). ``skew_corrected=False``
+    is the plain Farrington-Manning test.
     """
     if n_new <= 0 or n_old <= 0:
         raise ValueError("both sides need generations")
