@@ -23,10 +23,10 @@ falls through), and :func:`classify` reports the throw in :attr:`Typing.error`.
 
 **Poison** (such a throw): :data:`POISON_KEYS` are the attributes a rule can throw on (each rule's
 ``throws``), :data:`OBJECT_PROTOTYPE` the names a lookup throws on, and :func:`poison` says what
-keeps a poison span from costing the other spans of its request: the explicit
-``langfuse.observation.type`` (:data:`TYPE_VALUES`) that gives the type the other rules give it,
-when the span has none and adding it changes nothing else; else nothing can be added, and the
-span must travel in an export request of its own.
+keeps a poison span from costing the other spans of its request: ``langfuse.observation.type:
+generation`` when the other rules type it GENERATION, the span has no type and adding it changes
+nothing else (the one value contract §3 lets the relay write); else nothing is added, and the span
+must travel in an export request of its own.
 
 Attribute values, as callers pass them: ``str`` for string attributes; an OTLP ``AnyValue`` (the
 relay's Python scan, the LangfuseServer); Python ``int``/``float``/``bool``/``list``; or ``True``
@@ -519,10 +519,11 @@ class Poison:
     ``rule``, ``key``, ``value``: where it throws (the attribute, its value as the mapper used it).
     ``type``: the type the other rules give the span (what Langfuse would show had that lookup
     not thrown). ``add``: the ``langfuse.observation.type`` value that defuses it, to add (the span
-    has none, and with it Langfuse gives exactly ``type``, throwing nowhere); None when no added
-    attribute can (the poison is in ``langfuse.observation.type`` itself, or the span has one
-    Langfuse does not know): only sending it in an export request of its own keeps it from the
-    other spans.
+    has none, ``type`` is GENERATION, and with ``generation`` added Langfuse gives exactly that,
+    throwing nowhere: the one value contract §3 lets the relay write); None otherwise (the poison
+    is in ``langfuse.observation.type`` itself, the span has one Langfuse does not know, or its
+    type is another one): only sending it in an export request of its own keeps it from the other
+    spans.
     """
 
     rule: str
@@ -549,7 +550,10 @@ def poison(
     t = classify(attrs, **context)
     if t.thrown is None:
         return None
-    add = _defusing(attrs, t.type, context)
+    # The wire contract (§3) lets the relay write one langfuse.observation.type: ``generation``.
+    # So only a span Langfuse would type GENERATION is defused by adding it; any other is sent
+    # alone (it is still lost at Langfuse, but costs no other span).
+    add = _defusing(attrs, t.type, context) if t.type == GENERATION else None
     return Poison(t.thrown[0], t.thrown[1], t.thrown[2], t.type, add)
 
 

@@ -72,13 +72,14 @@ console.log(JSON.stringify(out));
     assert got["chat"] is False and got["42"] is False
 
 
-# (attributes, the type the other rules give, the langfuse.observation.type that defuses it or None)
+# (attributes, the type the other rules give, the langfuse.observation.type that defuses it or None:
+# contract §3 lets the relay write only ``generation``, so a span of another type is sent alone)
 CASES: dict[str, tuple[dict[str, Any], str, str | None]] = {
     "gen_ai.operation.name on a model call": ({OP: "constructor", **MODEL}, "GENERATION", "generation"),
-    "gen_ai.operation.name alone": ({OP: "toString"}, "SPAN", "span"),
-    "openinference.span.kind, then gen_ai.operation.name": ({OI: "valueOf", OP: "execute_tool"}, "TOOL", "tool"),
-    "openinference.span.kind, then an agent": ({OI: "__proto__", OP: "invoke_agent"}, "AGENT", "agent"),
-    "genkit subtype, then a tool name": ({GENKIT: "hasOwnProperty", c.GEN_AI_TOOL_NAME: "t"}, "TOOL", "tool"),
+    "gen_ai.operation.name alone": ({OP: "toString"}, "SPAN", None),
+    "openinference.span.kind, then gen_ai.operation.name": ({OI: "valueOf", OP: "execute_tool"}, "TOOL", None),
+    "openinference.span.kind, then an agent": ({OI: "__proto__", OP: "invoke_agent"}, "AGENT", None),
+    "genkit subtype, then a tool name": ({GENKIT: "hasOwnProperty", c.GEN_AI_TOOL_NAME: "t"}, "TOOL", None),
     "an array is looked up by its String()": ({OP: AnyValue(array_value=ArrayValue(values=[sv("isPrototypeOf")])),
                                                c.LLM_MODEL_NAME: "m"}, "GENERATION", "generation"),
     "the AI SDK's operation.name, not a string": ({"operation.name": AnyValue(int_value=3), c.MODEL: "m"},
@@ -116,16 +117,18 @@ def test_a_known_explicit_type_answers_first_no_poison() -> None:
     assert poison({OI: "LLM", OP: "constructor"}) is None  # OpenInference answers before the GenAI rule
 
 
-def test_an_added_type_that_would_change_the_typing_is_not_added() -> None:
-    """Langfuse SDK <= 3.3 spans typed "span" with generation attributes are generations to
-    Langfuse (rule 0): adding "span" to one that the other rules type SPAN would make it one."""
+def test_only_generation_is_ever_added() -> None:
+    """Contract §3 lets the relay write one langfuse.observation.type, ``generation``: a poison
+    span the other rules type SPAN, TOOL or AGENT is never typed by the relay (it travels alone).
+    And adding "span" could even change the typing: Langfuse SDK <= 3.3 spans typed "span" with
+    generation attributes are generations to Langfuse (rule 0)."""
     attrs = {OP: "constructor", "langfuse.observation.usage_details": "{}"}
     old_sdk = {"scope_name": "langfuse-sdk", "scope_version": "3.2.0", "sdk_language": "python"}
     p = poison(attrs, **old_sdk)
     assert p is not None and (p.type, p.add) == ("SPAN", None)
     assert classify({**attrs, TYPE: "span"}, **old_sdk).type == "GENERATION"
     p = poison(attrs, scope_name="langfuse-sdk", scope_version="3.4.0", sdk_language="python")
-    assert p is not None and p.add == "span"
+    assert p is not None and (p.type, p.add) == ("SPAN", None)
 
 
 def test_is_generation_counts_a_defused_generation_and_never_an_undefusable_one() -> None:
@@ -172,22 +175,21 @@ def request_with(poisoned: dict[str, Any], name: str = "poisoned") -> ExportTrac
                    span(name, trace=1, span_id=3, start=T0 + S, attrs=poisoned)])
 
 
-def test_a_poison_lookup_gets_its_type_and_the_whole_request_arrives_linked() -> None:
+def test_a_poison_lookup_on_another_type_travels_alone_and_the_rest_arrives_linked() -> None:
     p = processor()
     poisoned = {OP: "constructor", c.GEN_AI_TOOL_NAME: "lookup_order"}  # a tool to the other rules
     req = request_with(poisoned)
     assert all(isinstance(x, RejectedObservation) for x in _map_request(req))  # as it came: all lost
     out = p.consume_traces(req, T0 + S)
-    assert len(out) == 1
+    assert [o.spans for o in out] == [2, 1]
     kept, lost = langfuse_view(out)
-    assert lost == {}
-    assert kept["poisoned"].type == "TOOL"
+    assert set(lost) == {"poisoned"}  # only it: a tool, which the relay may not type (contract §3)
     assert (kept["chat gpt-4o"].prompt_name, kept["chat gpt-4o"].prompt_version) == ("order-status-answer", 3)
-    assert added(poisoned, spans_by_name(out)["poisoned"]) == {TYPE: "tool"}
-    assert p.stats.poison_spans == {"typed": 1}
+    assert spans_by_name(out)["poisoned"] == poisoned | {}  # as it came
+    assert p.stats.poison_spans == {"isolated": 1}
     [n] = out.notices.poison
     assert (n.span_name, n.service, n.poison.key, n.poison.value, n.action, n.added) == (
-        "poisoned", "agent", OP, "constructor", "typed", "tool")
+        "poisoned", "agent", OP, "constructor", "isolated", None)
 
 
 def test_a_poison_generation_with_a_prompt_key_is_stamped_and_linked_once_typed() -> None:

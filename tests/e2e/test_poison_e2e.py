@@ -105,47 +105,55 @@ def poison_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
             if r.name == "promptstamp_relay.intake" and r.levelno == logging.WARNING and "throws" in r.getMessage()]
 
 
-def test_a_poison_operation_name_is_typed_and_the_whole_request_arrives_linked(
+def test_a_poison_operation_name_on_a_model_call_is_typed_and_the_whole_request_arrives_linked(
     prompts: LangfuseServer, relay: RelayServer, fresh_sdk: None, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A model call whose gen_ai.operation.name is poison: a generation by Langfuse's other rules
+    (its model), so the stamp's ``langfuse.observation.type: generation`` defuses it and links it."""
     caplog.set_level(logging.WARNING, logger="promptstamp_relay.intake")
-    run_app(relay, prompts, {c.GEN_AI_OPERATION_NAME: "constructor", c.GEN_AI_TOOL_NAME: "lookup_order"})
+    run_app(relay, prompts, {c.GEN_AI_OPERATION_NAME: "constructor", c.GEN_AI_REQUEST_MODEL: "gpt-4o-mini"})
     seen = {o.name: o for o in prompts.wait_for_observations(6, timeout=15)}
     assert prompts.rejected() == []
     assert set(seen) == {"handle-request", c.FETCH_SPAN_NAME, "chat gpt-4o-mini", "execute_tool lookup_order",
                          "poisoned", "chat again"}
     assert len(prompts.ingest_requests) == 1  # the app's one request, whole
-    for name in ("chat gpt-4o-mini", "chat again"):
+    for name in ("chat gpt-4o-mini", "chat again", "poisoned"):
         assert (seen[name].type, seen[name].prompt_name, seen[name].prompt_version) == ("GENERATION", PROMPT, 2)
     poisoned = seen["poisoned"]
-    assert poisoned.type == "TOOL"  # what Langfuse's other rules give it (gen_ai.tool.name)
-    assert poisoned.attributes[c.LF_OBSERVATION_TYPE] == "tool"
+    assert poisoned.attributes[c.LF_OBSERVATION_TYPE] == "generation"
     assert poisoned.attributes[c.GEN_AI_OPERATION_NAME] == "constructor"  # kept: the relay only adds
     assert metric(relay, "typed") == 1 and metric(relay, "isolated") == 0
     [line] = poison_lines(caplog)
     for part in ("'poisoned'", "service.name='order-status'", "gen_ai.operation.name='constructor'",
-                 "langfuse.observation.type='tool'"):
+                 "langfuse.observation.type='generation'"):
         assert part in line
 
 
-def test_a_poison_observation_type_travels_alone_and_only_it_is_lost(
-    prompts: LangfuseServer, relay: RelayServer, fresh_sdk: None, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("poison", [{c.LF_OBSERVATION_TYPE: "__proto__", **CHAT},
+                                    {c.GEN_AI_OPERATION_NAME: "constructor", c.GEN_AI_TOOL_NAME: "lookup_order"}],
+                         ids=["langfuse.observation.type __proto__", "a tool's gen_ai.operation.name constructor"])
+def test_a_poison_that_adding_generation_cannot_defuse_travels_alone_and_only_it_is_lost(
+    prompts: LangfuseServer, relay: RelayServer, fresh_sdk: None, caplog: pytest.LogCaptureFixture,
+    poison: dict[str, Any]
 ) -> None:
+    """A poison type, or a poison lookup on a span that is no generation (the relay writes only
+    ``generation``, contract §3): the span goes in an export request of its own."""
     caplog.set_level(logging.WARNING, logger="promptstamp_relay.intake")
-    run_app(relay, prompts, {c.LF_OBSERVATION_TYPE: "__proto__", **CHAT})
+    run_app(relay, prompts, poison)
     seen = {o.name: o for o in prompts.wait_for_observations(5, timeout=15)}
     assert set(seen) == {"handle-request", c.FETCH_SPAN_NAME, "chat gpt-4o-mini", "execute_tool lookup_order",
                          "chat again"}
     for name in ("chat gpt-4o-mini", "chat again"):
         assert (seen[name].type, seen[name].prompt_name, seen[name].prompt_version) == ("GENERATION", PROMPT, 2)
     [lost] = wait_until(prompts.rejected, timeout=15, what="the request of the poison span alone")
-    assert lost.observation.name == "poisoned" and "__proto__" in lost.reason
+    assert lost.observation.name == "poisoned" and str(next(iter(poison.values()))) in lost.reason
     requests = prompts.ingest_requests
     assert sorted(sum(len(ss.spans) for rs in r.request.resource_spans for ss in rs.scope_spans)
                   for r in requests) == [1, 5]  # the app's request, and the poison span alone
     assert metric(relay, "isolated") == 1 and metric(relay, "typed") == 0
     [line] = poison_lines(caplog)
-    assert "langfuse.observation.type='__proto__'" in line and "export request of its own" in line
+    key, value = next(iter(poison.items()))
+    assert f"{key}='{value}'" in line and "export request of its own" in line
 
 
 def test_a_request_with_no_prompt_at_all_is_not_passed_through_with_its_poison(
