@@ -11,7 +11,8 @@ own version:
 
 - a lookup that fails keeps the last known plan (plan or no plan) while Langfuse last answered
   at most ``max_stale_seconds`` ago, else no plan; the next attempt waits
-  ``FAILURE_BACKOFF_SECONDS``; one WARNING per outage (until a lookup succeeds again);
+  ``FAILURE_BACKOFF_SECONDS``; one WARNING per outage (until a lookup succeeds again), except
+  while the last answer, young enough, was "no rollout" (nothing changes for the app);
 - while the label's own fetch is failing, the plan is not asked for (the same Langfuse, one
   timeout is enough): that counts as a failed lookup with the label's error;
 - a plan that does not parse is no plan, with one WARNING per plan version.
@@ -163,14 +164,16 @@ class PlanEntry:
                 now: float) -> RolloutPlan | None:
         self.failed_at = now
         plan = self._last_known(max_stale, now)
+        if plan is None and self.known is not None and now - self.known[1] <= max_stale:
+            # No rollout at the last lookup, recent enough: the app goes on exactly as it was, and
+            # the prompt's own failure is said where it happens. Nothing to add (yet).
+            return plan
         if not self.outage_warned:
             self.outage_warned = True
             if plan is not None:
                 keeping = (f"following the last known plan (version {plan.plan_version}, "
                            f"{plan.state} at {plan.share_percent:g} %) until it is "
                            f"{max_stale:g} s old, then the label's own version")
-            elif self.known is not None and now - self.known[1] <= max_stale:
-                keeping = "no rollout was running at the last lookup: the label's own version"
             else:
                 keeping = "the label's own version meanwhile"
             _log.warning(

@@ -447,6 +447,22 @@ def test_while_the_prompt_fetch_fails_the_plan_is_not_asked_for(
     assert len(_rollout_warnings(caplog)) == 1
 
 
+def test_an_outage_after_a_recent_no_plan_adds_no_rollout_warning(
+    installed: Otel, server: LangfuseServer, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No rollout at the last lookup: during an outage the app goes on exactly as before (the
+    label's cached copy), and the prompt's own failure is the only thing to say."""
+    assert _hand_out(installed, "user-1") == (1, None, "langfuse")  # the plan: a 404, no rollout
+    server.fail_prompts(503)
+    clock.advance(61)
+    with caplog.at_level(logging.WARNING, logger="promptstamp"):
+        for subject in SUBJECTS[:5]:
+            assert _hand_out(installed, subject) == (1, None, "cache")
+        clock.advance(61)
+        assert _hand_out(installed, "user-1") == (1, None, "cache")
+    assert _rollout_warnings(caplog) == []
+
+
 def test_a_broken_plan_is_no_plan_with_one_warning_per_plan_version(
     installed: Otel, server: LangfuseServer, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -247,6 +247,9 @@ export class PlanEntry {
   private failed(name: string, label: string, errorType: string, detail: string, maxStale: number, now: number): RolloutPlan | undefined {
     this.failedAt = now;
     const plan = this.lastKnown(maxStale, now);
+    // No rollout at the last lookup, recent enough: the app goes on exactly as it was, and the
+    // prompt's own failure is said where it happens. Nothing to add (yet).
+    if (!plan && this.known && now - this.known.at <= maxStale) return plan;
     if (!this.outageWarned) {
       this.outageWarned = true;
       let keeping: string;
@@ -254,8 +257,6 @@ export class PlanEntry {
         keeping =
           `following the last known plan (version ${plan.planVersion}, ${plan.state} at ${plan.sharePercent} %) ` +
           `until it is ${maxStale} s old, then the label's own version`;
-      } else if (this.known && now - this.known.at <= maxStale) {
-        keeping = "no rollout was running at the last lookup: the label's own version";
       } else {
         keeping = "the label's own version meanwhile";
       }
