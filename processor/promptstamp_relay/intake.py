@@ -89,25 +89,6 @@ class Intake:
             raise Refusal("unavailable", "relay cannot write its persistent queue, retry later",
                           retry_after=self._retry_after) from e
 
-    @contextlib.contextmanager
-    def reservation(self, queue: DeliveryQueue | None, size: int) -> Iterator[None]:
-        """``size`` more bytes of room in ``queue`` while the body runs, or Refusal.
-
-        One byte bound for everything the relay keeps: both queues (queued and in flight) and
-        the held spans.
-        """
-        if queue is None:
-            yield
-            return
-        shared = self.processor.hold.held_bytes + sum(q.bytes for q in self.queues() if q is not queue)
-        if not queue.try_reserve(size, shared):
-            raise Refusal("backpressure", f"relay {queue.name} queue is full, retry later",
-                          retry_after=self._retry_after)
-        try:
-            yield
-        finally:
-            queue.unreserve(size)
-
     # -- accepting ------------------------------------------------------------------------------
     def traces(self, req: ExportTraceServiceRequest, data: bytes, spans: int, tenant: str) -> None:
         if self._recorder is not None:
