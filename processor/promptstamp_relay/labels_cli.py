@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 from . import hostport
+from .ops.figures import change_line, error_rate, ms, per_generation
 from .rollouts._model import previous_version, render_prompt
 
 __all__ = ["EXIT_CODES", "add_parser", "run"]
@@ -384,10 +385,6 @@ class _Langfuse:
 
 
 # -- output ---------------------------------------------------------------------------------------
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
-
-
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -402,8 +399,8 @@ def _show(body: Mapping[str, Any]) -> list[str]:
         for v in tl["versions"]:
             rows.append([f"v{v['version']}", v["first_served"] or "-", v["last_served"] or "-",
                          str(v["fetches"]),
-                         str(v["generations"]), str(v["errors"]), _ms(v["duration_p50_ms"]),
-                         _ms(v["duration_p95_ms"]), str(v["input_tokens"]), str(v["output_tokens"])])
+                         str(v["generations"]), str(v["errors"]), ms(v["duration_p50_ms"]),
+                         ms(v["duration_p95_ms"]), str(v["input_tokens"]), str(v["output_tokens"])])
         lines += ["  " + line for line in _table(rows)]
         if tl["instances"]:
             lines.append("  instances (last hand-out):")
@@ -420,54 +417,31 @@ def _show(body: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _rate(v: Mapping[str, Any]) -> float | None:
-    return None if not v["generations"] else v["errors"] / v["generations"]
-
-
-def _per_gen(v: Mapping[str, Any], key: str) -> float | None:
-    return None if not v["generations"] else v[key] / v["generations"]
-
-
-def _pct(a: float | None, b: float | None) -> str:
-    if a is None or b is None:
-        return "n/a"
-    if a == 0:
-        return "n/a" if b == 0 else "new"
-    return f"{(b - a) / a * 100:+.1f} %"
-
-
 def _compare(body: Mapping[str, Any], label: str) -> list[str]:
     tl = body["labels"][label]
     rows = [["version", "window", "generations", "error rate", "p50 ms", "p95 ms", "input tok/gen",
              "output tok/gen"]]
     for v in tl["versions"]:
-        rate, tin, tout = _rate(v), _per_gen(v, "input_tokens"), _per_gen(v, "output_tokens")
+        rate, tin, tout = error_rate(v), per_generation(v, "input_tokens"), per_generation(v, "output_tokens")
         rows.append([f"v{v['version']}", f"{v['first_served'] or '-'} .. {v['last_served'] or '-'}",
                      str(v["generations"]), "-" if rate is None else f"{rate * 100:.1f} %",
-                     _ms(v["duration_p50_ms"]), _ms(v["duration_p95_ms"]),
+                     ms(v["duration_p50_ms"]), ms(v["duration_p95_ms"]),
                      "-" if tin is None else f"{tin:.0f}", "-" if tout is None else f"{tout:.0f}"])
     lines = [f"{body['prompt']}  label {label}  current v{tl['current']}", *["  " + r for r in _table(rows)]]
     versions = tl["versions"]
     if len(versions) > 1:
         lines.append("  change from each version to the next:")
-    for a, b in itertools.pairwise(versions):
-        ra, rb = _rate(a), _rate(b)
-        err = "n/a" if ra is None or rb is None else f"{(rb - ra) * 100:+.1f} pp"
-        lines.append(f"    v{a['version']} -> v{b['version']}: error rate {err}, "
-                     f"p50 {_pct(a['duration_p50_ms'], b['duration_p50_ms'])}, "
-                     f"p95 {_pct(a['duration_p95_ms'], b['duration_p95_ms'])}, "
-                     f"input tok/gen {_pct(_per_gen(a, 'input_tokens'), _per_gen(b, 'input_tokens'))}, "
-                     f"output tok/gen {_pct(_per_gen(a, 'output_tokens'), _per_gen(b, 'output_tokens'))}")
+    lines += ["    " + change_line(a, b) for a, b in itertools.pairwise(versions)]
     return lines
 
 
 def _describe(v: Mapping[str, Any] | None) -> str:
     if v is None:
         return "the relay has not seen it serve this label"
-    rate = _rate(v)
+    rate = error_rate(v)
     return (f"last served {v['last_served'] or '-'}, {v['generations']} generations, "
-            f"{'-' if rate is None else f'{rate * 100:.1f} %'} errors, p50 {_ms(v['duration_p50_ms'])} ms, "
-            f"p95 {_ms(v['duration_p95_ms'])} ms")
+            f"{'-' if rate is None else f'{rate * 100:.1f} %'} errors, p50 {ms(v['duration_p50_ms'])} ms, "
+            f"p95 {ms(v['duration_p95_ms'])} ms")
 
 
 def _find(label: Mapping[str, Any] | None, version: int) -> Mapping[str, Any] | None:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ._svg import Bar, Lane, Mark, Style, bar_chart, esc, styles_for, swatch, timeline_svg
+from .figures import change_line, error_rate, ms, per_generation
 from .listener import HttpRequest, HttpResponse, MetricsListener
 
 if TYPE_CHECKING:  # ops is below rollouts: the component hands itself and its render function in
@@ -256,12 +257,13 @@ class PromptPages:
                 styles: Mapping[int, Style]) -> str:
         versions = tl["versions"]
         specs: list[tuple[str, str, Callable[[Mapping[str, Any]], float | None], Callable[[float], str]]] = [
-            ("error_rate", "error rate", _rate, lambda r: f"{r * 100:.1f} %"),
+            ("error_rate", "error rate", error_rate, lambda r: f"{r * 100:.1f} %"),
             ("duration_p50_ms", "p50 duration", lambda v: v["duration_p50_ms"], lambda x: f"{x:.0f} ms"),
             ("duration_p95_ms", "p95 duration", lambda v: v["duration_p95_ms"], lambda x: f"{x:.0f} ms"),
-            ("input_per_generation", "input tokens / generation", lambda v: _per_gen(v, "input_tokens"),
+            ("input_per_generation", "input tokens / generation", lambda v: per_generation(v, "input_tokens"),
              lambda x: f"{x:.0f}"),
-            ("output_per_generation", "output tokens / generation", lambda v: _per_gen(v, "output_tokens"),
+            ("output_per_generation", "output tokens / generation",
+             lambda v: per_generation(v, "output_tokens"),
              lambda x: f"{x:.0f}"),
         ]
         out = []
@@ -275,26 +277,6 @@ class PromptPages:
 
 
 # -- formatting: as ``labels show`` and ``labels compare`` print them -----------------------------
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
-
-
-def _rate(v: Mapping[str, Any]) -> float | None:
-    return None if not v["generations"] else float(v["errors"] / v["generations"])
-
-
-def _per_gen(v: Mapping[str, Any], key: str) -> float | None:
-    return None if not v["generations"] else float(v[key] / v["generations"])
-
-
-def _pct(a: float | None, b: float | None) -> str:
-    if a is None or b is None:
-        return "n/a"
-    if a == 0:
-        return "n/a" if b == 0 else "new"
-    return f"{(b - a) / a * 100:+.1f} %"
-
-
 def _share(none: float, total: float) -> str:
     if not total:
         return "–"
@@ -323,10 +305,10 @@ def _versions_table(tl: Mapping[str, Any]) -> str:
               "output_per_generation"]
     rows = []
     for v in tl["versions"]:
-        rate, tin, tout = _rate(v), _per_gen(v, "input_tokens"), _per_gen(v, "output_tokens")
+        rate, tin, tout = error_rate(v), per_generation(v, "input_tokens"), per_generation(v, "output_tokens")
         cells = [f"v{v['version']}", v["first_served"] or "-", v["last_served"] or "-", str(v["fetches"]),
                  str(v["generations"]), str(v["errors"]), "-" if rate is None else f"{rate * 100:.1f} %",
-                 _ms(v["duration_p50_ms"]), _ms(v["duration_p95_ms"]), str(v["input_tokens"]),
+                 ms(v["duration_p50_ms"]), ms(v["duration_p95_ms"]), str(v["input_tokens"]),
                  str(v["output_tokens"]), "-" if tin is None else f"{tin:.0f}",
                  "-" if tout is None else f"{tout:.0f}"]
         current = ' class="current"' if v["version"] == tl["current"] else ""
@@ -340,15 +322,7 @@ def _versions_table(tl: Mapping[str, Any]) -> str:
 
 
 def _changes(tl: Mapping[str, Any]) -> str:
-    lines = []
-    for a, b in itertools.pairwise(tl["versions"]):
-        ra, rb = _rate(a), _rate(b)
-        err = "n/a" if ra is None or rb is None else f"{(rb - ra) * 100:+.1f} pp"
-        lines.append(f"v{a['version']} -> v{b['version']}: error rate {err}, "
-                     f"p50 {_pct(a['duration_p50_ms'], b['duration_p50_ms'])}, "
-                     f"p95 {_pct(a['duration_p95_ms'], b['duration_p95_ms'])}, "
-                     f"input tok/gen {_pct(_per_gen(a, 'input_tokens'), _per_gen(b, 'input_tokens'))}, "
-                     f"output tok/gen {_pct(_per_gen(a, 'output_tokens'), _per_gen(b, 'output_tokens'))}")
+    lines = [change_line(a, b) for a, b in itertools.pairwise(tl["versions"])]
     if not lines:
         return ""
     return ("<p>Change from each version to the next:</p><ul class=\"changes\">"
