@@ -75,6 +75,10 @@ class Failure(Exception):
         self.code = code
 
 
+class NoTimeline(Failure):
+    """The timeline was read and knows nothing of the prompt or label (a Failure with EXIT_TIMELINE)."""
+
+
 # -- arguments ------------------------------------------------------------------------------------
 def add_parser(sub: Any) -> None:
     """The ``labels`` subcommand group on ``sub`` (an argparse subparsers object)."""
@@ -259,7 +263,7 @@ def read_timeline(ctx: _Context, source: str | None, name: str, label: str | Non
                 raise Failure(f"the relay at {where} refused the credentials ({detail}); pass --token or set "
                               f"{TOKEN_ENV}", EXIT_TIMELINE) from None
             if e.code == 404:
-                raise Failure(f"the relay at {where} has no timeline for {what} ({detail})",
+                raise NoTimeline(f"the relay at {where} has no timeline for {what} ({detail})",
                               EXIT_TIMELINE) from None
             raise Failure(f"the relay at {where} answered {e.code} ({detail})", EXIT_TIMELINE) from None
         except (urllib.error.URLError, OSError, ValueError) as e:
@@ -295,7 +299,7 @@ def read_timeline(ctx: _Context, source: str | None, name: str, label: str | Non
         labels = {k: v for k, v in labels.items() if k == label}
     body = render_prompt(name, labels, with_moves=bool(ctx.cfg.rollouts.webhook_secrets), sketches=sketches)
     if not body["labels"]:
-        raise Failure(f"{where} has no timeline for {what} (tenant {ctx.tenant!r})", EXIT_TIMELINE)
+        raise NoTimeline(f"{where} has no timeline for {what} (tenant {ctx.tenant!r})", EXIT_TIMELINE)
     return body
 
 
@@ -557,10 +561,8 @@ class _Evidence:
     def versions(self, name: str, label: str) -> Mapping[int, Mapping[str, Any]]:
         try:
             body = read_timeline(self.ctx, self.source, name, label, sketches=True)
-        except Failure as e:
-            if e.code == EXIT_TIMELINE and "has no timeline" in e.message:
-                return {}  # nothing served under the label yet
-            raise
+        except NoTimeline:
+            return {}  # nothing served under the label yet
         tl = body["labels"].get(label) or {}
         return {int(v["version"]): v for v in tl.get("versions", [])}
 
